@@ -1,0 +1,258 @@
+"""The typed, immutable syntax tree of a `.eff` spec (pydantic v2, frozen, no extra fields).
+
+The tree mirrors the source one statement per node. Local rules (bounds, odd kernels) are
+checked when a node is built, so an invalid node cannot exist; rules that need the whole
+network (duplicate names, block kinds allowed in the stem) live in `effdsl.validate`.
+
+Source positions and comments are *trivia*: they ride along on every statement (`span`,
+`attr_spans`, `comments`, `trailing_comment`) so that errors can point at text and `fmt` can
+keep comments, but they take no part in equality or hashing. So `parse(format(net)) == net`.
+
+An update returns a new node: `stage.model_copy(update={"channels": 48})`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from effdsl.errors import Span
+
+Activation = Literal["silu", "relu", "relu6", "hardswish", "gelu"]
+BlockKind = Literal["conv", "mbconv", "fused_mbconv"]
+Padding = Literal["symmetric", "same"]
+Fix = Literal["none", "depth", "width", "all"]
+
+ACTIVATIONS: tuple[str, ...] = Activation.__args__
+BLOCK_KINDS: tuple[str, ...] = BlockKind.__args__
+PADDINGS: tuple[str, ...] = Padding.__args__
+FIXES: tuple[str, ...] = Fix.__args__
+
+# Sane bounds of the language. They keep every number finite and small enough to reason about;
+# the resource guards of `effdsl.limits` decide what is affordable to build.
+MAX_CHANNELS = 1_000_000
+MAX_REPEATS = 100_000
+MAX_RESOLUTION = 100_000
+MAX_KERNEL = 99
+MAX_CLASSES = 10_000_000
+MAX_EXPAND = 1_000.0
+MAX_MULTIPLIER = 1_000.0
+
+TRIVIA = frozenset({"span", "attr_spans", "comments", "trailing_comment", "closing_comments"})
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Rate = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class Node(BaseModel):
+    """Base of all nodes: frozen, strict, no extra fields; trivia ignored by `==` and `hash`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    span: Span | None = Field(default=None, repr=False, exclude=True)
+    attr_spans: tuple[tuple[str, Span], ...] = Field(default=(), repr=False, exclude=True)
+    comments: tuple[str, ...] = Field(default=(), repr=False, exclude=True)
+    trailing_comment: str | None = Field(default=None, repr=False, exclude=True)
+
+    # `Statement.keyword` in the source, used by the formatter and in messages.
+    keyword: ClassVar[str] = ""
+
+    def _semantic(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in type(self).model_fields if name not in TRIVIA)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, Node)
+        return self._semantic() == other._semantic()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self._semantic()))
+
+    def span_of(self, attribute: str) -> Span | None:
+        """The span of one attribute's value in the source, else the statement's span."""
+        for name, span in self.attr_spans:
+            if name == attribute:
+                return span
+        return self.span
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return None if value is None else _finite(value)
+
+
+class Input(Node):
+    """`input size=224 channels=3`: the square input resolution and its channel count."""
+
+    keyword: ClassVar[str] = "input"
+    size: int = Field(ge=8, le=MAX_RESOLUTION, description="Input height and width in pixels.")
+    channels: int = Field(default=3, ge=1, le=4096, description="Input channels (3 for RGB).")
+
+
+class Scaling(Node):
+    """`scaling alpha=1.2 beta=1.1 gamma=1.15 divisor=8`: compound-scaling coefficients."""
+
+    keyword: ClassVar[str] = "scaling"
+    alpha: float = Field(default=1.2, gt=0, le=MAX_MULTIPLIER, description="Depth base α.")
+    beta: float = Field(default=1.1, gt=0, le=MAX_MULTIPLIER, description="Width base β.")
+    gamma: float = Field(default=1.15, gt=0, le=MAX_MULTIPLIER, description="Resolution base γ.")
+    divisor: int = Field(
+        default=8, ge=1, le=1024, description="Scaled channels are rounded to a multiple of this."
+    )
+
+    _finite = field_validator("alpha", "beta", "gamma")(_finite)
+
+
+class Defaults(Node):
+    """`defaults act=silu se=0.25 ...`: options every block inherits unless it overrides them."""
+
+    keyword: ClassVar[str] = "defaults"
+    act: Activation = Field(default="silu", description="Activation after conv + batch norm.")
+    se: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Squeeze-and-excitation ratio of the block's input channels; 0 means none "
+        "(written `se=none`).",
+    )
+    bn_eps: float = Field(default=1e-5, gt=0, lt=1, description="Batch-norm epsilon.")
+    bn_momentum: float = Field(default=0.1, gt=0, lt=1, description="Batch-norm momentum.")
+    drop_path: Rate = Field(
+        default=0.0, description="Stochastic-depth rate of the last block (block i gets rate·i/N)."
+    )
+    padding: Padding = Field(
+        default="symmetric",
+        description="`symmetric` pads (k-1)/2 on each side; `same` pads as TensorFlow's SAME.",
+    )
+
+    _finite = field_validator("se", "bn_eps", "bn_momentum", "drop_path")(_finite)
+
+
+class Preset(Node):
+    """`preset b3 width=1.2 depth=1.4 resolution=300 dropout=0.3`: a named scaling."""
+
+    keyword: ClassVar[str] = "preset"
+    name: str = Field(min_length=1, max_length=200, description="The preset's name.")
+    width: float = Field(default=1.0, gt=0, le=MAX_MULTIPLIER, description="Width multiplier.")
+    depth: float = Field(default=1.0, gt=0, le=MAX_MULTIPLIER, description="Depth multiplier.")
+    resolution: int | None = Field(
+        default=None, ge=8, le=MAX_RESOLUTION, description="Input resolution in pixels."
+    )
+    dropout: Rate | None = Field(default=None, description="Classifier dropout.")
+
+    _finite = field_validator("width", "depth")(_finite)
+
+
+class BlockOptions(Node):
+    """Per-block overrides of `defaults`; `None` means "inherit"."""
+
+    act: Activation | None = Field(default=None, description="Overrides `defaults act`.")
+    se: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Overrides `defaults se`; 0 means none."
+    )
+    bn_eps: float | None = Field(default=None, gt=0, lt=1, description="Overrides bn_eps.")
+    bn_momentum: float | None = Field(default=None, gt=0, lt=1, description="Overrides bn_momentum.")
+    drop_path: Rate | None = Field(
+        default=None, description="Overrides the stochastic-depth rate for this stage's blocks."
+    )
+    padding: Padding | None = Field(default=None, description="Overrides `defaults padding`.")
+
+    _finite = field_validator("se", "bn_eps", "bn_momentum", "drop_path")(_finite_or_none)
+
+
+class Block(BlockOptions):
+    """What the stem, every stage and the head share: a block kind and its shape."""
+
+    kind: BlockKind = Field(description="`conv`, `mbconv` or `fused_mbconv`.")
+    expand: float = Field(default=1.0, ge=1.0, le=MAX_EXPAND, description="Expansion ratio (e).")
+    kernel: int = Field(ge=1, le=MAX_KERNEL, description="Kernel size (k), odd.")
+    stride: int = Field(default=1, ge=1, le=2, description="Stride (s) of the first block: 1 or 2.")
+    channels: int = Field(ge=1, le=MAX_CHANNELS, description="Output channels (c).")
+    fix: Fix = Field(
+        default="none",
+        description="Opt out of scaling: `width` keeps the channels, `depth` the repeats, "
+        "`all` both.",
+    )
+
+    @field_validator("kernel")
+    @classmethod
+    def _odd_kernel(cls, kernel: int) -> int:
+        if kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd, got {kernel}")
+        return kernel
+
+    _finite_expand = field_validator("expand")(_finite)
+
+    @model_validator(mode="after")
+    def _conv_has_no_expansion(self) -> Block:
+        if self.kind == "conv" and self.expand != 1.0:
+            raise ValueError("a `conv` block has no expansion ratio; use mbconv or fused_mbconv")
+        return self
+
+    @property
+    def scales_width(self) -> bool:
+        return self.fix in ("none", "depth")
+
+    @property
+    def scales_depth(self) -> bool:
+        return self.fix in ("none", "width")
+
+
+class Stem(Block):
+    """`stem conv k3 s2 c32`: the first convolution."""
+
+    keyword: ClassVar[str] = "stem"
+
+
+class Head(Block):
+    """`head conv k1 c1280`: the last convolution, before pooling."""
+
+    keyword: ClassVar[str] = "head"
+
+
+class Stage(Block):
+    """`stage mbconv e6 k3 s2 c24 x2`: `repeats` blocks; only the first has the stride."""
+
+    keyword: ClassVar[str] = "stage"
+    repeats: int = Field(default=1, ge=1, le=MAX_REPEATS, description="Number of blocks (x).")
+    skip: bool = Field(
+        default=True,
+        description="Residual connection where stride is 1 and channels match (`skip=no` "
+        "turns it off).",
+    )
+    name: str | None = Field(default=None, min_length=1, max_length=200, description="A name.")
+
+
+class Classifier(Node):
+    """`classifier dropout=0.2 classes=1000`: global pooling, dropout and a linear layer."""
+
+    keyword: ClassVar[str] = "classifier"
+    dropout: Rate = Field(default=0.0, description="Dropout before the linear layer.")
+    classes: int = Field(default=1000, ge=1, le=MAX_CLASSES, description="Number of classes.")
+
+
+class Network(Node):
+    """A whole spec: `network NAME { ... }`."""
+
+    keyword: ClassVar[str] = "network"
+    name: str = Field(min_length=1, max_length=200, description="The network's name.")
+    input: Input
+    scaling: Scaling = Field(default_factory=Scaling)
+    defaults: Defaults = Field(default_factory=Defaults)
+    presets: tuple[Preset, ...] = ()
+    stem: Stem
+    stages: tuple[Stage, ...] = Field(min_length=1)
+    head: Head
+    classifier: Classifier
+    closing_comments: tuple[str, ...] = Field(default=(), repr=False, exclude=True)
+
+    def preset(self, name: str) -> Preset | None:
+        return next((p for p in self.presets if p.name == name), None)

@@ -1,0 +1,111 @@
+"""The analytic cost model: parameters, multiply-adds and activation memory, from the plan alone.
+
+Conventions, chosen so that the numbers equal what PyTorch reports for the built module:
+
+- **parameters**: conv weights (`out · in/groups · k²`), batch-norm weight and bias (`2 · out`;
+  running statistics are buffers, not parameters), SE convs with their biases, the linear layer
+  with its bias. Exactly `sum(p.numel() for p in model.parameters())`.
+- **MACs** (multiply-accumulates): convolutions (`out_h · out_w · out · in/groups · k²`, SE convs
+  on their 1×1 input) and the linear layer (`in · classes`), per image. This is the convention
+  of `torch.utils.flop_counter.FlopCounterMode`, which reports 2 FLOPs per MAC; batch norm,
+  activations, pooling, the SE gate and residual additions are not counted.
+- **activation memory**: the elements of every op's output tensor (conv after BN and
+  activation, the SE-gated tensor), per image, in bytes at `bytes_per_element` (4: fp32); the
+  sum over a stage is what a training step keeps for that stage's backward pass, roughly.
+
+No torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from effdsl.plan import ClassifierPlan, ConvOp, Op, Plan, SqueezeExciteOp, StagePlan
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Parameters, MACs and activation bytes (per image) of a part of the network."""
+
+    params: int = 0
+    macs: int = 0
+    activation_bytes: int = 0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(
+            self.params + other.params,
+            self.macs + other.macs,
+            self.activation_bytes + other.activation_bytes,
+        )
+
+
+def op_cost(op: Op, bytes_per_element: int = 4) -> Cost:
+    """The cost of one op of the plan."""
+    if isinstance(op, ConvOp):
+        weights = op.out_channels * (op.in_channels // op.groups) * op.kernel * op.kernel
+        params = weights + 2 * op.out_channels  # + batch-norm weight and bias
+        macs = weights * op.out_size * op.out_size
+        activation = op.out_channels * op.out_size * op.out_size
+        return Cost(params, macs, activation * bytes_per_element)
+    assert isinstance(op, SqueezeExciteOp)
+    reduce = op.channels * op.squeeze + op.squeeze
+    expand = op.squeeze * op.channels + op.channels
+    macs = 2 * op.channels * op.squeeze
+    activation = op.channels * op.size * op.size  # the gated tensor
+    return Cost(reduce + expand, macs, activation * bytes_per_element)
+
+
+def classifier_cost(classifier: ClassifierPlan, bytes_per_element: int = 4) -> Cost:
+    weights = classifier.in_features * classifier.classes
+    return Cost(
+        weights + classifier.classes,
+        weights,
+        (classifier.in_features + classifier.classes) * bytes_per_element,
+    )
+
+
+def stage_cost(stage: StagePlan, bytes_per_element: int = 4) -> Cost:
+    total = Cost()
+    for block in stage.blocks:
+        for op in block.ops:
+            total += op_cost(op, bytes_per_element)
+    return total
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """Costs of the stem, each stage, the head and the classifier, and their total."""
+
+    stem: Cost
+    stages: tuple[Cost, ...]
+    head: Cost
+    classifier: Cost
+
+    @property
+    def total(self) -> Cost:
+        total = self.stem + self.head + self.classifier
+        for stage in self.stages:
+            total += stage
+        return total
+
+    @property
+    def params(self) -> int:
+        return self.total.params
+
+    @property
+    def macs(self) -> int:
+        return self.total.macs
+
+    @property
+    def activation_bytes(self) -> int:
+        return self.total.activation_bytes
+
+
+def cost(plan: Plan, bytes_per_element: int = 4) -> CostReport:
+    """The cost of every part of `plan`."""
+    return CostReport(
+        stem=op_cost(plan.stem, bytes_per_element),
+        stages=tuple(stage_cost(s, bytes_per_element) for s in plan.stages),
+        head=op_cost(plan.head, bytes_per_element),
+        classifier=classifier_cost(plan.classifier, bytes_per_element),
+    )

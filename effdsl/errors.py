@@ -1,0 +1,147 @@
+"""The one error family of effdsl: every user-facing failure is an `EffError` with a source span.
+
+The CLI prints an error as::
+
+    specs/b0.eff:7:18: error: kernel must be odd, got 4
+      stage mbconv e6 k4 s2 c24 x2
+                      ^^
+      hint: use 1, 3, 5 or 7
+
+Anything that is *not* an `EffError` reaching the CLI is a bug in effdsl, reported as such.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Span:
+    """A range in a source file; lines and columns are 1-based, `end_column` is exclusive."""
+
+    file: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+class EffError(Exception):
+    """Base class of every error effdsl reports to a user.
+
+    `span` locates the offending text when there is one; `source` is the text of the file it
+    points into, so that `render()` can show the line and a caret; `hint` is a suggestion.
+    """
+
+    kind = "error"
+
+    def __init__(
+        self,
+        message: str,
+        span: Span | None = None,
+        *,
+        hint: str | None = None,
+        source: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self.hint = hint
+        self.source = source
+
+    def with_source(self, source: str) -> EffError:
+        """Attach the file's text (kept when already set) and return self."""
+        if self.source is None:
+            self.source = source
+        return self
+
+    def render(self) -> str:
+        """`FILE:LINE:COL: error: MESSAGE`, the source line, a caret and the hint."""
+        where = f"{self.span}: " if self.span else ""
+        lines = [f"{where}{self.kind}: {self.message}"]
+        if self.span and self.source is not None:
+            lines.extend(_excerpt(self.source, self.span))
+        if self.hint:
+            lines.append(f"  hint: {self.hint}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        where = f"{self.span}: " if self.span else ""
+        return f"{where}{self.message}"
+
+
+class EffSyntaxError(EffError):
+    """The text does not follow the grammar."""
+
+
+class EffSemanticError(EffError):
+    """The text parses but breaks a rule of the language (a bound, a duplicate, a typo)."""
+
+
+class ScalingError(EffError):
+    """A scaling request that cannot be applied (unknown preset, bad multiplier, overflow)."""
+
+
+class LimitError(EffError):
+    """A network whose cost exceeds a resource limit; raise the limit to proceed."""
+
+
+class BuildError(EffError):
+    """A plan that a backend cannot turn into a module, or an option it does not support."""
+
+
+class CheckpointError(EffError):
+    """A checkpoint that does not fit the network (missing keys, shape mismatches)."""
+
+
+class OutputError(EffError):
+    """An output path that cannot or must not be written."""
+
+
+class ToolMissingError(EffError):
+    """An external program (graphviz's `dot`) or optional package is not installed."""
+
+
+class EffErrors(EffError):
+    """Several errors found in one run (all semantic errors of a file are reported together)."""
+
+    def __init__(self, errors: Sequence[EffError]) -> None:
+        if not errors:
+            raise ValueError("EffErrors needs at least one error")
+        self.errors: tuple[EffError, ...] = tuple(_flatten(errors))
+        first = self.errors[0]
+        count = len(self.errors)
+        suffix = f" (and {count - 1} more)" if count > 1 else ""
+        super().__init__(first.message + suffix, first.span, hint=first.hint, source=first.source)
+
+    def with_source(self, source: str) -> EffError:
+        for error in self.errors:
+            error.with_source(source)
+        return super().with_source(source)
+
+    def render(self) -> str:
+        return "\n".join(error.render() for error in self.errors)
+
+
+def _flatten(errors: Iterable[EffError]) -> Iterable[EffError]:
+    for error in errors:
+        if isinstance(error, EffErrors):
+            yield from error.errors
+        else:
+            yield error
+
+
+def _excerpt(source: str, span: Span) -> list[str]:
+    """The offending line, indented, and carets under the span (clipped to that line)."""
+    lines = source.splitlines()
+    if not 1 <= span.line <= len(lines):
+        return []
+    text = lines[span.line - 1].expandtabs(1)
+    start = max(span.column, 1)
+    end = span.end_column if span.end_line == span.line else len(text) + 1
+    width = max(1, min(end, len(text) + 1) - start)
+    return [f"  {text}", "  " + " " * (start - 1) + "^" * width]

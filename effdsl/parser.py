@@ -1,0 +1,693 @@
+"""Text → `Network`: the Lark parser, and the reading of each statement into a typed AST node.
+
+The grammar (`grammar.lark`) fixes only the shape `keyword word... key=value...`; this module
+knows the statements. For each keyword it reads positional words (the block kind, the shorthands
+`e6 k3 s2 c24 x2`, a preset's name) and named attributes, converts their values to the types the
+AST declares, and builds the node. Every problem becomes an `EffError` at the offending token,
+and all of a file's problems are reported together.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import re
+import threading
+import types
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import lark
+from pydantic import ValidationError
+
+from effdsl import ast
+from effdsl.errors import EffError, EffErrors, EffSemanticError, EffSyntaxError, Span
+
+# ---- the Lark parser, built once ----------------------------------------------------------
+
+_comments = threading.local()
+
+
+def _collect_comment(token: lark.Token) -> lark.Token:
+    _comments.tokens.append(token)
+    return token
+
+
+@functools.cache
+def lark_parser() -> lark.Lark:
+    """The LALR parser of `grammar.lark`, with positions; comments are collected on the side."""
+    grammar = resources.files("effdsl").joinpath("grammar.lark").read_text(encoding="utf-8")
+    return lark.Lark(
+        grammar,
+        parser="lalr",
+        propagate_positions=True,
+        maybe_placeholders=False,
+        lexer_callbacks={"COMMENT": _collect_comment},
+    )
+
+
+# ---- plain words for Lark's terminal names ------------------------------------------------
+
+TERMINAL_WORDS = {
+    "WORD": "a word",
+    "NUMBER": "a number",
+    "STRING": "a quoted string",
+    "LBRACE": "`{`",
+    "RBRACE": "`}`",
+    "EQUAL": "`=`",
+    "_NL": "a line break",
+    "NETWORK": "`network`",
+    "$END": "the end of the file",
+}
+
+
+def _plain(expected: Iterable[str]) -> str:
+    words = sorted({TERMINAL_WORDS.get(name, name.lower()) for name in expected})
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+# ---- statements as read from the tree ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Word:
+    """A positional word or value: its text, token type and span."""
+
+    text: str
+    type: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """A `key=value` attribute."""
+
+    key: Word
+    value: Word
+
+
+@dataclass
+class RawStatement:
+    keyword: Word
+    positional: list[Word] = field(default_factory=list)
+    named: list[Attribute] = field(default_factory=list)
+    span: Span | None = None
+
+
+def _span(filename: str, token: lark.Token) -> Span:
+    return Span(
+        filename,
+        token.line or 1,
+        token.column or 1,
+        token.end_line or token.line or 1,
+        token.end_column or (token.column or 1) + len(token),
+    )
+
+
+def _word(filename: str, token: lark.Token) -> Word:
+    return Word(str(token), token.type, _span(filename, token))
+
+
+def _read_tree(tree: lark.Tree, filename: str) -> tuple[Word, list[RawStatement], Span]:
+    """The network's name, its statements in order, and the span of its header."""
+    network = tree.children[0]
+    assert isinstance(network, lark.Tree)
+    keyword, name_tree, *_rest = network.children
+    assert isinstance(keyword, lark.Token) and isinstance(name_tree, lark.Tree)
+    name_token = name_tree.children[0]
+    assert isinstance(name_token, lark.Token)
+    statements = []
+    for body in network.find_data("body"):
+        for node in body.children:
+            if isinstance(node, lark.Tree) and node.data == "statement":
+                statements.append(_read_statement(node, filename))
+    header = _span(filename, keyword)
+    return _word(filename, name_token), statements, header
+
+
+def _read_statement(node: lark.Tree, filename: str) -> RawStatement:
+    head, *arguments = node.children
+    assert isinstance(head, lark.Token)
+    raw = RawStatement(_word(filename, head))
+    last = head
+    for argument in arguments:
+        if isinstance(argument, lark.Token):  # a lone value (inlined by `?argument`)
+            raw.positional.append(_word(filename, argument))
+            last = argument
+        elif argument.data == "named":
+            key, _equal, value = argument.children
+            assert isinstance(key, lark.Token) and isinstance(value, lark.Token)
+            raw.named.append(Attribute(_word(filename, key), _word(filename, value)))
+            last = value
+        else:  # `positional` with one token child
+            token = argument.children[0]
+            assert isinstance(token, lark.Token)
+            raw.positional.append(_word(filename, token))
+            last = token
+    start, end = raw.keyword.span, _span(filename, last)
+    raw.span = Span(filename, start.line, start.column, end.end_line, end.end_column)
+    return raw
+
+
+# ---- converting words to typed values ------------------------------------------------------
+
+
+class _Bad(Exception):
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+TRUE_WORDS = ("yes", "true", "on")
+FALSE_WORDS = ("no", "false", "off")
+_NUMBER_DIGITS_LIMIT = 40
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    """`did you mean `x`?` for the closest candidate, if one is close enough."""
+    matches = difflib.get_close_matches(word.lower(), list(candidates), n=1, cutoff=0.6)
+    return f"did you mean `{matches[0]}`?" if matches else None
+
+
+def _one_of(values: Iterable[object]) -> str:
+    return ", ".join(f"`{v}`" for v in values)
+
+
+def unescape(text: str) -> str:
+    """The value of a STRING token: quotes removed, backslash escapes decoded."""
+    body = text[1:-1]
+    try:
+        return body.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError as error:
+        raise _Bad(f"invalid escape in string: {error.reason}") from None
+
+
+def _number(word: Word) -> float:
+    if word.type != "NUMBER":
+        raise _Bad(f"expected a number, got `{word.text}`")
+    if len(word.text) > _NUMBER_DIGITS_LIMIT:
+        raise _Bad(f"number `{word.text[:20]}...` is too long")
+    value = float(word.text)
+    if not math.isfinite(value):
+        raise _Bad(f"number `{word.text}` is out of range")
+    return value
+
+
+def _integer(word: Word) -> int:
+    value = _number(word)
+    if not re.fullmatch(r"[+-]?\d+", word.text):
+        raise _Bad(f"expected a whole number, got `{word.text}`")
+    return int(value)
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    origin = get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else annotation
+    if origin is typing.Annotated:
+        return get_args(annotation)[0]
+    return annotation
+
+
+def convert(field_name: str, annotation: Any, word: Word) -> Any:
+    """Turn one word into the value the AST field `annotation` expects, or raise `_Bad`."""
+    kind = _unwrap_optional(annotation)
+    if get_origin(kind) is typing.Annotated:
+        kind = get_args(kind)[0]
+    if field_name == "se":
+        if word.text == "none":
+            return 0.0
+        value = _number(word)
+        if value == 0:
+            raise _Bad("se must be > 0", "write `se=none` to turn squeeze-and-excitation off")
+        return value
+    if get_origin(kind) is Literal:
+        choices = get_args(kind)
+        if word.text not in choices:
+            hint = did_you_mean(word.text, choices) or f"one of {_one_of(choices)}"
+            raise _Bad(f"unknown {field_name} `{word.text}`", hint)
+        return word.text
+    if kind is bool:
+        if word.text.lower() in TRUE_WORDS:
+            return True
+        if word.text.lower() in FALSE_WORDS:
+            return False
+        raise _Bad(f"expected yes or no, got `{word.text}`")
+    if kind is int:
+        return _integer(word)
+    if kind is float:
+        return _number(word)
+    if kind is str:
+        if word.type == "STRING":
+            return unescape(word.text)
+        if word.type == "WORD":
+            return word.text
+        raise _Bad(f"expected a name, got `{word.text}`", "quote names that are not words")
+    raise AssertionError(f"no conversion for {field_name}: {annotation}")  # pragma: no cover
+
+
+# ---- the statements ------------------------------------------------------------------------
+
+#: Shorthand letters of block shapes: `e6 k3 s2 c24 x2`.
+SHORTHANDS = {"e": "expand", "k": "kernel", "s": "stride", "c": "channels", "x": "repeats"}
+_SHORTHAND = re.compile(r"([a-z])(\d+(?:\.\d+)?)$")
+
+STATEMENTS: dict[str, type[ast.Node]] = {
+    "input": ast.Input,
+    "scaling": ast.Scaling,
+    "defaults": ast.Defaults,
+    "preset": ast.Preset,
+    "stem": ast.Stem,
+    "stage": ast.Stage,
+    "head": ast.Head,
+    "classifier": ast.Classifier,
+}
+SINGLETONS = ("input", "scaling", "defaults", "stem", "head", "classifier")
+REQUIRED = ("input", "stem", "head", "classifier")
+
+
+def attributes(node_type: type[ast.Node]) -> list[str]:
+    """The attributes a statement accepts as `key=value`, in the AST's field order."""
+    names = [n for n in node_type.model_fields if n not in ast.TRIVIA]
+    if issubclass(node_type, ast.Block):
+        names.remove("kind")
+        shape = [n for n in SHORTHANDS.values() if n in names]
+        names = shape + [n for n in names if n not in shape]
+    if node_type is ast.Preset:
+        names.remove("name")
+    return names
+
+
+class _Reader:
+    """Reads the raw statements of one file into nodes, collecting every error."""
+
+    def __init__(self) -> None:
+        self.errors: list[EffError] = []
+
+    def error(self, message: str, span: Span | None, hint: str | None = None) -> None:
+        self.errors.append(EffSemanticError(message, span, hint=hint))
+
+    def statement(self, raw: RawStatement) -> ast.Node | None:
+        keyword = raw.keyword.text
+        node_type = STATEMENTS.get(keyword)
+        if node_type is None:
+            hint = did_you_mean(keyword, STATEMENTS) or f"statements are {_one_of(STATEMENTS)}"
+            self.error(f"unknown statement `{keyword}`", raw.keyword.span, hint)
+            return None
+        values: dict[str, Any] = {}
+        spans: dict[str, Span] = {}
+        self._positional(raw, node_type, values, spans)
+        self._named(raw, node_type, values, spans)
+        return self._build(raw, node_type, values, spans)
+
+    def _set(
+        self,
+        node_type: type[ast.Node],
+        name: str,
+        word: Word,
+        values: dict[str, Any],
+        spans: dict[str, Span],
+        shown: str,
+    ) -> None:
+        if name in values:
+            self.error(f"`{shown}` given twice", word.span, "remove one of them")
+            return
+        annotation = node_type.model_fields[name].annotation
+        try:
+            values[name] = convert(name, annotation, word)
+        except _Bad as bad:
+            self.error(bad.message, word.span, bad.hint)
+            return
+        spans[name] = word.span
+
+    def _positional(
+        self,
+        raw: RawStatement,
+        node_type: type[ast.Node],
+        values: dict[str, Any],
+        spans: dict[str, Span],
+    ) -> None:
+        words = list(raw.positional)
+        keyword = raw.keyword.text
+        if issubclass(node_type, ast.Block):
+            if not words:
+                self.error(
+                    f"`{keyword}` needs a block kind",
+                    raw.keyword.span,
+                    f"one of {_one_of(ast.BLOCK_KINDS)}, e.g. `{keyword} mbconv e6 k3 s2 c24`",
+                )
+                return
+            self._set(node_type, "kind", words.pop(0), values, spans, "block kind")
+            for word in words:
+                self._shorthand(node_type, word, values, spans)
+            return
+        if node_type is ast.Preset:
+            if not words:
+                self.error("`preset` needs a name", raw.keyword.span, "e.g. `preset b3 width=1.2`")
+                return
+            self._set(node_type, "name", words.pop(0), values, spans, "name")
+        for word in words:
+            self.error(
+                f"unexpected `{word.text}` in `{keyword}`",
+                word.span,
+                f"`{keyword}` takes attributes: "
+                + " ".join(f"{a}=..." for a in attributes(node_type)),
+            )
+
+    def _shorthand(
+        self,
+        node_type: type[ast.Node],
+        word: Word,
+        values: dict[str, Any],
+        spans: dict[str, Span],
+    ) -> None:
+        allowed = {
+            letter: name for letter, name in SHORTHANDS.items() if name in node_type.model_fields
+        }
+        match = _SHORTHAND.match(word.text) if word.type == "WORD" else None
+        if match is None or match.group(1) not in allowed:
+            shown = " ".join(f"{letter}N" for letter in allowed)
+            hint = f"shapes are written {shown} (e.g. e6 k3 s2 c24 x2)"
+            if word.type == "WORD" and word.text in attributes(node_type):
+                hint = f"write `{word.text}=VALUE`"
+            elif match and match.group(1) in ("r", "n") and "repeats" in allowed.values():
+                hint = f"repeats are written x{match.group(2)}"
+            elif word.type == "WORD" and (close := did_you_mean(word.text, ast.BLOCK_KINDS)):
+                hint = close
+            self.error(f"unexpected `{word.text}` in `{node_type.keyword}`", word.span, hint)
+            return
+        letter, number = match.groups()
+        value = Word(number, "NUMBER", word.span)
+        self._set(node_type, allowed[letter], value, values, spans, letter)
+
+    def _named(
+        self,
+        raw: RawStatement,
+        node_type: type[ast.Node],
+        values: dict[str, Any],
+        spans: dict[str, Span],
+    ) -> None:
+        allowed = attributes(node_type)
+        for attribute in raw.named:
+            key = attribute.key.text
+            if key not in allowed:
+                hint = did_you_mean(key, allowed) or f"`{node_type.keyword}` takes " + _one_of(
+                    allowed
+                )
+                self.error(
+                    f"unknown attribute `{key}` in `{node_type.keyword}`", attribute.key.span, hint
+                )
+                continue
+            self._set(node_type, key, attribute.value, values, spans, key)
+
+    def _build(
+        self,
+        raw: RawStatement,
+        node_type: type[ast.Node],
+        values: dict[str, Any],
+        spans: dict[str, Span],
+    ) -> ast.Node | None:
+        missing = [
+            name
+            for name, info in node_type.model_fields.items()
+            if info.is_required() and name not in values
+        ]
+        if missing:
+            if any(name not in spans for name in missing if name in ("kind", "name")):
+                return None  # already reported by _positional
+            letters = {v: k for k, v in SHORTHANDS.items()}
+            shown = ", ".join(f"{n} ({letters[n]}N)" if n in letters else n for n in missing)
+            self.error(f"`{raw.keyword.text}` is missing {shown}", raw.span)
+            return None
+        try:
+            return node_type(**values, span=raw.span, attr_spans=tuple(spans.items()))
+        except ValidationError as error:
+            for detail in error.errors():
+                where = str(detail["loc"][0]) if detail["loc"] else ""
+                self.error(_pydantic_message(where, detail), spans.get(where, raw.span))
+            return None
+
+
+def _pydantic_message(field_name: str, detail: Any) -> str:
+    """Our wording for a pydantic validation error on one field."""
+    ctx = detail.get("ctx", {})
+    words = {
+        "greater_than_equal": ("≥", "ge"),
+        "greater_than": (">", "gt"),
+        "less_than_equal": ("≤", "le"),
+        "less_than": ("<", "lt"),
+    }
+    kind = detail["type"]
+    if field_name == "stride" and kind in words:
+        return f"stride must be 1 or 2, got {detail['input']}"
+    if kind in words:
+        symbol, key = words[kind]
+        return f"{field_name} must be {symbol} {ctx[key]}, got {detail['input']}"
+    message = str(detail["msg"]).removeprefix("Value error, ")
+    if kind in ("string_too_long", "string_too_short"):
+        return f"{field_name}: {message.lower()}"
+    return message
+
+
+# ---- assembling the network ----------------------------------------------------------------
+
+FIELD_OF_KEYWORD = {
+    "input": "input",
+    "scaling": "scaling",
+    "defaults": "defaults",
+    "stem": "stem",
+    "head": "head",
+    "classifier": "classifier",
+}
+
+
+def _attach_comments(
+    nodes: list[ast.Node], comments: list[lark.Token], header_line: int, end_line: int
+) -> tuple[list[ast.Node], dict[str, Any]]:
+    """Give each comment to a statement: trailing if on its last line, else leading the next.
+
+    Comments before `network` lead the network, one on its header line trails it, and those
+    after the last statement are kept as the network's closing comments.
+    """
+    by_start = sorted(range(len(nodes)), key=lambda i: nodes[i].span.line if nodes[i].span else 0)
+    leading: dict[int, list[str]] = {i: [] for i in range(len(nodes))}
+    trailing: dict[int, str] = {}
+    network: dict[str, Any] = {"comments": [], "trailing_comment": None, "closing_comments": []}
+    for token in comments:
+        text = str(token).rstrip()
+        line = token.line or 0
+        if line < header_line:
+            network["comments"].append(text)
+            continue
+        if line == header_line:
+            network["trailing_comment"] = text
+            continue
+        owner = next(
+            (i for i in by_start if (span := nodes[i].span) and span.end_line == line), None
+        )
+        if owner is not None:
+            trailing[owner] = text
+            continue
+        following = next(
+            (i for i in by_start if (span := nodes[i].span) and span.line > line), None
+        )
+        if following is not None and line < end_line:
+            leading[following].append(text)
+        else:
+            network["closing_comments"].append(text)
+    updated = [
+        node.model_copy(
+            update={"comments": tuple(leading[i]), "trailing_comment": trailing.get(i)}
+        )
+        for i, node in enumerate(nodes)
+    ]
+    network["comments"] = tuple(network["comments"])
+    network["closing_comments"] = tuple(network["closing_comments"])
+    return updated, network
+
+
+def _assemble(
+    name: Word,
+    header: Span,
+    statements: list[RawStatement],
+    comments: list[lark.Token],
+    end_line: int,
+    reader: _Reader,
+) -> ast.Network | None:
+    nodes: list[ast.Node] = []
+    first: dict[str, RawStatement] = {}
+    kept: list[RawStatement] = []
+    for raw in statements:
+        keyword = raw.keyword.text
+        if keyword in SINGLETONS and keyword in first:
+            where = first[keyword].keyword.span
+            reader.error(
+                f"duplicate `{keyword}` statement",
+                raw.keyword.span,
+                f"the first is at line {where.line}; a network has one `{keyword}`",
+            )
+            continue
+        first.setdefault(keyword, raw)
+        node = reader.statement(raw)
+        if node is not None:
+            nodes.append(node)
+            kept.append(raw)
+    for keyword in REQUIRED:
+        if keyword not in first:
+            example = {
+                "input": "input size=224 channels=3",
+                "stem": "stem conv k3 s2 c32",
+                "head": "head conv k1 c1280",
+                "classifier": "classifier dropout=0.2 classes=1000",
+            }[keyword]
+            reader.error(f"network `{name.text}` has no `{keyword}`", name.span, f"add `{example}`")
+    if not any(raw.keyword.text == "stage" for raw in statements):
+        reader.error(
+            f"network `{name.text}` has no stages",
+            name.span,
+            "add at least one line like `stage mbconv e6 k3 s2 c24 x2`",
+        )
+    if reader.errors:
+        return None
+    nodes, network_trivia = _attach_comments(nodes, comments, header.line, end_line)
+    fields: dict[str, Any] = {"presets": [], "stages": []}
+    for node in nodes:
+        if isinstance(node, ast.Preset):
+            fields["presets"].append(node)
+        elif isinstance(node, ast.Stage):
+            fields["stages"].append(node)
+        else:
+            fields[FIELD_OF_KEYWORD[node.keyword]] = node
+    fields["presets"] = tuple(fields["presets"])
+    fields["stages"] = tuple(fields["stages"])
+    try:
+        network_name = convert("name", str, name)
+    except _Bad as bad:
+        reader.error(bad.message, name.span, bad.hint)
+        return None
+    try:
+        return ast.Network(
+            name=network_name,
+            span=name.span,
+            attr_spans=(("name", name.span),),
+            **fields,
+            **network_trivia,
+        )
+    except ValidationError as error:
+        for detail in error.errors():
+            reader.error(_pydantic_message("name", detail), name.span)
+        return None
+
+
+# ---- Lark errors in our words --------------------------------------------------------------
+
+
+def _syntax_error(error: lark.exceptions.UnexpectedInput, filename: str) -> EffSyntaxError:
+    line, column = max(error.line, 1), max(error.column, 1)
+    if isinstance(error, lark.exceptions.UnexpectedCharacters):
+        character = error.char
+        span = Span(filename, line, column, line, column + 1)
+        hint = "attributes are separated by spaces, e.g. `se=0.25 act=silu`"
+        if character in "\"'":
+            hint = "strings are written in double quotes on one line"
+        return EffSyntaxError(f"unexpected character {character!r}", span, hint=hint)
+    if isinstance(error, lark.exceptions.UnexpectedToken):
+        token = error.token
+        expected = _plain(error.expected)
+        if token.type == "$END":
+            span = Span(filename, line, column, line, column + 1)
+            if "RBRACE" in error.expected:
+                return EffSyntaxError(
+                    "unexpected end of file: the network's `{` is never closed",
+                    span,
+                    hint="add `}` on a line of its own after the last statement",
+                )
+            return EffSyntaxError("unexpected end of file", span, hint=f"expected {expected}")
+        span = _span(filename, token)
+        shown = "a line break" if token.type == "_NL" else f"`{token}`"
+        hint = f"expected {expected}"
+        if token.type == "EQUAL":
+            hint = "`=` goes between an attribute name and its value, e.g. `se=0.25`"
+        elif token.type == "LBRACE":
+            hint = "the network needs a name before `{`, e.g. `network efficientnet_b0 {`"
+        elif token.type == "NETWORK":
+            hint = "`network` is a keyword; quote it to use it as a name"
+        elif token.type == "_NL" and "EQUAL" not in error.expected and "WORD" in error.expected:
+            hint = f"expected {expected} before the line ends"
+        return EffSyntaxError(f"unexpected {shown}", span, hint=hint)
+    span = Span(filename, line, column, line, column + 1)
+    return EffSyntaxError("unexpected end of file", span)
+
+
+# ---- the public entry points ---------------------------------------------------------------
+
+
+def parse(text: str, filename: str = "<string>") -> ast.Network:
+    """Parse the text of a `.eff` spec into a `Network`; raise `EffError` on any problem."""
+    from effdsl.validate import validate  # the global rules need the assembled network
+
+    _comments.tokens = []
+    try:
+        tree = lark_parser().parse(text)
+    except lark.exceptions.UnexpectedInput as error:
+        raise _syntax_error(error, filename).with_source(text) from None
+    finally:
+        comments, _comments.tokens = _comments.tokens, []
+    name, statements, header = _read_tree(tree, filename)
+    end_line = _closing_line(tree)
+    reader = _Reader()
+    network = _assemble(name, header, statements, comments, end_line, reader)
+    if network is not None:
+        reader.errors.extend(validate(network))
+    if reader.errors:
+        reader.errors.sort(key=lambda e: (e.span.line, e.span.column) if e.span else (0, 0))
+        raise EffErrors(reader.errors).with_source(text)
+    assert network is not None
+    return network
+
+
+def _closing_line(tree: lark.Tree) -> int:
+    network = tree.children[0]
+    assert isinstance(network, lark.Tree)
+    closing = network.children[-1]
+    return closing.line if isinstance(closing, lark.Token) and closing.line else 10**9
+
+
+MAX_SPEC_BYTES = 10 * 1024 * 1024
+
+
+def read_spec(path: str | Path) -> str:
+    """The text of a spec file, as UTF-8; unreadable files become `EffError`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise EffError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise EffError(f"{path}: is a directory, not a spec file") from None
+    except OSError as error:
+        raise EffError(f"{path}: cannot read: {error.strerror}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise EffError(f"{path}: {len(data)} bytes is too large for a spec (limit 10 MiB)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        span = Span(str(path), line, column, line, column + 1)
+        raise EffSyntaxError("the file is not valid UTF-8", span) from None
+
+
+def load(path: str | Path) -> ast.Network:
+    """Read and parse a `.eff` file."""
+    return parse(read_spec(path), filename=str(path))
+

@@ -1,0 +1,422 @@
+"""The lowered plan: a (scaled) `Network` expanded into concrete layers.
+
+`lower(network)` is the single place where stage repeats are expanded and every layer gets its
+concrete input/output channels, expanded width, squeeze-and-excitation width, stride, kernel,
+padding, spatial sizes, activation, residual flag and drop-path rate. Every backend (PyTorch
+build, Python code generation, cost model, renderer, checkpoint conversion) reads the plan and
+none re-derives channel arithmetic, so they agree by construction.
+
+Each layer carries its `path`, the dotted name of its module in the built network
+(`stages.3.blocks.1.expand`), so state_dict keys, generated code and graph node ids all come
+from here. No torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from effdsl import ast
+from effdsl.scaling import Multipliers
+
+Pad = tuple[int, int, int, int]  # left, right, top, bottom (the order of torch.nn.functional.pad)
+
+
+@dataclass(frozen=True)
+class ConvOp:
+    """Convolution, then batch norm, then the activation (`act=None`: none).
+
+    The module at `path` has children `conv` and `bn`.
+    """
+
+    path: str
+    role: str  # "stem", "expand", "depthwise", "project", "conv", "head"
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    groups: int
+    padding: Pad
+    act: str | None
+    in_size: int
+    out_size: int
+    bn_eps: float
+    bn_momentum: float
+
+    @property
+    def symmetric_padding(self) -> int | None:
+        """The padding as one number when it is the same on every side, else None."""
+        left, right, top, bottom = self.padding
+        return left if left == right == top == bottom else None
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups == self.in_channels == self.out_channels and self.groups > 1
+
+
+@dataclass(frozen=True)
+class SqueezeExciteOp:
+    """Global average pool, 1×1 conv down to `squeeze` (with `act`), 1×1 conv back, sigmoid gate.
+
+    The module at `path` has children `reduce` and `expand` (1×1 convs with bias).
+    """
+
+    path: str
+    channels: int
+    squeeze: int
+    act: str
+    size: int  # spatial size of the tensor it gates
+
+    role: str = field(default="se", init=False)
+
+    @property
+    def in_channels(self) -> int:
+        return self.channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.channels
+
+    @property
+    def in_size(self) -> int:
+        return self.size
+
+    @property
+    def out_size(self) -> int:
+        return self.size
+
+
+Op = ConvOp | SqueezeExciteOp
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """One block of a stage: its ops in order, and a residual connection when `residual`."""
+
+    path: str  # "stages.3.blocks.1"
+    stage: int
+    index: int  # within its stage
+    number: int  # over the whole network, from 0
+    kind: str
+    in_channels: int
+    out_channels: int
+    mid_channels: int  # width after expansion
+    kernel: int
+    stride: int
+    expand: float
+    se_channels: int  # 0: no squeeze-and-excitation
+    act: str
+    residual: bool
+    drop_path: float
+    in_size: int
+    out_size: int
+    ops: tuple[Op, ...]
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    index: int
+    name: str  # the spec's name, or "stage{index}"
+    kind: str
+    kernel: int
+    stride: int
+    expand: float
+    se: float
+    repeats: int
+    out_channels: int
+    in_size: int
+    out_size: int
+    blocks: tuple[BlockPlan, ...]
+
+    @property
+    def path(self) -> str:
+        return f"stages.{self.index}"
+
+
+@dataclass(frozen=True)
+class ClassifierPlan:
+    """Global average pool, dropout, linear layer (module `classifier`)."""
+
+    in_features: int
+    classes: int
+    dropout: float
+    path: str = "classifier"
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """What `features_only` returns for one stage: channels and total stride."""
+
+    stage: int
+    name: str
+    channels: int
+    reduction: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The whole network, concrete."""
+
+    name: str
+    resolution: int
+    in_channels: int
+    padding: str
+    stem: ConvOp
+    stages: tuple[StagePlan, ...]
+    head: ConvOp
+    classifier: ClassifierPlan
+    scaling: Multipliers
+
+    def blocks(self) -> Iterator[BlockPlan]:
+        for stage in self.stages:
+            yield from stage.blocks
+
+    def ops(self) -> Iterator[Op]:
+        """Every op in forward order: the stem, each block's ops, the head."""
+        yield self.stem
+        for block in self.blocks():
+            yield from block.ops
+        yield self.head
+
+    @property
+    def block_count(self) -> int:
+        return sum(len(stage.blocks) for stage in self.stages)
+
+    def feature_info(self) -> tuple[FeatureInfo, ...]:
+        return tuple(
+            FeatureInfo(
+                stage=s.index,
+                name=s.name,
+                channels=s.out_channels,
+                reduction=self.resolution // s.out_size if s.out_size else 0,
+                size=s.out_size,
+            )
+            for s in self.stages
+        )
+
+
+# ---- geometry -------------------------------------------------------------------------------
+
+
+def conv_geometry(size: int, kernel: int, stride: int, mode: str) -> tuple[Pad, int]:
+    """Padding and output size of a k×k, stride-s convolution on a `size`×`size` input.
+
+    `symmetric` pads (k-1)/2 on every side (PyTorch, torchvision). `same` is TensorFlow's SAME:
+    the output is ceil(size / stride) and the padding needed for that is split with the extra
+    pixel on the right and bottom, which is what TF-trained checkpoints expect.
+    """
+    if mode == "same":
+        out = math.ceil(size / stride)
+        total = max((out - 1) * stride + kernel - size, 0)
+        before = total // 2
+        pad = (before, total - before, before, total - before)
+        return pad, out
+    half = (kernel - 1) // 2
+    out = (size + 2 * half - kernel) // stride + 1
+    return (half, half, half, half), out
+
+
+# ---- lowering -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Options:
+    act: str
+    se: float
+    bn_eps: float
+    bn_momentum: float
+    drop_path: float
+    padding: str
+
+
+def _options(block: ast.Block, defaults: ast.Defaults) -> _Options:
+    """A block's options: its own overrides, else the network's defaults."""
+
+    def pick(name: str) -> object:
+        own = getattr(block, name)
+        return getattr(defaults, name) if own is None else own
+
+    return _Options(
+        act=str(pick("act")),
+        se=float(pick("se")),  # type: ignore[arg-type]
+        bn_eps=float(pick("bn_eps")),  # type: ignore[arg-type]
+        bn_momentum=float(pick("bn_momentum")),  # type: ignore[arg-type]
+        drop_path=float(pick("drop_path")),  # type: ignore[arg-type]
+        padding=str(pick("padding")),
+    )
+
+
+def _conv(
+    path: str,
+    role: str,
+    in_channels: int,
+    out_channels: int,
+    kernel: int,
+    stride: int,
+    size: int,
+    options: _Options,
+    *,
+    groups: int = 1,
+    act: bool = True,
+) -> ConvOp:
+    padding, out_size = conv_geometry(size, kernel, stride, options.padding)
+    return ConvOp(
+        path=path,
+        role=role,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        kernel=kernel,
+        stride=stride,
+        groups=groups,
+        padding=padding,
+        act=options.act if act else None,
+        in_size=size,
+        out_size=out_size,
+        bn_eps=options.bn_eps,
+        bn_momentum=options.bn_momentum,
+    )
+
+
+def expanded_channels(in_channels: int, expand: float) -> int:
+    """Width after expansion; fractional ratios round down, as torchvision's `adjust_channels`."""
+    return max(1, int(in_channels * expand))
+
+
+def squeeze_channels(in_channels: int, se: float) -> int:
+    """SE width from the block's *input* channels, as the TF reference and torchvision do."""
+    return max(1, int(in_channels * se)) if se > 0 else 0
+
+
+def _block_ops(
+    path: str,
+    kind: str,
+    in_channels: int,
+    out_channels: int,
+    mid: int,
+    se_channels: int,
+    kernel: int,
+    stride: int,
+    size: int,
+    options: _Options,
+) -> tuple[Op, ...]:
+    ops: list[Op] = []
+    if kind == "conv":
+        return (_conv(f"{path}.conv", "conv", in_channels, out_channels, kernel, stride, size, options),)
+    if kind == "mbconv":
+        width = in_channels
+        if mid != in_channels:
+            ops.append(_conv(f"{path}.expand", "expand", in_channels, mid, 1, 1, size, options))
+            width = mid
+        depthwise = _conv(
+            f"{path}.depthwise", "depthwise", width, width, kernel, stride, size, options,
+            groups=width,
+        )
+        ops.append(depthwise)
+        size = depthwise.out_size
+    else:  # fused_mbconv
+        if mid == in_channels:  # ratio 1: a single k×k conv-BN-act does it all
+            return (_conv(f"{path}.conv", "conv", in_channels, out_channels, kernel, stride, size, options),)
+        fused = _conv(f"{path}.expand", "expand", in_channels, mid, kernel, stride, size, options)
+        ops.append(fused)
+        size = fused.out_size
+    if se_channels:
+        ops.append(SqueezeExciteOp(f"{path}.se", mid, se_channels, options.act, size))
+    ops.append(_conv(f"{path}.project", "project", mid, out_channels, 1, 1, size, options, act=False))
+    return tuple(ops)
+
+
+def lower(network: ast.Network, scaling: Multipliers | None = None) -> Plan:
+    """Expand `network` (already scaled, if wanted) into a `Plan` of concrete layers.
+
+    `scaling` only records how the network was scaled, for summaries and drawings.
+    """
+    defaults = network.defaults
+    size = network.input.size
+    stem_options = _options(network.stem, defaults)
+    stem = _conv(
+        "stem", "stem", network.input.channels, network.stem.channels, network.stem.kernel,
+        network.stem.stride, size, stem_options,
+    )
+    size, channels = stem.out_size, stem.out_channels
+    total = sum(stage.repeats for stage in network.stages)
+    number = 0
+    stages = []
+    for s, stage in enumerate(network.stages):
+        options = _options(stage, defaults)
+        stage_in_size = size
+        blocks = []
+        for b in range(stage.repeats):
+            stride = stage.stride if b == 0 else 1
+            mid = channels if stage.kind == "conv" else expanded_channels(channels, stage.expand)
+            se_channels = squeeze_channels(channels, options.se) if stage.kind != "conv" else 0
+            path = f"stages.{s}.blocks.{b}"
+            ops = _block_ops(
+                path, stage.kind, channels, stage.channels, mid, se_channels, stage.kernel,
+                stride, size, options,
+            )
+            residual = stage.skip and stride == 1 and channels == stage.channels
+            out_size = ops[-1].out_size
+            blocks.append(
+                BlockPlan(
+                    path=path,
+                    stage=s,
+                    index=b,
+                    number=number,
+                    kind=stage.kind,
+                    in_channels=channels,
+                    out_channels=stage.channels,
+                    mid_channels=mid,
+                    kernel=stage.kernel,
+                    stride=stride,
+                    expand=stage.expand,
+                    se_channels=se_channels,
+                    act=options.act,
+                    # block i of N drops its branch with probability rate·i/N (N after depth
+                    # scaling: torchvision's convention, see tensorflow/tpu#381)
+                    drop_path=options.drop_path * number / total if residual else 0.0,
+                    residual=residual,
+                    in_size=size,
+                    out_size=out_size,
+                    ops=ops,
+                )
+            )
+            number += 1
+            size, channels = out_size, stage.channels
+        stages.append(
+            StagePlan(
+                index=s,
+                name=stage.name or f"stage{s}",
+                kind=stage.kind,
+                kernel=stage.kernel,
+                stride=stage.stride,
+                expand=stage.expand,
+                se=options.se if stage.kind != "conv" else 0.0,
+                repeats=stage.repeats,
+                out_channels=stage.channels,
+                in_size=stage_in_size,
+                out_size=size,
+                blocks=tuple(blocks),
+            )
+        )
+    head = _conv(
+        "head", "head", channels, network.head.channels, network.head.kernel,
+        network.head.stride, size, _options(network.head, defaults),
+    )
+    classifier = ClassifierPlan(
+        in_features=head.out_channels,
+        classes=network.classifier.classes,
+        dropout=network.classifier.dropout,
+    )
+    return Plan(
+        name=network.name,
+        resolution=network.input.size,
+        in_channels=network.input.channels,
+        padding=defaults.padding,
+        stem=stem,
+        stages=tuple(stages),
+        head=head,
+        classifier=classifier,
+        scaling=scaling or Multipliers(),
+    )

@@ -1,0 +1,230 @@
+"""Compound scaling (Tan & Le, 2019) as pure transforms `Network -> Network`.
+
+    scale(net, phi=3)                 width β^φ, depth α^φ, resolution γ^φ (α, β, γ from the spec)
+    scale(net, preset="b3")           the spec's named preset (width, depth, resolution, dropout)
+    scale(net, width=1.2, depth=1.4)  explicit multipliers; `resolution=` in pixels overrides any
+
+The result is an ordinary `Network` with the scaled channels, repeats, input size and dropout
+written into its nodes, and no presets (they described the unscaled net). `Scaled.multipliers`
+records what was applied. No torch here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from effdsl import ast
+from effdsl.errors import ScalingError
+
+
+# ---- the reference rounding rules ----------------------------------------------------------
+
+
+def round_channels(channels: int, width: float, divisor: int = 8) -> int:
+    """Scale a channel count by `width`, to a multiple of `divisor`, never more than 10% down.
+
+    Rounding to a multiple of 8 keeps tensor-core and vector kernels efficient; rounding to the
+    nearest multiple (not down) keeps the net close to the intended width, and the +divisor
+    correction stops small layers from losing more than 10% of their channels (TF reference
+    `round_filters`, torchvision `_make_divisible`).
+    """
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * scaled:
+        rounded += divisor
+    return int(rounded)
+
+
+def round_repeats(repeats: int, depth: float) -> int:
+    """Scale a stage's block count by `depth`, rounding up so no stage ever loses a block.
+
+    Products that are integers in decimal (5 × 1.4 = 7) can land a hair above the integer in
+    binary floating point; rounding to 9 decimals first keeps `ceil` from adding a block there.
+    """
+    return max(1, math.ceil(round(repeats * depth, 9)))
+
+
+def round_resolution(resolution: int, factor: float) -> int:
+    """Scale an input resolution by `factor`, to the nearest pixel (224 · 1.15 → 258)."""
+    return max(1, math.floor(resolution * factor + 0.5))
+
+
+# ---- what was applied -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Multipliers:
+    """The scaling applied to a network: how it was asked for and the resulting factors."""
+
+    width: float = 1.0
+    depth: float = 1.0
+    resolution: int | None = None  # pixels; None keeps the spec's
+    dropout: float | None = None  # None keeps the spec's
+    phi: float | None = None
+    preset: str | None = None
+    alpha: float | None = None
+    beta: float | None = None
+    gamma: float | None = None
+
+    @property
+    def is_identity(self) -> bool:
+        return self.width == 1.0 and self.depth == 1.0 and self.resolution is None
+
+    def describe(self) -> str:
+        """A short label: `phi=3`, `preset b3`, `width=1.2 depth=1.4`, plus `res=300`."""
+        parts = []
+        if self.preset is not None:
+            parts.append(f"preset {self.preset}")
+        elif self.phi is not None:
+            parts.append(f"phi={self.phi:g}")
+        elif self.width != 1.0 or self.depth != 1.0:
+            parts.append(f"width={self.width:g} depth={self.depth:g}")
+        if self.resolution is not None and self.preset is None and self.phi is None:
+            parts.append(f"resolution={self.resolution}")
+        return " ".join(parts) or "unscaled"
+
+
+def multipliers(
+    network: ast.Network,
+    *,
+    phi: float | None = None,
+    preset: str | None = None,
+    width: float | None = None,
+    depth: float | None = None,
+    resolution: int | None = None,
+    alpha: float | None = None,
+    beta: float | None = None,
+    gamma: float | None = None,
+) -> Multipliers:
+    """Resolve a scaling request against `network` into concrete multipliers."""
+    chosen = [n for n, v in (("phi", phi), ("preset", preset)) if v is not None]
+    if width is not None or depth is not None:
+        chosen.append("width/depth")
+    if len(chosen) > 1:
+        raise ScalingError(
+            f"choose one way to scale, not {' and '.join(chosen)}",
+            hint="use --phi, --preset, or --width/--depth; --resolution combines with any",
+        )
+    for name, value in (("width", width), ("depth", depth), ("alpha", alpha), ("beta", beta),
+                        ("gamma", gamma)):
+        if value is not None and not (math.isfinite(value) and 0 < value <= ast.MAX_MULTIPLIER):
+            raise ScalingError(f"{name} must be a number in (0, {ast.MAX_MULTIPLIER:g}], got {value}")
+    if resolution is not None and not 8 <= resolution <= ast.MAX_RESOLUTION:
+        raise ScalingError(f"resolution must be in [8, {ast.MAX_RESOLUTION}], got {resolution}")
+    if phi is not None:
+        return _from_phi(network, phi, resolution, alpha, beta, gamma)
+    if preset is not None:
+        found = network.preset(preset)
+        if found is None:
+            names = ", ".join(p.name for p in network.presets) or "none"
+            raise ScalingError(
+                f"network `{network.name}` has no preset `{preset}`", hint=f"its presets: {names}"
+            )
+        return Multipliers(
+            width=found.width,
+            depth=found.depth,
+            resolution=resolution if resolution is not None else found.resolution,
+            dropout=found.dropout,
+            preset=preset,
+        )
+    return Multipliers(
+        width=1.0 if width is None else width,
+        depth=1.0 if depth is None else depth,
+        resolution=resolution,
+    )
+
+
+def _from_phi(
+    network: ast.Network,
+    phi: float,
+    resolution: int | None,
+    alpha: float | None,
+    beta: float | None,
+    gamma: float | None,
+) -> Multipliers:
+    if not math.isfinite(phi):
+        raise ScalingError(f"phi must be a finite number, got {phi}")
+    a = network.scaling.alpha if alpha is None else alpha
+    b = network.scaling.beta if beta is None else beta
+    g = network.scaling.gamma if gamma is None else gamma
+    try:
+        width, depth, res_factor = b**phi, a**phi, g**phi
+    except OverflowError:
+        raise ScalingError(f"phi={phi:g} overflows the multipliers", hint="use a smaller phi") from None
+    for name, value in (("width", width), ("depth", depth), ("resolution", res_factor)):
+        if not (math.isfinite(value) and value > 0) or value > ast.MAX_MULTIPLIER:
+            raise ScalingError(
+                f"phi={phi:g} gives a {name} multiplier of {value:.4g}, beyond "
+                f"{ast.MAX_MULTIPLIER:g}",
+                hint="use a smaller phi",
+            )
+    if resolution is None:
+        resolution = round_resolution(network.input.size, res_factor)
+    return Multipliers(
+        width=width, depth=depth, resolution=resolution, phi=phi, alpha=a, beta=b, gamma=g
+    )
+
+
+# ---- the transforms -------------------------------------------------------------------------
+
+
+def scale_block(block: Any, factors: Multipliers, divisor: int) -> Any:
+    """One block with its channels (and, for a stage, repeats) scaled, unless it opts out."""
+    update: dict[str, Any] = {}
+    if block.scales_width and factors.width != 1.0:
+        update["channels"] = round_channels(block.channels, factors.width, divisor)
+    if isinstance(block, ast.Stage) and block.scales_depth and factors.depth != 1.0:
+        update["repeats"] = round_repeats(block.repeats, factors.depth)
+    for name, bound in (("channels", ast.MAX_CHANNELS), ("repeats", ast.MAX_REPEATS)):
+        if update.get(name, 0) > bound:
+            raise ScalingError(
+                f"scaling gives {update[name]} {name} in `{block.keyword}`, beyond the "
+                f"language's bound of {bound}",
+                block.span,
+            )
+    return block.model_copy(update=update) if update else block
+
+
+def apply(network: ast.Network, factors: Multipliers) -> ast.Network:
+    """The network with `factors` baked in: channels, repeats, input size, dropout."""
+    divisor = network.scaling.divisor
+    update: dict[str, Any] = {
+        "stem": scale_block(network.stem, factors, divisor),
+        "stages": tuple(scale_block(s, factors, divisor) for s in network.stages),
+        "head": scale_block(network.head, factors, divisor),
+        "presets": (),
+    }
+    if factors.resolution is not None and factors.resolution != network.input.size:
+        update["input"] = network.input.model_copy(update={"size": factors.resolution})
+    if factors.dropout is not None and factors.dropout != network.classifier.dropout:
+        update["classifier"] = network.classifier.model_copy(update={"dropout": factors.dropout})
+    return network.model_copy(update=update)
+
+
+def scale(
+    network: ast.Network,
+    *,
+    phi: float | None = None,
+    preset: str | None = None,
+    width: float | None = None,
+    depth: float | None = None,
+    resolution: int | None = None,
+    alpha: float | None = None,
+    beta: float | None = None,
+    gamma: float | None = None,
+) -> ast.Network:
+    """Scale `network` by φ, a named preset, or explicit multipliers (see module docstring)."""
+    factors = multipliers(
+        network,
+        phi=phi,
+        preset=preset,
+        width=width,
+        depth=depth,
+        resolution=resolution,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+    )
+    return apply(network, factors)

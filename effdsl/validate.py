@@ -1,0 +1,57 @@
+"""The rules of a spec that need the whole network, checked in one pass.
+
+Local rules (bounds, odd kernels) are enforced when each AST node is built; this pass adds the
+ones that look across statements. It returns every problem it finds rather than stopping at the
+first, so that `effdsl check` reports a file's errors in one run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from effdsl import ast
+from effdsl.errors import EffError, EffSemanticError
+
+
+def validate(network: ast.Network) -> list[EffError]:
+    """All global-rule violations of `network`, in source order (empty when it is valid)."""
+    errors: list[EffError] = []
+    errors += _duplicates("stage", [(s.name, s) for s in network.stages if s.name is not None])
+    errors += _duplicates("preset", [(p.name, p) for p in network.presets])
+    for block in (network.stem, network.head):
+        if block.kind != "conv":
+            errors.append(
+                EffSemanticError(
+                    f"the {block.keyword} must be a `conv` block, not `{block.kind}`",
+                    block.span_of("kind"),
+                    hint=f"write `{block.keyword} conv k3 s2 c32`, and put {block.kind} blocks "
+                    "in stages",
+                )
+            )
+    for block in (network.stem, network.head, *network.stages):
+        if block.kind == "conv" and block.se:
+            errors.append(
+                EffSemanticError(
+                    "a `conv` block has no squeeze-and-excitation",
+                    block.span_of("se"),
+                    hint="remove `se=...` or use an mbconv or fused_mbconv block",
+                )
+            )
+    return sorted(errors, key=lambda e: (e.span.line, e.span.column) if e.span else (0, 0))
+
+
+def _duplicates(what: str, named: Iterable[tuple[str, ast.Node]]) -> list[EffError]:
+    errors: list[EffError] = []
+    seen: dict[str, ast.Node] = {}
+    for name, node in named:
+        first = seen.setdefault(name, node)
+        if first is not node:
+            line = first.span.line if first.span else "?"
+            errors.append(
+                EffSemanticError(
+                    f"duplicate {what} name `{name}`",
+                    node.span_of("name"),
+                    hint=f"the first `{name}` is at line {line}; names must be unique",
+                )
+            )
+    return errors
