@@ -1,0 +1,71 @@
+"""effdsl: a declarative architecture language for EfficientNet-family networks.
+
+    net = effdsl.load("specs/b0.eff")             # text → typed AST
+    b3 = effdsl.scale(net, preset="b3")           # compound scaling, a pure AST transform
+    plan = effdsl.lower(b3)                       # concrete layers: the one source of truth
+    effdsl.cost(plan).params                      # 12,233,232, no torch needed
+    model = effdsl.build(b3)                      # torch.nn.Module (imports torch lazily)
+
+Only the PyTorch backend imports torch, and only when it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from effdsl.ast import Network
+from effdsl.cost import CostReport, cost
+from effdsl.errors import EffError, EffErrors
+from effdsl.fmt import format
+from effdsl.parser import load, parse
+from effdsl.plan import Plan, lower
+from effdsl.scaling import Multipliers, multipliers, scale
+
+__version__ = "0.1.0"
+
+# Names served lazily, so that `import effdsl` never imports torch or graphviz.
+_LAZY = {
+    "build": "effdsl.torch_build",
+    "optimize_for_inference": "effdsl.torch_build",
+    "convert_state_dict": "effdsl.convert",
+    "to_python": "effdsl.codegen",
+    "to_dot": "effdsl.render",
+    "render": "effdsl.render",
+}
+
+if TYPE_CHECKING:
+    from effdsl.codegen import to_python
+    from effdsl.convert import convert_state_dict
+    from effdsl.render import render, to_dot
+    from effdsl.torch_build import build, optimize_for_inference
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'effdsl' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+__all__ = [
+    "CostReport",
+    "EffError",
+    "EffErrors",
+    "Multipliers",
+    "Network",
+    "Plan",
+    "build",
+    "convert_state_dict",
+    "cost",
+    "format",
+    "load",
+    "lower",
+    "multipliers",
+    "optimize_for_inference",
+    "parse",
+    "render",
+    "scale",
+    "to_dot",
+    "to_python",
+]
