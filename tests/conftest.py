@@ -1,0 +1,50 @@
+"""Shared fixtures: the shipped specs and the reference figures in ../shared/reference."""
+
+from __future__ import annotations
+
+import csv
+import json
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = ROOT / "specs"
+REFERENCE = ROOT.parent / "shared" / "reference"
+
+#: spec file, preset (or None), torchvision model name, for the 13 reference networks
+REFERENCE_NETS = [
+    *[("b0.eff", f"b{i}", f"efficientnet_b{i}") for i in range(8)],
+    ("efficientnetv2-s.eff", None, "efficientnet_v2_s"),
+    ("efficientnetv2-m.eff", None, "efficientnet_v2_m"),
+    ("efficientnetv2-l.eff", None, "efficientnet_v2_l"),
+    ("mobilenetv2.eff", None, "mobilenet_v2"),
+    ("mnasnet.eff", None, "mnasnet1_0"),
+]
+
+
+@cache
+def reference_counts() -> dict[str, dict[str, int]]:
+    """torchvision's parameters and MACs of each reference model, by model name."""
+    path = REFERENCE / "torchvision-counts.jsonl"
+    if not path.exists():
+        pytest.skip(f"reference figures not found at {path}")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {row["model"]: row for row in rows}
+
+
+@cache
+def reference_layout(name: str) -> list[tuple[str, str]]:
+    """(key, shape) rows of a reference state_dict layout, e.g. `torchvision-efficientnet_b0`."""
+    path = REFERENCE / f"{name}.tsv"
+    if not path.exists():
+        pytest.skip(f"reference layout not found at {path}")
+    with path.open() as handle:
+        rows = list(csv.reader(handle, delimiter="\t"))
+    return [(key, shape) for key, shape in rows[1:]]
+
+
+@pytest.fixture
+def specs_dir() -> Path:
+    return SPECS
