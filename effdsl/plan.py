@@ -18,7 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from effdsl import ast
+from effdsl.errors import LimitError
 from effdsl.scaling import Multipliers
+
+#: Lowering allocates per block; more than this many is refused (see `effdsl.limits`).
+MAX_BLOCKS = 10_000
 
 Pad = tuple[int, int, int, int]  # left, right, top, bottom (the order of torch.nn.functional.pad)
 
@@ -327,11 +331,21 @@ def _block_ops(
     return tuple(ops)
 
 
-def lower(network: ast.Network, scaling: Multipliers | None = None) -> Plan:
+def lower(
+    network: ast.Network, scaling: Multipliers | None = None, *, max_blocks: int = MAX_BLOCKS
+) -> Plan:
     """Expand `network` (already scaled, if wanted) into a `Plan` of concrete layers.
 
-    `scaling` only records how the network was scaled, for summaries and drawings.
+    `scaling` only records how the network was scaled, for summaries and drawings. A network of
+    more than `max_blocks` blocks is refused with `LimitError` before anything is allocated.
     """
+    total = sum(stage.repeats for stage in network.stages)
+    if total > max_blocks:
+        raise LimitError(
+            f"network `{network.name}` has {total:,} blocks, more than the limit of "
+            f"{max_blocks:,}",
+            hint="lower the repeats or the depth multiplier",
+        )
     defaults = network.defaults
     size = network.input.size
     stem_options = _options(network.stem, defaults)
@@ -340,7 +354,6 @@ def lower(network: ast.Network, scaling: Multipliers | None = None) -> Plan:
         network.stem.stride, size, stem_options,
     )
     size, channels = stem.out_size, stem.out_channels
-    total = sum(stage.repeats for stage in network.stages)
     number = 0
     stages = []
     for s, stage in enumerate(network.stages):

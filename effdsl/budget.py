@@ -1,0 +1,98 @@
+"""Budget solving: the largest φ whose scaled network fits a MACs or parameter budget.
+
+    phi = solve_phi(net, macs=2e9)      # e.g. 2.99 for B0: the B3-sized net of the φ family
+
+The cost of a φ-scaled net is exact (it goes through the rounding rules), so it is a step
+function of φ; with α, β, γ ≥ 1 it never decreases as φ grows, which is what makes bisection
+correct. The answer is the largest φ on a 1e-4 grid whose net fits.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from effdsl import ast
+from effdsl.cost import cost
+from effdsl.errors import EffError, ScalingError
+from effdsl.plan import lower
+from effdsl.scaling import Multipliers, apply, multipliers
+
+PHI_RANGE = (-10.0, 30.0)
+PRECISION = 1e-4
+_SUFFIXES = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+
+def parse_amount(text: str) -> float:
+    """`2G`, `385.8M`, `10m`, `5e6`, `1500k` → a number (k, M, G, T are powers of 1000)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGtT]?)\s*", text)
+    if match is None:
+        raise ValueError(f"not an amount: {text!r} (write e.g. 2G, 385M, 10M, 5e6)")
+    value = float(match.group(1)) * _SUFFIXES[match.group(2).lower()]
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"not a positive amount: {text!r}")
+    return value
+
+
+def _measure(
+    network: ast.Network, phi: float, what: str, coefficients: dict[str, float | None]
+) -> float | None:
+    """MACs or params of the φ-scaled net, or None when φ is out of the language's bounds."""
+    try:
+        factors = multipliers(network, phi=phi, **coefficients)  # type: ignore[arg-type]
+        report = cost(lower(apply(network, factors)))
+    except EffError:
+        return None
+    return float(report.macs if what == "macs" else report.params)
+
+
+def solve_phi(
+    network: ast.Network,
+    *,
+    macs: float | None = None,
+    params: float | None = None,
+    alpha: float | None = None,
+    beta: float | None = None,
+    gamma: float | None = None,
+) -> Multipliers:
+    """The multipliers of the largest φ whose scaled `network` has at most `macs`/`params`."""
+    if (macs is None) == (params is None):
+        raise ScalingError("give exactly one budget: --macs or --params")
+    what, limit = ("macs", macs) if macs is not None else ("params", params)
+    assert limit is not None
+    coefficients = {"alpha": alpha, "beta": beta, "gamma": gamma}
+    scaling = network.scaling
+    bases = [
+        value if value is not None else default
+        for value, default in zip(
+            (alpha, beta, gamma), (scaling.alpha, scaling.beta, scaling.gamma), strict=True
+        )
+    ]
+    if min(bases) < 1.0:
+        raise ScalingError(
+            "budget solving needs alpha, beta and gamma ≥ 1 (cost must grow with phi)"
+        )
+
+    def fits(phi: float) -> bool:
+        value = _measure(network, phi, what, coefficients)
+        return value is not None and value <= limit
+
+    low, high = PHI_RANGE
+    if not fits(low):
+        smallest = _measure(network, low, what, coefficients)
+        raise ScalingError(
+            f"no phi ≥ {low:g} fits {what} ≤ {limit:,.0f}"
+            + (f" (phi={low:g} needs {smallest:,.0f})" if smallest is not None else "")
+        )
+    if fits(high):
+        return multipliers(network, phi=high, **coefficients)  # type: ignore[arg-type]
+    # invariant: fits(low) and not fits(high)
+    steps_low, steps_high = round(low / PRECISION), round(high / PRECISION)
+    while steps_high - steps_low > 1:
+        middle = (steps_low + steps_high) // 2
+        if fits(middle * PRECISION):
+            steps_low = middle
+        else:
+            steps_high = middle
+    phi = round(steps_low * PRECISION, 4)
+    return multipliers(network, phi=phi, **coefficients)  # type: ignore[arg-type]

@@ -1,0 +1,356 @@
+"""The `effdsl` command: parse arguments, call the library, print, choose the exit code.
+
+Exit codes: 0 success, 1 an error in the user's input or environment (printed as
+`FILE:LINE:COL: error: ...`), 2 bad command-line usage, 3 an internal error (a bug in effdsl).
+Subcommands that do not produce PyTorch artefacts never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from effdsl import __version__
+from effdsl.errors import EffError, EffErrors, OutputError
+
+ISSUES_URL = "https://github.com/effdsl/effdsl/issues"
+
+
+# ---- scaling flags, shared by compile, render, plot -----------------------------------------
+
+
+def _amount(text: str) -> float:
+    from effdsl.budget import parse_amount
+
+    try:
+        return parse_amount(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def _add_scaling_flags(parser: argparse.ArgumentParser, *, budgets: bool = True) -> None:
+    group = parser.add_argument_group("scaling (choose one of --phi, --preset, --width/--depth)")
+    group.add_argument("--phi", type=_finite_float, help="compound coefficient φ (any real)")
+    group.add_argument("--preset", metavar="NAME", help="a preset of the spec, e.g. b3")
+    group.add_argument("--width", type=_finite_float, metavar="W", help="width multiplier")
+    group.add_argument("--depth", type=_finite_float, metavar="D", help="depth multiplier")
+    group.add_argument(
+        "--resolution", type=int, metavar="PX", help="input resolution; overrides a preset's or φ's"
+    )
+    group.add_argument("--alpha", type=_finite_float, help="override the spec's depth base α")
+    group.add_argument("--beta", type=_finite_float, help="override the spec's width base β")
+    group.add_argument("--gamma", type=_finite_float, help="override the spec's resolution base γ")
+    if budgets:
+        group.add_argument(
+            "--macs", type=_amount, metavar="N", help="largest φ within N MACs (e.g. 2G)"
+        )
+        group.add_argument(
+            "--params", type=_amount, metavar="N", help="largest φ within N params (e.g. 10M)"
+        )
+
+
+def _factors(network: Any, args: argparse.Namespace) -> Any:
+    """The multipliers asked for on the command line (a budget picks φ)."""
+    from effdsl.budget import solve_phi
+    from effdsl.errors import ScalingError
+    from effdsl.scaling import multipliers
+
+    macs, params = getattr(args, "macs", None), getattr(args, "params", None)
+    coefficients = {"alpha": args.alpha, "beta": args.beta, "gamma": args.gamma}
+    if macs is not None or params is not None:
+        if any(v is not None for v in (args.phi, args.preset, args.width, args.depth)):
+            raise ScalingError("a budget (--macs/--params) chooses φ itself; drop the other flags")
+        chosen = solve_phi(network, macs=macs, params=params, **coefficients)
+        if args.resolution is not None:
+            chosen = multipliers(
+                network, phi=chosen.phi, resolution=args.resolution, **coefficients
+            )
+        budget = f"{macs:,.0f} MACs" if macs is not None else f"{params:,.0f} params"
+        print(f"budget {budget}: chose phi={chosen.phi:g}", file=sys.stderr)
+        return chosen
+    return multipliers(
+        network,
+        phi=args.phi,
+        preset=args.preset,
+        width=args.width,
+        depth=args.depth,
+        resolution=args.resolution,
+        **coefficients,
+    )
+
+
+# ---- commands --------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from effdsl.parser import load
+
+    failed = 0
+    count = 0
+    for path in args.files:
+        try:
+            load(path)
+        except EffErrors as errors:
+            failed += 1
+            count += len(errors.errors)
+            print(errors.render(), file=sys.stderr)
+        except EffError as error:
+            failed += 1
+            count += 1
+            print(error.render(), file=sys.stderr)
+    files = len(args.files)
+    noun = "file" if files == 1 else "files"
+    if failed:
+        print(f"{count} error{'s' if count != 1 else ''} in {failed} of {files} {noun}",
+              file=sys.stderr)
+        return 1
+    print(f"{files} {noun} ok", file=sys.stderr if args.quiet else sys.stdout)
+    return 0
+
+
+def cmd_fmt(args: argparse.Namespace) -> int:
+    from effdsl.files import atomic_write
+    from effdsl.fmt import format as format_network
+    from effdsl.parser import parse, read_spec
+
+    status = 0
+    for path in args.files:
+        try:
+            text = sys.stdin.read() if path == "-" else read_spec(path)
+            formatted = format_network(parse(text, filename="<stdin>" if path == "-" else path))
+        except EffError as error:
+            print(error.render(), file=sys.stderr)
+            status = 1
+            continue
+        if args.check:
+            if formatted != text:
+                print(f"{path}: not formatted", file=sys.stderr)
+                status = max(status, 1)
+        elif args.write and path != "-":
+            if formatted != text:
+                atomic_write(path, formatted)
+                print(f"formatted {path}", file=sys.stderr)
+        else:
+            sys.stdout.write(formatted)
+    return status
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from effdsl.ast import Network
+
+    print(json.dumps(Network.model_json_schema(), indent=2, sort_keys=True))
+    return 0
+
+
+def _load_scaled(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    from effdsl.parser import parse, read_spec
+
+    text = read_spec(args.spec)
+    network = parse(text, filename=args.spec)
+    return network, _factors(network, args), text
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from effdsl.files import same_file
+    from effdsl.limits import Limits, check_plan
+    from effdsl.scaling import apply
+    from effdsl.summary import summarize, to_json, to_text
+
+    network, factors, text = _load_scaled(args)
+    summary = summarize(network, factors)
+    check_plan(summary.scaled, Limits.from_args(args))
+    output = args.output
+    if output is None and not args.json and not args.dry_run:
+        from effdsl.export import default_output_name
+
+        output = str(default_output_name(Path(args.spec), factors))
+    if output is not None and output != "-" and same_file(output, args.spec):
+        raise OutputError(f"{output}: refusing to overwrite the input spec")
+    if output == "-":
+        from effdsl.codegen import to_python
+
+        sys.stdout.write(to_python(summary.scaled, source_name=args.spec, spec_text=text))
+        return 0
+    if args.json:
+        print(json.dumps(to_json(summary), indent=2))
+    else:
+        sys.stdout.write(to_text(summary))
+    if output is not None:
+        from effdsl.export import write_output
+
+        written = write_output(
+            output,
+            apply(network, factors),
+            summary.scaled,
+            weights=args.weights,
+            inference=args.inference,
+            spec_text=text,
+            source_name=args.spec,
+        )
+        print(f"wrote {written}", file=sys.stderr if args.json else sys.stdout)
+    elif args.weights or args.inference:
+        raise OutputError("--weights and --inference need an output file (-o)")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from effdsl.limits import Limits, check_plan
+    from effdsl.plan import lower
+    from effdsl.render import render
+    from effdsl.scaling import apply
+
+    network, factors, _text = _load_scaled(args)
+    scaled = lower(apply(network, factors), factors)
+    check_plan(scaled, Limits.from_args(args))
+    base = lower(network) if args.compare else None
+    written = render(scaled, args.output, base=base, detail=args.detail, rankdir=args.rankdir)
+    print(f"wrote {written}")
+    return 0
+
+
+# ---- the parser ----------------------------------------------------------------------------
+
+
+def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    from effdsl.limits import Limits
+
+    group = parser.add_argument_group("resource limits (refuse absurd networks before building)")
+    defaults = Limits()
+    group.add_argument(
+        "--max-params", type=_amount, metavar="N",
+        help=f"most parameters allowed (default {defaults.params:,.0f})",
+    )
+    group.add_argument(
+        "--max-macs", type=_amount, metavar="N",
+        help=f"most MACs per image allowed (default {defaults.macs:,.0f})",
+    )
+    group.add_argument(
+        "--max-activations", type=_amount, metavar="BYTES",
+        help=f"most activation bytes per image (default {defaults.activation_bytes:,.0f})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="effdsl",
+        description="A declarative architecture language for EfficientNet-family networks.",
+        epilog="Run `effdsl COMMAND --help` for a command's options. Docs: docs/cli.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"effdsl {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    check = commands.add_parser("check", help="check specs and report every error")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("-q", "--quiet", action="store_true", help="print nothing when all is well")
+    check.set_defaults(run=cmd_check)
+
+    fmt = commands.add_parser("fmt", help="print specs in canonical form")
+    fmt.add_argument("files", nargs="+", metavar="FILE", help="spec files, or - for stdin")
+    mode = fmt.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="rewrite files in place (atomically)")
+    mode.add_argument("--check", action="store_true", help="exit 1 if a file is not canonical")
+    fmt.set_defaults(run=cmd_fmt)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of a spec's AST")
+    schema.set_defaults(run=cmd_schema)
+
+    compile_ = commands.add_parser(
+        "compile",
+        help="scale a spec, print its summary, write a model",
+        description="Scale SPEC, print a summary (stages, params, MACs) and write the model. "
+        "Without -o the model goes to SPEC's stem plus the scaling beside the spec "
+        "(specs/b0.eff --phi 3 → specs/b0_phi3.py). The output format follows the "
+        "extension: .py (standalone PyTorch source), .eff (the scaled spec), .pt2 "
+        "(torch.export), .onnx, .pt (TorchScript); -o - prints the .py to stdout.",
+    )
+    compile_.add_argument("spec", metavar="SPEC")
+    _add_scaling_flags(compile_)
+    compile_.add_argument("-o", "--output", metavar="OUT", help="output file (see above)")
+    compile_.add_argument(
+        "--json", action="store_true", help="print the summary as JSON (writes a file only with -o)"
+    )
+    compile_.add_argument(
+        "-n", "--dry-run", action="store_true", help="print the summary, write nothing"
+    )
+    compile_.add_argument(
+        "--weights", metavar="FILE", help="a state_dict to embed in .pt2/.onnx/.pt outputs"
+    )
+    compile_.add_argument(
+        "--inference", action="store_true",
+        help="fold batch norm into convs and use channels_last before exporting",
+    )
+    _add_limit_flags(compile_)
+    compile_.set_defaults(run=cmd_compile)
+
+    render = commands.add_parser(
+        "render",
+        help="draw a (scaled) architecture with graphviz",
+        description="Draw SPEC, scaled by the flags, to OUT (.svg, .png, .pdf or .dot).",
+    )
+    render.add_argument("spec", metavar="SPEC")
+    _add_scaling_flags(render, budgets=True)
+    render.add_argument("-o", "--output", required=True, metavar="OUT")
+    render.add_argument(
+        "--detail", choices=("stage", "block", "layer"), default="stage",
+        help="one node per stage, per block, or per layer (default stage)",
+    )
+    render.add_argument(
+        "--compare", action="store_true", help="draw the unscaled spec beside the scaled one"
+    )
+    render.add_argument("--rankdir", choices=("TB", "LR"), default="TB", help="graph direction")
+    _add_limit_flags(render)
+    render.set_defaults(run=cmd_render)
+
+    for register in _EXTRA_COMMANDS:
+        register(commands)
+    return parser
+
+
+#: Functions that add further subcommands (search, plot); each takes the subparsers object.
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> int:
+    """Run the CLI; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    err = stderr or sys.stderr
+    try:
+        return int(args.run(args))
+    except EffError as error:
+        print(error.render(), file=err)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=err)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (e.g. `| head`); stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except Exception as error:  # noqa: BLE001 - anything else is a bug in effdsl
+        if os.environ.get("EFFDSL_DEBUG"):
+            traceback.print_exc(file=err)
+        print(
+            f"internal error: {type(error).__name__}: {error}\n"
+            f"This is a bug in effdsl. Please report it at {ISSUES_URL} with the input that "
+            "caused it (set EFFDSL_DEBUG=1 to see the traceback).",
+            file=err,
+        )
+        return 3
