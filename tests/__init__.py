@@ -1,0 +1,1 @@
+"""effdsl test suite."""
