@@ -218,8 +218,11 @@ def _unwrap_optional(annotation: Any) -> Any:
     return annotation
 
 
-def convert(field_name: str, annotation: Any, word: Word) -> Any:
-    """Turn one word into the value the AST field `annotation` expects, or raise `_Bad`."""
+def convert(field_name: str, annotation: Any, word: Word, shown: str | None = None) -> Any:
+    """Turn one word into the value the AST field `annotation` expects, or raise `_Bad`.
+
+    `shown` is how the field is called in messages (`block kind` for `kind`).
+    """
     kind = _unwrap_optional(annotation)
     if get_origin(kind) is typing.Annotated:
         kind = get_args(kind)[0]
@@ -234,7 +237,7 @@ def convert(field_name: str, annotation: Any, word: Word) -> Any:
         choices = get_args(kind)
         if word.text not in choices:
             hint = did_you_mean(word.text, choices) or f"one of {_one_of(choices)}"
-            raise _Bad(f"unknown {field_name} `{word.text}`", hint)
+            raise _Bad(f"unknown {shown or field_name} `{word.text}`", hint)
         return word.text
     if kind is bool:
         if word.text.lower() in TRUE_WORDS:
@@ -292,6 +295,7 @@ class _Reader:
 
     def __init__(self) -> None:
         self.errors: list[EffError] = []
+        self.failed: set[str] = set()  # fields of the current statement with a bad value
 
     def error(self, message: str, span: Span | None, hint: str | None = None) -> None:
         self.errors.append(EffSemanticError(message, span, hint=hint))
@@ -305,9 +309,11 @@ class _Reader:
             return None
         values: dict[str, Any] = {}
         spans: dict[str, Span] = {}
+        self.failed = set()
+        reported = len(self.errors)
         self._positional(raw, node_type, values, spans)
         self._named(raw, node_type, values, spans)
-        return self._build(raw, node_type, values, spans)
+        return self._build(raw, node_type, values, spans, reported)
 
     def _set(
         self,
@@ -317,14 +323,17 @@ class _Reader:
         values: dict[str, Any],
         spans: dict[str, Span],
         shown: str,
+        where: Span | None = None,
     ) -> None:
-        if name in values:
-            self.error(f"`{shown}` given twice", word.span, "remove one of them")
+        """Convert `word` into field `name`; `where` is the span a duplicate is reported at."""
+        if name in values or name in self.failed:
+            self.error(f"`{shown}` given twice", where or word.span, "remove one of them")
             return
         annotation = node_type.model_fields[name].annotation
         try:
-            values[name] = convert(name, annotation, word)
+            values[name] = convert(name, annotation, word, shown)
         except _Bad as bad:
+            self.failed.add(name)
             self.error(bad.message, word.span, bad.hint)
             return
         spans[name] = word.span
@@ -407,7 +416,7 @@ class _Reader:
                     f"unknown attribute `{key}` in `{node_type.keyword}`", attribute.key.span, hint
                 )
                 continue
-            self._set(node_type, key, attribute.value, values, spans, key)
+            self._set(node_type, key, attribute.value, values, spans, key, attribute.key.span)
 
     def _build(
         self,
@@ -415,26 +424,34 @@ class _Reader:
         node_type: type[ast.Node],
         values: dict[str, Any],
         spans: dict[str, Span],
+        reported: int,
     ) -> ast.Node | None:
+        """Build the node; report missing fields and the AST's own validation errors.
+
+        `reported` is the error count before this statement: when the statement already had
+        errors, "missing" is not reported again, but the values that did convert are still
+        validated so that one run shows every problem.
+        """
+        had_errors = len(self.errors) > reported
         missing = [
             name
             for name, info in node_type.model_fields.items()
-            if info.is_required() and name not in values
+            if info.is_required() and name not in values and name not in self.failed
         ]
-        if missing:
-            if any(name not in spans for name in missing if name in ("kind", "name")):
-                return None  # already reported by _positional
+        if missing and not had_errors:
             letters = {v: k for k, v in SHORTHANDS.items()}
             shown = ", ".join(f"{n} ({letters[n]}N)" if n in letters else n for n in missing)
             self.error(f"`{raw.keyword.text}` is missing {shown}", raw.span)
-            return None
         try:
-            return node_type(**values, span=raw.span, attr_spans=tuple(spans.items()))
+            node = node_type(**values, span=raw.span, attr_spans=tuple(spans.items()))
         except ValidationError as error:
             for detail in error.errors():
+                if detail["type"] == "missing":
+                    continue
                 where = str(detail["loc"][0]) if detail["loc"] else ""
                 self.error(_pydantic_message(where, detail), spans.get(where, raw.span))
             return None
+        return None if len(self.errors) > reported else node
 
 
 def _pydantic_message(field_name: str, detail: Any) -> str:

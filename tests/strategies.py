@@ -1,0 +1,111 @@
+"""Hypothesis strategies for valid specs: whole `Network` ASTs built from the typed nodes."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from effdsl import ast
+
+names = st.text(min_size=1, max_size=12)
+words = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True).filter(
+    lambda w: w != "network"
+)
+rates = st.floats(min_value=0.0, max_value=0.9, allow_nan=False).map(lambda v: round(v, 3))
+ratios = st.floats(min_value=0.01, max_value=1.0, allow_nan=False).map(lambda v: round(v, 4))
+multipliers = st.floats(min_value=0.1, max_value=5.0, allow_nan=False)
+odd_kernels = st.sampled_from([1, 3, 5, 7])
+maybe = st.none
+
+inputs = st.builds(ast.Input, size=st.integers(8, 640), channels=st.integers(1, 4))
+scalings = st.builds(
+    ast.Scaling,
+    alpha=st.floats(1.0, 2.0),
+    beta=st.floats(1.0, 2.0),
+    gamma=st.floats(1.0, 2.0),
+    divisor=st.sampled_from([1, 4, 8, 16]),
+)
+defaults = st.builds(
+    ast.Defaults,
+    act=st.sampled_from(ast.ACTIVATIONS),
+    se=st.one_of(st.just(0.0), ratios),
+    bn_eps=st.sampled_from([1e-5, 1e-3, 0.001]),
+    bn_momentum=st.sampled_from([0.1, 0.01, 0.0003]),
+    drop_path=rates,
+    padding=st.sampled_from(ast.PADDINGS),
+)
+presets = st.builds(
+    ast.Preset,
+    name=st.one_of(words, names),
+    width=multipliers,
+    depth=multipliers,
+    resolution=st.one_of(maybe(), st.integers(8, 1024)),
+    dropout=st.one_of(maybe(), rates),
+)
+
+
+def _options() -> dict[str, st.SearchStrategy[object]]:
+    return {
+        "act": st.one_of(maybe(), st.sampled_from(ast.ACTIVATIONS)),
+        "bn_eps": st.one_of(maybe(), st.just(1e-3)),
+        "bn_momentum": st.one_of(maybe(), st.just(0.01)),
+        "drop_path": st.one_of(maybe(), rates),
+        "padding": st.one_of(maybe(), st.sampled_from(ast.PADDINGS)),
+        "fix": st.sampled_from(ast.FIXES),
+    }
+
+
+conv_blocks = {
+    "kind": st.just("conv"),
+    "kernel": odd_kernels,
+    "stride": st.integers(1, 2),
+    "channels": st.integers(1, 64),
+    **_options(),
+}
+stems = st.builds(ast.Stem, **conv_blocks)  # type: ignore[arg-type]
+heads = st.builds(ast.Head, **conv_blocks)  # type: ignore[arg-type]
+
+
+@st.composite
+def stages(draw: st.DrawFn) -> ast.Stage:
+    kind = draw(st.sampled_from(ast.BLOCK_KINDS))
+    expand = 1.0 if kind == "conv" else draw(st.sampled_from([1.0, 1.5, 3.0, 4.0, 6.0]))
+    se = None if kind == "conv" else draw(st.one_of(maybe(), st.just(0.0), ratios))
+    return ast.Stage(
+        kind=kind,
+        expand=expand,
+        kernel=draw(odd_kernels),
+        stride=draw(st.integers(1, 2)),
+        channels=draw(st.integers(1, 64)),
+        repeats=draw(st.integers(1, 4)),
+        se=se,
+        skip=draw(st.booleans()),
+        name=draw(st.one_of(maybe(), words, names)),
+        **{key: draw(strategy) for key, strategy in _options().items()},
+    )
+
+
+classifiers = st.builds(ast.Classifier, dropout=rates, classes=st.integers(1, 2000))
+
+
+@st.composite
+def networks(draw: st.DrawFn, max_stages: int = 5) -> ast.Network:
+    stage_list = draw(st.lists(stages(), min_size=1, max_size=max_stages))
+    named = [s.name for s in stage_list if s.name is not None]
+    if len(set(named)) != len(named):  # names must be unique: drop the names instead
+        stage_list = [s.model_copy(update={"name": None}) for s in stage_list]
+    preset_list = draw(st.lists(presets, max_size=3, unique_by=lambda p: p.name))
+    optional: dict[str, object] = {}
+    if draw(st.booleans()):
+        optional["scaling"] = draw(scalings)
+    if draw(st.booleans()):
+        optional["defaults"] = draw(defaults)
+    return ast.Network(
+        name=draw(st.one_of(words, names)),
+        input=draw(inputs),
+        presets=tuple(preset_list),
+        stem=draw(stems),
+        stages=tuple(stage_list),
+        head=draw(heads),
+        classifier=draw(classifiers),
+        **optional,  # type: ignore[arg-type]
+    )
