@@ -40,7 +40,11 @@ def _collect_comment(token: lark.Token) -> lark.Token:
 
 @functools.cache
 def lark_parser() -> lark.Lark:
-    """The LALR parser of `grammar.lark`, with positions; comments are collected on the side."""
+    """The LALR parser of `grammar.lark`, with positions; comments are collected on the side.
+
+    `cache=True` keeps Lark's grammar analysis in a file in the temp directory (keyed by the
+    grammar's hash), which makes every later start of `effdsl` several times faster.
+    """
     grammar = resources.files("effdsl").joinpath("grammar.lark").read_text(encoding="utf-8")
     return lark.Lark(
         grammar,
@@ -48,6 +52,7 @@ def lark_parser() -> lark.Lark:
         propagate_positions=True,
         maybe_placeholders=False,
         lexer_callbacks={"COMMENT": _collect_comment},
+        cache=True,
     )
 
 
