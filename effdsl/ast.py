@@ -14,7 +14,7 @@ An update returns a new node: `stage.model_copy(update={"channels": 48})`.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -25,10 +25,10 @@ BlockKind = Literal["conv", "mbconv", "fused_mbconv"]
 Padding = Literal["symmetric", "same"]
 Fix = Literal["none", "depth", "width", "all"]
 
-ACTIVATIONS: tuple[str, ...] = Activation.__args__
-BLOCK_KINDS: tuple[str, ...] = BlockKind.__args__
-PADDINGS: tuple[str, ...] = Padding.__args__
-FIXES: tuple[str, ...] = Fix.__args__
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
+BLOCK_KINDS: tuple[str, ...] = get_args(BlockKind)
+PADDINGS: tuple[str, ...] = get_args(Padding)
+FIXES: tuple[str, ...] = get_args(Fix)
 
 # Sane bounds of the language. They keep every number finite and small enough to reason about;
 # the resource guards of `effdsl.limits` decide what is affordable to build.
@@ -159,7 +159,9 @@ class BlockOptions(Node):
         default=None, ge=0.0, le=1.0, description="Overrides `defaults se`; 0 means none."
     )
     bn_eps: float | None = Field(default=None, gt=0, lt=1, description="Overrides bn_eps.")
-    bn_momentum: float | None = Field(default=None, gt=0, lt=1, description="Overrides bn_momentum.")
+    bn_momentum: float | None = Field(
+        default=None, gt=0, lt=1, description="Overrides bn_momentum."
+    )
     drop_path: Rate | None = Field(
         default=None, description="Overrides the stochastic-depth rate for this stage's blocks."
     )

@@ -117,8 +117,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     files = len(args.files)
     noun = "file" if files == 1 else "files"
     if failed:
-        print(f"{count} error{'s' if count != 1 else ''} in {failed} of {files} {noun}",
-              file=sys.stderr)
+        print(
+            f"{count} error{'s' if count != 1 else ''} in {failed} of {files} {noun}",
+            file=sys.stderr,
+        )
         return 1
     print(f"{files} {noun} ok", file=sys.stderr if args.quiet else sys.stdout)
     return 0
@@ -233,15 +235,21 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("resource limits (refuse absurd networks before building)")
     defaults = Limits()
     group.add_argument(
-        "--max-params", type=_amount, metavar="N",
+        "--max-params",
+        type=_amount,
+        metavar="N",
         help=f"most parameters allowed (default {defaults.params:,.0f})",
     )
     group.add_argument(
-        "--max-macs", type=_amount, metavar="N",
+        "--max-macs",
+        type=_amount,
+        metavar="N",
         help=f"most MACs per image allowed (default {defaults.macs:,.0f})",
     )
     group.add_argument(
-        "--max-activations", type=_amount, metavar="BYTES",
+        "--max-activations",
+        type=_amount,
+        metavar="BYTES",
         help=f"most activation bytes per image (default {defaults.activation_bytes:,.0f})",
     )
 
@@ -292,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights", metavar="FILE", help="a state_dict to embed in .pt2/.onnx/.pt outputs"
     )
     compile_.add_argument(
-        "--inference", action="store_true",
+        "--inference",
+        action="store_true",
         help="fold batch norm into convs and use channels_last before exporting",
     )
     _add_limit_flags(compile_)
@@ -307,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scaling_flags(render, budgets=True)
     render.add_argument("-o", "--output", required=True, metavar="OUT")
     render.add_argument(
-        "--detail", choices=("stage", "block", "layer"), default="stage",
+        "--detail",
+        choices=("stage", "block", "layer"),
+        default="stage",
         help="one node per stage, per block, or per layer (default stage)",
     )
     render.add_argument(
@@ -344,7 +355,7 @@ def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> 
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
-    except Exception as error:  # noqa: BLE001 - anything else is a bug in effdsl
+    except Exception as error:
         if os.environ.get("EFFDSL_DEBUG"):
             traceback.print_exc(file=err)
         print(

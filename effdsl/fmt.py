@@ -71,8 +71,10 @@ def _is_shown(node: ast.Node, name: str) -> bool:
     value = getattr(node, name)
     if value is None:
         return False
-    return name in node.model_fields_set or info.is_required() or value != info.get_default(
-        call_default_factory=True
+    return (
+        name in node.model_fields_set
+        or info.is_required()
+        or value != info.get_default(call_default_factory=True)
     )
 
 
@@ -139,7 +141,7 @@ def _emit(nodes: Sequence[ast.Node], rows: Sequence[list[str]], out: list[str]) 
         out.append(INDENT + line + trailing)
 
 
-def format(network: ast.Network) -> str:  # noqa: A001 - the public name mirrors effdsl.parse
+def format(network: ast.Network) -> str:
     """The canonical text of `network`, ending with a newline."""
     out: list[str] = list(network.comments)
     trailing = f"  {network.trailing_comment}" if network.trailing_comment else ""

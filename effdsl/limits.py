@@ -1,10 +1,10 @@
 """Resource guards: refuse absurd networks before anything is allocated.
 
 A spec can ask for 10^6 channels, 10^5 repeats or φ = 1000; every number is within the
-language's bounds, yet building it would exhaust the machine. `effdsl.lower` refuses more than
-`MAX_BLOCKS` blocks (lowering allocates per block); before building or rendering, the cost model's
-parameters, MACs and activation memory are checked (`check_plan`). Each refusal names the limit, the figure,
-and the flag that raises it. The defaults admit EfficientNet-L2 at 800 px (480 M params,
+language's bounds, yet building it would exhaust the machine. `effdsl.lower` refuses more
+than `MAX_BLOCKS` blocks (lowering allocates per block); before building or rendering, the cost
+model's parameters, MACs and activation memory are checked (`check_plan`). Each refusal names
+the limit, the figure, and the flag that raises it. The defaults admit EfficientNet-L2 at 800 px (480 M params,
 476 G MACs, 9.8 GB of fp32 activations per image) with room to spare.
 """
 
@@ -44,8 +44,12 @@ def check_plan(plan: Plan, limits: Limits | None = None) -> None:
     checks = (
         ("parameters", report.params, limits.params, "--max-params"),
         ("MACs per image", report.macs, limits.macs, "--max-macs"),
-        ("bytes of activations per image", report.activation_bytes, limits.activation_bytes,
-         "--max-activations"),
+        (
+            "bytes of activations per image",
+            report.activation_bytes,
+            limits.activation_bytes,
+            "--max-activations",
+        ),
     )
     for what, figure, limit, flag in checks:
         if figure > limit:

@@ -120,7 +120,7 @@ def _word(filename: str, token: lark.Token) -> Word:
     return Word(str(token), token.type, _span(filename, token))
 
 
-def _read_tree(tree: lark.Tree, filename: str) -> tuple[Word, list[RawStatement], Span]:
+def _read_tree(tree: lark.Tree[lark.Token], filename: str) -> tuple[Word, list[RawStatement], Span]:
     """The network's name, its statements in order, and the span of its header."""
     network = tree.children[0]
     assert isinstance(network, lark.Tree)
@@ -137,7 +137,7 @@ def _read_tree(tree: lark.Tree, filename: str) -> tuple[Word, list[RawStatement]
     return _word(filename, name_token), statements, header
 
 
-def _read_statement(node: lark.Tree, filename: str) -> RawStatement:
+def _read_statement(node: lark.Tree[lark.Token], filename: str) -> RawStatement:
     head, *arguments = node.children
     assert isinstance(head, lark.Token)
     raw = RawStatement(_word(filename, head))
@@ -500,7 +500,11 @@ def _attach_comments(
     Comments before `network` lead the network, one on its header line trails it, and those
     after the last statement are kept as the network's closing comments.
     """
-    by_start = sorted(range(len(nodes)), key=lambda i: nodes[i].span.line if nodes[i].span else 0)
+    def start(i: int) -> int:
+        span = nodes[i].span
+        return span.line if span else 0
+
+    by_start = sorted(range(len(nodes)), key=start)
     leading: dict[int, list[str]] = {i: [] for i in range(len(nodes))}
     trailing: dict[int, str] = {}
     network: dict[str, Any] = {"comments": [], "trailing_comment": None, "closing_comments": []}
@@ -527,9 +531,7 @@ def _attach_comments(
         else:
             network["closing_comments"].append(text)
     updated = [
-        node.model_copy(
-            update={"comments": tuple(leading[i]), "trailing_comment": trailing.get(i)}
-        )
+        node.model_copy(update={"comments": tuple(leading[i]), "trailing_comment": trailing.get(i)})
         for i, node in enumerate(nodes)
     ]
     network["comments"] = tuple(network["comments"])
@@ -677,7 +679,7 @@ def parse(text: str, filename: str = "<string>") -> ast.Network:
     return network
 
 
-def _closing_line(tree: lark.Tree) -> int:
+def _closing_line(tree: lark.Tree[lark.Token]) -> int:
     network = tree.children[0]
     assert isinstance(network, lark.Tree)
     closing = network.children[-1]
@@ -712,4 +714,3 @@ def read_spec(path: str | Path) -> str:
 def load(path: str | Path) -> ast.Network:
     """Read and parse a `.eff` file."""
     return parse(read_spec(path), filename=str(path))
-

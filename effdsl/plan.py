@@ -307,27 +307,42 @@ def _block_ops(
 ) -> tuple[Op, ...]:
     ops: list[Op] = []
     if kind == "conv":
-        return (_conv(f"{path}.conv", "conv", in_channels, out_channels, kernel, stride, size, options),)
+        return (
+            _conv(f"{path}.conv", "conv", in_channels, out_channels, kernel, stride, size, options),
+        )
     if kind == "mbconv":
         width = in_channels
         if mid != in_channels:
             ops.append(_conv(f"{path}.expand", "expand", in_channels, mid, 1, 1, size, options))
             width = mid
         depthwise = _conv(
-            f"{path}.depthwise", "depthwise", width, width, kernel, stride, size, options,
+            f"{path}.depthwise",
+            "depthwise",
+            width,
+            width,
+            kernel,
+            stride,
+            size,
+            options,
             groups=width,
         )
         ops.append(depthwise)
         size = depthwise.out_size
     else:  # fused_mbconv
         if mid == in_channels:  # ratio 1: a single k×k conv-BN-act does it all
-            return (_conv(f"{path}.conv", "conv", in_channels, out_channels, kernel, stride, size, options),)
+            return (
+                _conv(
+                    f"{path}.conv", "conv", in_channels, out_channels, kernel, stride, size, options
+                ),
+            )
         fused = _conv(f"{path}.expand", "expand", in_channels, mid, kernel, stride, size, options)
         ops.append(fused)
         size = fused.out_size
     if se_channels:
         ops.append(SqueezeExciteOp(f"{path}.se", mid, se_channels, options.act, size))
-    ops.append(_conv(f"{path}.project", "project", mid, out_channels, 1, 1, size, options, act=False))
+    ops.append(
+        _conv(f"{path}.project", "project", mid, out_channels, 1, 1, size, options, act=False)
+    )
     return tuple(ops)
 
 
@@ -342,16 +357,21 @@ def lower(
     total = sum(stage.repeats for stage in network.stages)
     if total > max_blocks:
         raise LimitError(
-            f"network `{network.name}` has {total:,} blocks, more than the limit of "
-            f"{max_blocks:,}",
+            f"network `{network.name}` has {total:,} blocks, more than the limit of {max_blocks:,}",
             hint="lower the repeats or the depth multiplier",
         )
     defaults = network.defaults
     size = network.input.size
     stem_options = _options(network.stem, defaults)
     stem = _conv(
-        "stem", "stem", network.input.channels, network.stem.channels, network.stem.kernel,
-        network.stem.stride, size, stem_options,
+        "stem",
+        "stem",
+        network.input.channels,
+        network.stem.channels,
+        network.stem.kernel,
+        network.stem.stride,
+        size,
+        stem_options,
     )
     size, channels = stem.out_size, stem.out_channels
     number = 0
@@ -366,8 +386,16 @@ def lower(
             se_channels = squeeze_channels(channels, options.se) if stage.kind != "conv" else 0
             path = f"stages.{s}.blocks.{b}"
             ops = _block_ops(
-                path, stage.kind, channels, stage.channels, mid, se_channels, stage.kernel,
-                stride, size, options,
+                path,
+                stage.kind,
+                channels,
+                stage.channels,
+                mid,
+                se_channels,
+                stage.kernel,
+                stride,
+                size,
+                options,
             )
             residual = stage.skip and stride == 1 and channels == stage.channels
             out_size = ops[-1].out_size
@@ -414,8 +442,14 @@ def lower(
             )
         )
     head = _conv(
-        "head", "head", channels, network.head.channels, network.head.kernel,
-        network.head.stride, size, _options(network.head, defaults),
+        "head",
+        "head",
+        channels,
+        network.head.channels,
+        network.head.kernel,
+        network.head.stride,
+        size,
+        _options(network.head, defaults),
     )
     classifier = ClassifierPlan(
         in_features=head.out_channels,

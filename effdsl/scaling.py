@@ -18,7 +18,6 @@ from typing import Any
 from effdsl import ast
 from effdsl.errors import ScalingError
 
-
 # ---- the reference rounding rules ----------------------------------------------------------
 
 
@@ -107,10 +106,17 @@ def multipliers(
             f"choose one way to scale, not {' and '.join(chosen)}",
             hint="use --phi, --preset, or --width/--depth; --resolution combines with any",
         )
-    for name, value in (("width", width), ("depth", depth), ("alpha", alpha), ("beta", beta),
-                        ("gamma", gamma)):
+    for name, value in (
+        ("width", width),
+        ("depth", depth),
+        ("alpha", alpha),
+        ("beta", beta),
+        ("gamma", gamma),
+    ):
         if value is not None and not (math.isfinite(value) and 0 < value <= ast.MAX_MULTIPLIER):
-            raise ScalingError(f"{name} must be a number in (0, {ast.MAX_MULTIPLIER:g}], got {value}")
+            raise ScalingError(
+                f"{name} must be a number in (0, {ast.MAX_MULTIPLIER:g}], got {value}"
+            )
     if resolution is not None and not 8 <= resolution <= ast.MAX_RESOLUTION:
         raise ScalingError(f"resolution must be in [8, {ast.MAX_RESOLUTION}], got {resolution}")
     if phi is not None:
@@ -152,7 +158,9 @@ def _from_phi(
     try:
         width, depth, res_factor = b**phi, a**phi, g**phi
     except OverflowError:
-        raise ScalingError(f"phi={phi:g} overflows the multipliers", hint="use a smaller phi") from None
+        raise ScalingError(
+            f"phi={phi:g} overflows the multipliers", hint="use a smaller phi"
+        ) from None
     for name, value in (("width", width), ("depth", depth), ("resolution", res_factor)):
         if not (math.isfinite(value) and value > 0) or value > ast.MAX_MULTIPLIER:
             raise ScalingError(

@@ -18,7 +18,8 @@ def validate(network: ast.Network) -> list[EffError]:
     errors: list[EffError] = []
     errors += _duplicates("stage", [(s.name, s) for s in network.stages if s.name is not None])
     errors += _duplicates("preset", [(p.name, p) for p in network.presets])
-    for block in (network.stem, network.head):
+    ends: tuple[ast.Block, ...] = (network.stem, network.head)
+    for block in ends:
         if block.kind != "conv":
             errors.append(
                 EffSemanticError(
@@ -28,7 +29,7 @@ def validate(network: ast.Network) -> list[EffError]:
                     "in stages",
                 )
             )
-    for block in (network.stem, network.head, *network.stages):
+    for block in (*ends, *network.stages):
         if block.kind == "conv" and block.se:
             errors.append(
                 EffSemanticError(

@@ -14,7 +14,9 @@ from .conftest import ROOT, SPECS
 B0 = str(SPECS / "b0.eff")
 
 
-def effdsl(*args: str, cwd: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def effdsl(
+    *args: str, cwd: Path | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "effdsl", *args],
         capture_output=True,

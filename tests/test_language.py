@@ -183,11 +183,15 @@ def test_long_and_short_attribute_forms_are_equal() -> None:
 
 def test_stage_options_and_opt_outs_parse() -> None:
     text = read_cases_from_text(
-        "stage fused_mbconv e4 k3 s2 c48 x4 se=none act=relu6 skip=no name=\"early\" fix=depth"
+        'stage fused_mbconv e4 k3 s2 c48 x4 se=none act=relu6 skip=no name="early" fix=depth'
     )
     stage = parse(text).stages[0]
     assert (stage.se, stage.act, stage.skip, stage.name, stage.fix) == (
-        0.0, "relu6", False, "early", "depth"
+        0.0,
+        "relu6",
+        False,
+        "early",
+        "depth",
     )
     assert stage.scales_width and not stage.scales_depth
 

@@ -68,7 +68,9 @@ def test_round_resolution_is_nearest_pixel() -> None:
 # ---- fidelity against torchvision ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(("spec", "preset", "model"), REFERENCE_NETS, ids=[m for *_, m in REFERENCE_NETS])
+@pytest.mark.parametrize(
+    ("spec", "preset", "model"), REFERENCE_NETS, ids=[m for *_, m in REFERENCE_NETS]
+)
 def test_params_and_macs_equal_torchvision(spec: str, preset: str | None, model: str) -> None:
     reference = reference_counts()[model]
     network = effdsl.load(SPECS / spec)
@@ -116,11 +118,15 @@ def _kwargs(scale: str) -> dict[str, object]:
     kwargs: dict[str, object] = {}
     for item in scale.split():
         key, value = item.split("=")
-        kwargs[key] = value if key == "preset" else int(value) if key == "resolution" else float(value)
+        kwargs[key] = (
+            value if key == "preset" else int(value) if key == "resolution" else float(value)
+        )
     return kwargs
 
 
-@pytest.mark.parametrize(("title", "given", "expected"), SCALING_CASES, ids=[c[0] for c in SCALING_CASES])
+@pytest.mark.parametrize(
+    ("title", "given", "expected"), SCALING_CASES, ids=[c[0] for c in SCALING_CASES]
+)
 def test_scaling_fixture(title: str, given: str, expected: dict[str, str]) -> None:
     spec, scale = given.split("|")
     network = effdsl.load(SPECS / spec)
@@ -167,7 +173,9 @@ def test_opt_outs_keep_widths_and_depths() -> None:
     stem = network.stem.model_copy(update={"fix": "width"})
     first = network.stages[0].model_copy(update={"fix": "all"})
     last = network.stages[-1].model_copy(update={"fix": "depth"})
-    fixed = network.model_copy(update={"stem": stem, "stages": (first, *network.stages[1:-1], last)})
+    fixed = network.model_copy(
+        update={"stem": stem, "stages": (first, *network.stages[1:-1], last)}
+    )
     plan = lower(effdsl.scale(fixed, width=2.0, depth=3.1))
     assert plan.stem.out_channels == 32
     assert (plan.stages[0].repeats, plan.stages[0].out_channels) == (1, 16)
@@ -185,7 +193,7 @@ def test_scaling_errors() -> None:
         multipliers(network, preset="b99")
     with pytest.raises(ScalingError, match="choose one way"):
         multipliers(network, phi=1, preset="b1")
-    with pytest.raises(ScalingError, match="overflows|beyond"):
+    with pytest.raises(ScalingError, match=r"overflows|beyond"):
         multipliers(network, phi=1e6)
     with pytest.raises(ScalingError, match="width must be"):
         multipliers(network, width=float("nan"))
@@ -217,7 +225,9 @@ def test_plan_paths_and_residuals() -> None:
     plan = scaled_plan("b0.eff")
     first = plan.stages[0].blocks[0]
     assert [op.path for op in first.ops] == [
-        "stages.0.blocks.0.depthwise", "stages.0.blocks.0.se", "stages.0.blocks.0.project"
+        "stages.0.blocks.0.depthwise",
+        "stages.0.blocks.0.se",
+        "stages.0.blocks.0.project",
     ]
     second = plan.stages[1].blocks[1]
     assert [op.role for op in second.ops] == ["expand", "depthwise", "se", "project"]
@@ -233,8 +243,12 @@ def test_fused_blocks_lower_to_fused_and_single_convs() -> None:
 
 @pytest.mark.parametrize(
     ("size", "kernel", "stride", "pad", "out"),
-    [(224, 3, 2, (0, 1, 0, 1), 112), (225, 3, 2, (1, 1, 1, 1), 113), (14, 5, 1, (2, 2, 2, 2), 14),
-     (7, 5, 2, (2, 2, 2, 2), 4)],
+    [
+        (224, 3, 2, (0, 1, 0, 1), 112),
+        (225, 3, 2, (1, 1, 1, 1), 113),
+        (14, 5, 1, (2, 2, 2, 2), 14),
+        (7, 5, 2, (2, 2, 2, 2), 4),
+    ],
 )
 def test_same_padding_matches_tensorflow(
     size: int, kernel: int, stride: int, pad: tuple[int, ...], out: int
@@ -247,8 +261,13 @@ def test_same_padding_matches_tensorflow(
 def test_cost_parts_add_up() -> None:
     report = cost(scaled_plan("b0.eff"))
     assert report.params == report.total.params == 5_288_548
-    assert sum(s.params for s in report.stages) + report.stem.params + report.head.params + \
-        report.classifier.params == report.params
+    assert (
+        sum(s.params for s in report.stages)
+        + report.stem.params
+        + report.head.params
+        + report.classifier.params
+        == report.params
+    )
     assert all(s.activation_bytes > 0 for s in report.stages)
 
 
@@ -284,7 +303,8 @@ def test_budget_too_small_is_an_error() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "value"), [("2G", 2e9), ("385.8M", 385.8e6), ("10m", 10e6), ("5e6", 5e6), ("1500k", 1.5e6)]
+    ("text", "value"),
+    [("2G", 2e9), ("385.8M", 385.8e6), ("10m", 10e6), ("5e6", 5e6), ("1500k", 1.5e6)],
 )
 def test_parse_amount(text: str, value: float) -> None:
     assert math.isclose(parse_amount(text), value)
