@@ -1,0 +1,612 @@
+"""Plan → standalone PyTorch source: the `.py` file that `effdsl compile -o model.py` writes.
+
+`to_python(plan)` returns the text of one module that needs only `torch`: a docstring saying
+what the network is (name, scaling, parameters, MACs), one class per kind of layer the plan
+uses (`ConvBNAct`, `SqueezeExcite`, `MBConv`, `FusedMBConv`, `ConvBlock`, `Stage`), and a model
+class whose `__init__` lists every block with literal numbers read from the plan and whose
+`forward` reads like nanoGPT's, one operation per line with the tensor shape beside it::
+
+    x = self.stem(x)       # (N, 32, 112, 112)
+    x = self.stages[0](x)  # (N, 16, 112, 112)
+
+The module tree is the one `effdsl.build` makes, so both have the same state_dict keys and
+shapes. Generation never imports torch, and the same plan always gives the same bytes.
+
+Names in a spec may hold any text (quotes, newlines, `\"\"\"`, backslashes); they reach the
+output only through `repr()` in string literals and comments, or escaped in the docstring, so
+the file always parses and defines only the names listed in `top_level_names`.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from effdsl import __version__
+from effdsl.cost import cost
+from effdsl.errors import BuildError
+from effdsl.plan import BlockPlan, ConvOp, Plan, SqueezeExciteOp, StagePlan
+from effdsl.scaling import Multipliers
+
+#: The torch module of each activation the language names.
+ACTIVATION_MODULES = {
+    "silu": "nn.SiLU",
+    "relu": "nn.ReLU",
+    "relu6": "nn.ReLU6",
+    "hardswish": "nn.Hardswish",
+    "gelu": "nn.GELU",
+}
+
+#: The generated block class of each (block kind, roles of its ops) the plan can produce.
+BLOCK_CLASSES = {
+    ("conv", ("conv",)): "ConvBlock",
+    ("fused_mbconv", ("conv",)): "ConvBlock",  # expansion 1: a single k×k conv
+    ("fused_mbconv", ("expand", "se", "project")): "FusedMBConv",
+    ("fused_mbconv", ("expand", "project")): "FusedMBConv",
+    **{
+        ("mbconv", (*expand, "depthwise", *se, "project")): "MBConv"
+        for expand in ((), ("expand",))
+        for se in ((), ("se",))
+    },
+}
+
+# Names the generated module may define besides the model class.
+_FIXED_NAMES = ("math", "torch", "nn", "ACTIVATIONS", "drop_path", "ConvBNAct", "Stage")
+_OPTIONAL_NAMES = ("SqueezeExcite", "ConvBlock", "MBConv", "FusedMBConv")
+
+
+# ---- names ----------------------------------------------------------------------------------
+
+
+def scaling_label(factors: Multipliers) -> str:
+    """A short, filename-safe label of a scaling: `phi3`, `b3`, `w1.2_d1.4`, `r300`, or ``.
+
+    A preset is named by itself (its characters outside `[A-Za-z0-9._-]` become `_`); the
+    resolution is added only where it was asked for on its own, as in `Multipliers.describe`.
+    """
+    parts = []
+    if factors.preset is not None:
+        parts.append(re.sub(r"[^A-Za-z0-9._-]", "_", factors.preset)[:64])
+    elif factors.phi is not None:
+        parts.append(f"phi{factors.phi:g}")
+    else:
+        parts.extend(
+            f"{letter}{value:g}"
+            for letter, value in (("w", factors.width), ("d", factors.depth))
+            if value != 1.0
+        )
+        if factors.resolution is not None:
+            parts.append(f"r{factors.resolution}")
+    return "_".join(parts)
+
+
+def class_name(plan: Plan) -> str:
+    """The model class's name: the network's name and scaling in CamelCase (`EfficientnetB0Phi3`).
+
+    Only ASCII letters and digits survive; `-` and `.` of a scaling label become `m` and `p`
+    (`phi-1.5` → `Phim1p5`). A name that would start with a digit, be empty, be a keyword or
+    collide with another name of the generated module gets a prefix or suffix.
+    """
+    label = scaling_label(plan.scaling).replace("-", "m").replace(".", "p")
+    words = re.findall(r"[A-Za-z0-9]+", plan.name) + re.findall(r"[A-Za-z0-9]+", label)
+    name = "".join(word.capitalize() for word in words) or "Network"
+    if name[0].isdigit():
+        name = "Net" + name
+    if keyword.iskeyword(name) or name in _FIXED_NAMES + _OPTIONAL_NAMES:
+        name += "Model"
+    return name
+
+
+def top_level_names(plan: Plan) -> frozenset[str]:
+    """Every name the module generated for `plan` defines at its top level."""
+    used = _Used.of(plan)
+    optional = {
+        "SqueezeExcite": used.squeeze_excite,
+        **{block: block in used.blocks for block in ("ConvBlock", "MBConv", "FusedMBConv")},
+    }
+    return frozenset(
+        (*_FIXED_NAMES, class_name(plan), *(name for name, on in optional.items() if on))
+    )
+
+
+# ---- escaping -------------------------------------------------------------------------------
+
+
+def one_line(text: str) -> str:
+    """`text` with every non-printable character (newlines included) written as an escape."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def _docstring_body(text: str) -> str:
+    """Source text that, between triple double quotes, reads back as `text`.
+
+    Backslashes are doubled and a `"` that another follows is escaped, so no run of three
+    quotes can close the docstring early; callers end the body with a newline.
+    """
+    return re.sub(r'"(?=")', r'\\"', text.replace("\\", "\\\\"))
+
+
+# ---- what the plan uses ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Used:
+    """The parts of the generated module that `plan` needs."""
+
+    activations: tuple[str, ...]  # in the order of ACTIVATION_MODULES
+    asymmetric_padding: bool
+    squeeze_excite: bool
+    blocks: tuple[str, ...]  # block classes, in the order they are defined
+
+    @classmethod
+    def of(cls, plan: Plan) -> _Used:
+        ops = list(plan.ops())
+        acts = {op.act for op in ops if op.act is not None}
+        unknown = sorted(acts - ACTIVATION_MODULES.keys())
+        if unknown:
+            raise BuildError(f"code generation does not know the activation `{unknown[0]}`")
+        blocks = {block_class(block) for block in plan.blocks()}
+        return cls(
+            activations=tuple(name for name in ACTIVATION_MODULES if name in acts),
+            asymmetric_padding=any(
+                isinstance(op, ConvOp) and op.symmetric_padding is None for op in ops
+            ),
+            squeeze_excite=any(isinstance(op, SqueezeExciteOp) for op in ops),
+            blocks=tuple(name for name in ("ConvBlock", "MBConv", "FusedMBConv") if name in blocks),
+        )
+
+
+def block_class(block: BlockPlan) -> str:
+    """The generated class that builds `block`, from the roles of its ops."""
+    roles = tuple(op.role for op in block.ops)
+    name = BLOCK_CLASSES.get((block.kind, roles))
+    if name is None:
+        raise BuildError(f"code generation cannot express block {block.path} with ops {roles}")
+    return name
+
+
+# ---- the module's parts ---------------------------------------------------------------------
+
+
+def _title(plan: Plan) -> str:
+    """`EfficientNet-family network 'efficientnet_b0', phi=3`, on one line."""
+    return f"EfficientNet-family network {plan.name!r}, {one_line(plan.scaling.describe())}"
+
+
+def _header(plan: Plan, source_name: str | None, spec_text: str | None) -> str:
+    report = cost(plan)
+    factors = plan.scaling
+    origin = f" from {source_name!r}" if source_name is not None else ""
+    lines = [
+        f"{_title(plan)}: standalone PyTorch.",
+        "",
+        f"Generated by effdsl {__version__}{origin}. Regenerate it from the spec rather than",
+        "editing it by hand.",
+        "",
+        f"    scaling      {one_line(factors.describe())}: width ×{factors.width:.6g}, "
+        f"depth ×{factors.depth:.6g}",
+        f"    input        {plan.in_channels}×{plan.resolution}×{plan.resolution}",
+        f"    parameters   {report.params:,}",
+        f"    MACs         {report.macs:,} per image",
+        f"    classes      {plan.classifier.classes}",
+        "",
+        "The module tree, and so every state_dict key and shape, is the one `effdsl.build`",
+        "makes, so a checkpoint of either loads into the other. This file holds no weights:",
+        "    model.load_state_dict(torch.load(path, weights_only=True))",
+    ]
+    if spec_text is not None:
+        lines += ["", "The spec it was compiled from:", ""]
+        lines += [f"    {one_line(line)}".rstrip() for line in spec_text.splitlines()]
+    return '"""' + _docstring_body("\n".join(lines) + "\n") + '"""'
+
+
+_IMPORTS = """\
+import math
+
+import torch
+from torch import nn"""
+
+
+def _activations(used: _Used) -> str:
+    entries = "".join(f'    "{name}": {ACTIVATION_MODULES[name]},\n' for name in used.activations)
+    comment = "# The activations the spec uses, by their names in the spec."
+    return f"{comment}\nACTIVATIONS = {{\n{entries}}}"
+
+
+_DROP_PATH = '''\
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drop each sample's residual branch with probability `rate`.
+
+    Only while training; the kept branches are scaled by 1/(1 - rate) so that the expected
+    output is unchanged. The mask is drawn on the tensor's device: no host synchronisation.
+    """
+    if not training or rate == 0.0:
+        return x
+    keep = 1.0 - rate
+    mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep)
+    return x * mask.div_(keep)'''
+
+
+def _conv_bn_act(used: _Used) -> str:
+    if used.asymmetric_padding:
+        layers = '''\
+        # a tuple is (left, right, top, bottom): TF "same" padding, with the odd pixel on the
+        # right and bottom, which Conv2d cannot do itself
+        asymmetric = isinstance(padding, tuple)
+        self.pad = nn.ZeroPad2d(padding) if asymmetric else nn.Identity()
+        self.conv = nn.Conv2d(
+            cin, cout, kernel, stride, 0 if asymmetric else padding, groups=groups, bias=False
+        )'''
+        signature = "padding: int | tuple[int, int, int, int] = 0"
+        call = "self.conv(self.pad(x))"
+    else:
+        layers = '''\
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=False)'''
+        signature = "padding: int = 0"
+        call = "self.conv(x)"
+    return f'''\
+class ConvBNAct(nn.Module):
+    """Convolution without bias, batch norm, then the activation (`act=None`: none)."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int = 1,
+        {signature},
+        groups: int = 1,
+        act: str | None = None,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+    ) -> None:
+        super().__init__()
+{layers}
+        self.bn = nn.BatchNorm2d(cout, eps=eps, momentum=momentum)
+        self.act = ACTIVATIONS[act]() if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn({call}))'''
+
+
+_SQUEEZE_EXCITE = '''\
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation: scale each channel by a gate computed from the channel means."""
+
+    def __init__(self, channels: int, squeeze: int, act: str) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, squeeze, 1)
+        self.act = ACTIVATIONS[act]()
+        self.expand = nn.Conv2d(squeeze, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = x.mean((2, 3), keepdim=True)  # (N, C, 1, 1)
+        gate = self.act(self.reduce(gate))  # (N, squeeze, 1, 1)
+        gate = torch.sigmoid(self.expand(gate))  # (N, C, 1, 1)
+        return x * gate'''
+
+_RESIDUAL = """\
+        if self.residual:
+            out = x + drop_path(out, self.drop_rate, self.training)
+        return out"""
+
+_CONV_BLOCK = f'''\
+class ConvBlock(nn.Module):
+    """One k×k conv-BN-act, with a residual where shapes allow.
+
+    The block of a `conv` stage, and a fused MBConv with expansion 1.
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int,
+        padding: {{padding}},
+        act: str,
+        eps: float,
+        momentum: float,
+        drop_rate: float,
+        residual: bool,
+    ) -> None:
+        super().__init__()
+        self.conv = ConvBNAct(
+            cin, cout, kernel, stride, padding, act=act, eps=eps, momentum=momentum
+        )
+        self.drop_rate = drop_rate
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+{_RESIDUAL}'''
+
+
+def _inverted_residual(name: str, used: _Used, padding: str) -> str:
+    """MBConv or FusedMBConv: they differ in where the k×k conv is and what it sees."""
+    se = used.squeeze_excite
+    squeeze_arg = "\n        squeeze: int," if se else ""
+    se_layer = (
+        "\n        self.se = SqueezeExcite(mid, squeeze, act) if squeeze else nn.Identity()"
+        if se
+        else ""
+    )
+    se_step = "\n        out = self.se(out)" if se else ""
+    if name == "MBConv":
+        doc = "Inverted residual: 1×1 expand, k×k depthwise, squeeze-and-excitation, 1×1 project."
+        layers = """\
+        # expansion ratio 1: no expand conv, the depthwise conv reads the input itself
+        self.expand = nn.Identity()
+        if mid != cin:
+            self.expand = ConvBNAct(cin, mid, 1, act=act, eps=eps, momentum=momentum)
+        self.depthwise = ConvBNAct(
+            mid, mid, kernel, stride, padding, groups=mid, act=act, eps=eps, momentum=momentum
+        )"""
+        steps = "        out = self.expand(x)\n        out = self.depthwise(out)"
+    else:
+        doc = "Fused inverted residual: k×k expand, squeeze-and-excitation, 1×1 project."
+        layers = """\
+        self.expand = ConvBNAct(
+            cin, mid, kernel, stride, padding, act=act, eps=eps, momentum=momentum
+        )"""
+        steps = "        out = self.expand(x)"
+    return f'''\
+class {name}(nn.Module):
+    """{doc}"""
+
+    def __init__(
+        self,
+        cin: int,
+        mid: int,
+        cout: int,
+        kernel: int,
+        stride: int,
+        padding: {padding},{squeeze_arg}
+        act: str,
+        eps: float,
+        momentum: float,
+        drop_rate: float,
+        residual: bool,
+    ) -> None:
+        super().__init__()
+{layers}{se_layer}
+        # linear bottleneck: no activation after the projection
+        self.project = ConvBNAct(mid, cout, 1, eps=eps, momentum=momentum)
+        self.drop_rate = drop_rate
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+{steps}{se_step}
+        out = self.project(out)
+{_RESIDUAL}'''
+
+
+_STAGE = '''\
+class Stage(nn.Module):
+    """A stage: blocks in sequence; only the first may change the stride or the width."""
+
+    def __init__(self, blocks: list[nn.Module]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x'''
+
+
+def _block_classes(used: _Used) -> list[str]:
+    padding = "int | tuple[int, int, int, int]" if used.asymmetric_padding else "int"
+    classes = []
+    for name in used.blocks:
+        if name == "ConvBlock":
+            classes.append(_CONV_BLOCK.replace("{padding}", padding))
+        else:
+            classes.append(_inverted_residual(name, used, padding))
+    return classes
+
+
+# ---- the model class ------------------------------------------------------------------------
+
+
+def _padding(op: ConvOp) -> str:
+    symmetric = op.symmetric_padding
+    return str(symmetric) if symmetric is not None else str(op.padding)
+
+
+def _conv_call(op: ConvOp) -> str:
+    """`ConvBNAct(...)` building `op` (the stem and the head)."""
+    groups = f", groups={op.groups}" if op.groups != 1 else ""
+    act = f'act="{op.act}", ' if op.act is not None else ""
+    return (
+        f"ConvBNAct({op.in_channels}, {op.out_channels}, {op.kernel}, {op.stride}, "
+        f"{_padding(op)}{groups}, {act}eps={op.bn_eps!r}, momentum={op.bn_momentum!r})"
+    )
+
+
+#: The op of each block class whose kernel, stride and padding the block's row gives.
+SPATIAL_ROLES = {"ConvBlock": "conv", "MBConv": "depthwise", "FusedMBConv": "expand"}
+
+
+def _spatial_op(block: BlockPlan, name: str) -> ConvOp:
+    """The block's k×k conv, after checking what the generated class assumes of the others.
+
+    A row gives one kernel, stride, padding, activation and batch-norm setting: every other
+    conv must be 1×1 with stride 1 and no padding, the projection without activation, the
+    squeeze-and-excitation with the block's, and all must share the batch-norm setting. The
+    plan builds blocks so; this says so aloud.
+    """
+    convs = [op for op in block.ops if isinstance(op, ConvOp)]
+    spatial = next(op for op in convs if op.role == SPATIAL_ROLES[name])
+    for op in convs:
+        plain = op is spatial or (op.kernel, op.stride, op.padding) == (1, 1, (0, 0, 0, 0))
+        act = None if op.role == "project" else spatial.act
+        same_bn = (op.bn_eps, op.bn_momentum) == (spatial.bn_eps, spatial.bn_momentum)
+        if not (plain and op.act == act and same_bn and spatial.act is not None):
+            raise BuildError(f"code generation cannot express {op.path} as a {name} layer")
+    for se in block.ops:
+        if isinstance(se, SqueezeExciteOp) and se.act != spatial.act:
+            raise BuildError(f"code generation cannot express {se.path}: its activation differs")
+    return spatial
+
+
+def _rate(rate: float) -> str:
+    """A drop-path rate to 12 significant digits: `0.055`, not `0.05500000000000001`.
+
+    The plan's rates are products like 0.2 · 11/40; the float noise they carry changes nothing
+    that a Bernoulli draw could show.
+    """
+    return repr(float(f"{rate:.12g}"))
+
+
+def _block_call(block: BlockPlan, used: _Used) -> str:
+    """The constructor call of one block, every argument a literal from the plan."""
+    name = block_class(block)
+    spatial = _spatial_op(block, name)
+    args = [str(block.in_channels)]
+    if name != "ConvBlock":
+        args.append(str(block.mid_channels))
+    args += [str(block.out_channels), str(spatial.kernel), str(spatial.stride), _padding(spatial)]
+    if name != "ConvBlock" and used.squeeze_excite:
+        args.append(str(block.se_channels))
+    args += [
+        f'"{spatial.act}"',
+        repr(spatial.bn_eps),
+        repr(spatial.bn_momentum),
+        _rate(block.drop_path),
+        str(block.residual),
+    ]
+    return f"{name}({', '.join(args)})"
+
+
+def _stage_comment(stage: StagePlan) -> str:
+    expand = "" if stage.kind == "conv" else f" e{stage.expand:g}"
+    return (
+        f"# {stage.index} {stage.name!r}: {stage.kind}{expand} k{stage.kernel} "
+        f"s{stage.stride} c{stage.out_channels} x{stage.repeats}, "
+        f"{stage.in_size}×{stage.in_size} → {stage.out_size}×{stage.out_size}"
+    )
+
+
+def _signatures(used: _Used) -> list[str]:
+    """Comment lines naming the arguments of the block rows below them."""
+    squeeze = " squeeze," if used.squeeze_excite else ""
+    lines = []
+    for name in used.blocks:
+        channels = "in, out" if name == "ConvBlock" else "in, mid, out"
+        extra = "" if name == "ConvBlock" else squeeze
+        lines += [
+            f"# {name}({channels}, kernel, stride, padding,{extra}",
+            f"#{' ' * len(name)}  act, bn_eps, bn_momentum, drop_rate, residual)",
+        ]
+    return lines
+
+
+def _with_comments(rows: Iterable[tuple[str, str]], indent: str) -> list[str]:
+    """Code lines with their comments lined up in one column."""
+    rows = list(rows)
+    width = max(len(code) for code, _ in rows)
+    return [f"{indent}{code.ljust(width)}  # {comment}" for code, comment in rows]
+
+
+def _forward(plan: Plan) -> list[str]:
+    def shape(channels: int, size: int | None = None) -> str:
+        return f"(N, {channels}, {size}, {size})" if size is not None else f"(N, {channels})"
+
+    head = plan.head
+    rows = [
+        ("x = self.stem(x)", shape(plan.stem.out_channels, plan.stem.out_size)),
+        *(
+            (f"x = self.stages[{s.index}](x)", shape(s.out_channels, s.out_size))
+            for s in plan.stages
+        ),
+        ("x = self.head(x)", shape(head.out_channels, head.out_size)),
+        ("x = x.mean((2, 3))", shape(head.out_channels)),  # global average pool
+        ("x = self.dropout(x)", shape(head.out_channels)),
+        ("x = self.classifier(x)", shape(plan.classifier.classes)),
+    ]
+    size = plan.resolution
+    return [
+        f"    def forward(self, x: torch.Tensor) -> torch.Tensor:  "
+        f"# {shape(plan.in_channels, size)}",
+        *_with_comments(rows, " " * 8),
+        "        return x",
+    ]
+
+
+_INIT_WEIGHTS = '''\
+    def _init_weights(self) -> None:
+        """Initialise as torchvision's EfficientNet does."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                bound = 1.0 / math.sqrt(module.out_features)
+                nn.init.uniform_(module.weight, -bound, bound)
+                nn.init.zeros_(module.bias)'''
+
+
+def _model(plan: Plan, used: _Used) -> str:
+    classifier = plan.classifier
+    lines = [
+        f"class {class_name(plan)}(nn.Module):",
+        f'    """{_docstring_body(_title(plan))}."""',
+        "",
+        f"    network = {plan.name!r}",
+        f"    scaling = {plan.scaling.describe()!r}",
+        f"    resolution = {plan.resolution}",
+        "",
+        "    def __init__(self) -> None:",
+        "        super().__init__()",
+        f"        self.stem = {_conv_call(plan.stem)}",
+        *(f"        {line}" for line in _signatures(used)),
+        "        self.stages = nn.ModuleList([",
+    ]
+    for stage in plan.stages:
+        lines.append(f"            {_stage_comment(stage)}")
+        lines.append("            Stage([")
+        lines += [f"                {_block_call(block, used)}," for block in stage.blocks]
+        lines.append("            ]),")
+    lines += [
+        "        ])",
+        f"        self.head = {_conv_call(plan.head)}",
+        f"        self.dropout = nn.Dropout({classifier.dropout!r})",
+        f"        self.classifier = nn.Linear({classifier.in_features}, {classifier.classes})",
+        "        self._init_weights()",
+        "",
+        _INIT_WEIGHTS,
+        "",
+        *_forward(plan),
+    ]
+    return "\n".join(lines)
+
+
+# ---- the whole file -------------------------------------------------------------------------
+
+
+def to_python(plan: Plan, *, source_name: str | None = None, spec_text: str | None = None) -> str:
+    """The standalone PyTorch source of `plan`: deterministic, needs only torch to run.
+
+    `source_name` (the spec's path) and `spec_text` (its text), when given, are recorded in the
+    module's docstring.
+    """
+    used = _Used.of(plan)
+    parts = [
+        _header(plan, source_name, spec_text),
+        _IMPORTS + "\n\n" + _activations(used),  # isort: one blank line after imports
+        _DROP_PATH,
+        _conv_bn_act(used),
+        *([_SQUEEZE_EXCITE] if used.squeeze_excite else []),
+        *_block_classes(used),
+        _STAGE,
+        _model(plan, used),
+    ]
+    header, *code = parts
+    return header + "\n\n" + "\n\n\n".join(code) + "\n"
