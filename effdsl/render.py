@@ -1,0 +1,972 @@
+"""The renderer: a plan drawn as a graphviz graph, by stage, block or layer, or beside its base.
+
+    to_dot(plan)                         # input, stem, one node per stage, head, classifier
+    to_dot(plan, detail="block")         # every block, clustered by stage, residuals dashed
+    to_dot(plan, detail="layer")         # every op, clustered by block within stage
+    to_dot(b3, base=b0)                  # base and scaled side by side, what scaling changed in red
+    render(plan, "b0.svg")               # .dot needs nothing; .svg/.png/.pdf run graphviz's `dot`
+
+Walking and drawing are separate steps. The walkers read the plan and `effdsl.cost` (never
+re-deriving a channel count) into a small graph description (`Box`, `Arrow`, `Cluster`,
+`Graph`); `emit` turns that description into DOT text. Node ids come from plan paths
+(`stages.3.blocks.1.expand` → `stages_3_blocks_1_expand`), so the same plan always gives
+byte-identical DOT. Every piece of user text (network, stage and preset names can hold anything)
+is escaped on the way out. No torch; `dot` is only run when a picture is asked for.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+
+from effdsl.cost import Cost, classifier_cost, cost, op_cost
+from effdsl.errors import OutputError, ToolMissingError
+from effdsl.files import atomic_path, atomic_write
+from effdsl.plan import BlockPlan, ConvOp, Op, Plan, SqueezeExciteOp, StagePlan
+
+DETAILS = ("stage", "block", "layer")
+RANKDIRS = ("TB", "LR", "BT", "RL")
+#: Output suffixes graphviz's `dot` draws, and the `-T` format of each.
+FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
+#: Suffixes written as DOT text, which needs no graphviz at all.
+DOT_SUFFIXES = (".dot", ".gv")
+#: Seconds `dot` may take; a layer-detail EfficientNet-B7 takes a few.
+DOT_TIMEOUT = 300
+
+INSTALL_HINT = "install graphviz (`apt-get install graphviz` or `brew install graphviz`)"
+
+
+# ---- colours -------------------------------------------------------------------------------
+
+FONT = "Helvetica,Arial,sans-serif"
+HIGHLIGHT = "#c62828"  # what scaling changed
+INK = "#222222"
+MUTED = "#666666"
+
+
+@dataclass(frozen=True)
+class Swatch:
+    """How one kind of node is filled and outlined, and its name in the legend."""
+
+    fill: str
+    line: str
+    legend: str
+
+
+#: One colour per kind of block (and for the ends of the network), the same at every detail
+#: level, so a stage node and the ops inside its blocks read as one thing.
+PALETTE: dict[str, Swatch] = {
+    "input": Swatch("#eeeeee", "#8a8a8a", "input"),
+    "stem": Swatch("#d6e6f5", "#3f6fa8", "stem"),
+    "conv": Swatch("#e6ddf2", "#6d4fa0", "Conv"),
+    "fused_mbconv": Swatch("#fde2c4", "#c7741f", "Fused-MBConv"),
+    "mbconv": Swatch("#d8eed5", "#3a8a3a", "MBConv"),
+    "head": Swatch("#d0e4f0", "#2f7a99", "head"),
+    "classifier": Swatch("#f6d5d5", "#b04848", "classifier"),
+    "add": Swatch("#ffffff", "#777777", "residual add"),
+}
+
+#: Background of a stage cluster (a pale tint of its kind) and of a block cluster.
+STAGE_TINT: dict[str, str] = {"conv": "#f7f4fb", "fused_mbconv": "#fff7ee", "mbconv": "#f3faf2"}
+BLOCK_TINT = "#ffffff"
+
+
+# ---- the graph description -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Text:
+    """A run of label text; a `changed` run is drawn in the highlight colour."""
+
+    text: str
+    changed: bool = False
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a label: runs of text, drawn as a `title` (bold), `body` or `note` (small)."""
+
+    runs: tuple[Text, ...]
+    style: str = "body"
+
+
+@dataclass(frozen=True)
+class Box:
+    """A node: `kind` picks its colours; `shape` is "box", "add" (a residual sum), "fork"
+    (where a residual branches off) or "header" (a compared network's title)."""
+
+    id: str
+    kind: str
+    rows: tuple[Row, ...]
+    tooltip: str
+    shape: str = "box"
+
+
+@dataclass(frozen=True)
+class Arrow:
+    """An edge carrying a tensor (`flow`), a residual `skip`, or an `invisible` layout aid."""
+
+    tail: str
+    head: str
+    label: str = ""
+    style: str = "flow"
+    changed: bool = False
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A framed group of boxes: a stage (`level="stage"`), a block, or a compared network.
+
+    `rows` describe the group; they are drawn beside `anchor`, its first node.
+    """
+
+    id: str
+    kind: str
+    level: str
+    rows: tuple[Row, ...]
+    items: tuple[Item, ...]
+    anchor: str = ""
+
+
+Item = Box | Cluster
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Everything `emit` draws: a title, the items, the edges and rows of same-rank nodes."""
+
+    title: tuple[Row, ...]
+    items: tuple[Item, ...]
+    arrows: tuple[Arrow, ...]
+    ranks: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class Part:
+    """A piece of the forward path, chained to its neighbours by `chain`.
+
+    `entry` receives the incoming tensor, `exit` emits `out_shape`.
+    """
+
+    items: tuple[Item, ...]
+    arrows: tuple[Arrow, ...]
+    entry: str
+    exit: str
+    out_shape: str
+
+
+def chain(parts: Sequence[Part]) -> Part:
+    """The parts joined in order, each edge labelled with the shape of the tensor it carries."""
+    arrows: list[Arrow] = []
+    for before, after in pairwise(parts):
+        arrows.append(Arrow(before.exit, after.entry, before.out_shape))
+    return Part(
+        items=tuple(item for part in parts for item in part.items),
+        arrows=tuple(a for part in parts for a in part.arrows) + tuple(arrows),
+        entry=parts[0].entry,
+        exit=parts[-1].exit,
+        out_shape=parts[-1].out_shape,
+    )
+
+
+# ---- words and numbers ---------------------------------------------------------------------
+
+
+def node_id(path: str, prefix: str = "") -> str:
+    """A DOT-safe node id from a plan path: `stages.3.blocks.1` → `stages_3_blocks_1`."""
+    name = re.sub(r"[^0-9A-Za-z_]", "_", path)
+    return f"{prefix}_{name}" if prefix else name
+
+
+def shape(channels: int, size: int) -> str:
+    """A tensor shape as C×H×W (plans are square)."""
+    return f"{channels}×{size}×{size}"
+
+
+def amount(n: int) -> str:
+    """A count with a G/M/K suffix, three significant figures or so: 5288548 → 5.29M."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.2f}{suffix}"
+    return str(n)
+
+
+def share(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "–"
+
+
+def ratio(number: float) -> str:
+    return f"{number:g}" if float(number).is_integer() else f"{number:.4g}"
+
+
+def kind_name(kind: str, expand: float) -> str:
+    """`MBConv6`, `Fused-MBConv4`, `Conv`: the kind as the papers write it."""
+    if kind == "conv":
+        return "Conv"
+    return f"{PALETTE[kind].legend}{ratio(expand)}"
+
+
+def activation(act: str | None) -> str:
+    names = {"silu": "SiLU", "relu": "ReLU", "relu6": "ReLU6", "hardswish": "HardSwish",
+             "gelu": "GELU"}
+    return "linear" if act is None else names.get(act, act)
+
+
+def clip(text: str, limit: int = 48) -> str:
+    """Long names would stretch every box in their rank; the tooltip keeps the whole name."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def changed(now: str, before: str | None) -> Text:
+    """`now`, or `before → now` in the highlight colour when a base differs."""
+    if before is None or before == now:
+        return Text(now)
+    return Text(f"{before} → {now}", changed=True)
+
+
+def title(text: str) -> Row:
+    return Row((Text(text),), "title")
+
+
+def body(*runs: Text | str) -> Row:
+    return Row(tuple(Text(run) if isinstance(run, str) else run for run in runs))
+
+
+def note(*runs: Text | str) -> Row:
+    return Row(tuple(Text(run) if isinstance(run, str) else run for run in runs), "note")
+
+
+def cost_rows(own: Cost, total: Cost, before: Cost | None = None) -> tuple[Row, ...]:
+    """Params and MACs with their share of the network, or `before → now` when compared."""
+    if before is not None:
+        return (
+            note("params ", changed(amount(own.params), amount(before.params))),
+            note("MACs ", changed(amount(own.macs), amount(before.macs))),
+        )
+    return (
+        note(f"params {amount(own.params)} ({share(own.params, total.params)})"),
+        note(f"MACs {amount(own.macs)} ({share(own.macs, total.macs)})"),
+    )
+
+
+def tooltip(path: str, own: Cost, *extra: str) -> str:
+    """Exact figures for hovering in an SVG viewer, where the label rounds them."""
+    return "\n".join((path, f"{own.params:,} params", f"{own.macs:,} MACs", *extra))
+
+
+def block_cost(block: BlockPlan) -> Cost:
+    total = Cost()
+    for op in block.ops:
+        total += op_cost(op)
+    return total
+
+
+# ---- walking the plan: the ends ------------------------------------------------------------
+
+
+def input_part(plan: Plan, prefix: str, base: Plan | None = None) -> Part:
+    size = f"{plan.resolution}×{plan.resolution}"
+    before = f"{base.resolution}×{base.resolution}" if base else None
+    box = Box(
+        node_id("input", prefix),
+        "input",
+        (title("input"), body(changed(size, before), f" · {plan.in_channels} ch")),
+        f"input\n{shape(plan.in_channels, plan.resolution)}",
+    )
+    return Part((box,), (), box.id, box.id, shape(plan.in_channels, plan.resolution))
+
+
+def conv_end_part(op: ConvOp, kind: str, total: Cost, prefix: str, before: ConvOp | None) -> Part:
+    """The stem or the head: one convolution."""
+    own = op_cost(op)
+    stride = f" s{op.stride}" if op.stride > 1 else ""
+    box = Box(
+        node_id(op.path, prefix),
+        kind,
+        (
+            title(op.role),
+            body(f"Conv {op.kernel}×{op.kernel}{stride} · {activation(op.act)}"),
+            # only the output width: "3 → 32 → 40 ch" would mix up the two kinds of arrow
+            body(changed(str(op.out_channels), str(before.out_channels) if before else None),
+                 " ch out"),
+            *cost_rows(own, total, op_cost(before) if before else None),
+        ),
+        tooltip(op.path, own),
+    )
+    return Part((box,), (), box.id, box.id, shape(op.out_channels, op.out_size))
+
+
+def classifier_part(plan: Plan, total: Cost, prefix: str, base: Plan | None) -> Part:
+    head = plan.classifier
+    own = classifier_cost(head)
+    was = base.classifier if base else None
+    box = Box(
+        node_id(head.path, prefix),
+        "classifier",
+        (
+            title("classifier"),
+            body("avgpool · dropout ", changed(f"{head.dropout:g}", f"{was.dropout:g}" if was
+                                                else None)),
+            body(f"FC · {head.classes} classes"),
+            *cost_rows(own, total, classifier_cost(was) if was else None),
+        ),
+        tooltip(head.path, own, f"dropout {head.dropout:g}"),
+    )
+    return Part((box,), (), box.id, box.id, f"{head.classes} logits")
+
+
+def spine(plan: Plan, middle: Sequence[Part], prefix: str = "", base: Plan | None = None) -> Part:
+    """input → stem → `middle` → head → classifier, chained."""
+    total = cost(plan).total
+    return chain(
+        [
+            input_part(plan, prefix, base),
+            conv_end_part(plan.stem, "stem", total, prefix, base.stem if base else None),
+            *middle,
+            conv_end_part(plan.head, "head", total, prefix, base.head if base else None),
+            classifier_part(plan, total, prefix, base),
+        ]
+    )
+
+
+# ---- walking the plan: stages, blocks, ops -------------------------------------------------
+
+
+def stage_summary(stage: StagePlan) -> str:
+    """`MBConv6 k5 s2 · SE 0.25`: what every block of the stage is."""
+    se = f" · SE {stage.se:g}" if stage.se else ""
+    return f"{kind_name(stage.kind, stage.expand)} k{stage.kernel} s{stage.stride}{se}"
+
+
+def stage_counts(stage: StagePlan, was: StagePlan | None = None) -> tuple[Text, ...]:
+    """`4 blocks · 40 ch · 28×28`: what depth, width and resolution scaling change."""
+    blocks = "block" if stage.repeats == 1 else "blocks"
+    return (
+        changed(str(stage.repeats), str(was.repeats) if was else None),
+        Text(f" {blocks} · "),
+        changed(str(stage.out_channels), str(was.out_channels) if was else None),
+        Text(" ch · "),
+        changed(f"{stage.out_size}×{stage.out_size}",
+                f"{was.out_size}×{was.out_size}" if was else None),
+    )
+
+
+def stage_rows(
+    stage: StagePlan, own: Cost, total: Cost, before: tuple[StagePlan, Cost] | None = None
+) -> tuple[Row, ...]:
+    """A stage node: name; kind, kernel, stride, SE; blocks, channels, size; params; MACs."""
+    was = before[0] if before else None
+    return (
+        title(clip(stage.name)),
+        body(changed(stage_summary(stage), stage_summary(was) if was else None)),
+        Row(stage_counts(stage, was)),
+        *cost_rows(own, total, before[1] if before else None),
+    )
+
+
+def stage_box_part(
+    stage: StagePlan, own: Cost, total: Cost, prefix: str,
+    before: tuple[StagePlan, Cost] | None = None,
+) -> Part:
+    box = Box(
+        node_id(stage.path, prefix),
+        stage.kind,
+        stage_rows(stage, own, total, before),
+        tooltip(f"{stage.path} ({stage.name})", own),
+    )
+    out = shape(stage.out_channels, stage.out_size)
+    return Part((box,), (), box.id, box.id, out)
+
+
+def block_title(block: BlockPlan) -> str:
+    stride = f" s{block.stride}" if block.stride > 1 else ""
+    kind = kind_name(block.kind, block.expand)
+    return f"{block.stage}.{block.index} {kind} k{block.kernel}{stride}"
+
+
+def add_part(block: BlockPlan, prefix: str) -> Box:
+    """The residual sum closing `block`, with the block's drop-path rate when it has one."""
+    rows = [title("+")]
+    if block.drop_path > 0:
+        rows.append(note(f"drop-path {block.drop_path:.3f}"))
+    return Box(
+        node_id(f"{block.path}.add", prefix),
+        "add",
+        tuple(rows),
+        f"{block.path}: residual add\ndrop-path rate {block.drop_path:.4f}",
+        shape="add",
+    )
+
+
+def with_residual(block: BlockPlan, body_part: Part, prefix: str) -> Part:
+    """`body_part` between a fork and the residual add, when the block has a residual.
+
+    The fork (a dot on the main path) is the start of the dashed skip edge. Starting the skip
+    at the block's own fork rather than at the previous node keeps it inside the block's (or
+    stage's) frame; an edge from outside a frame is routed around the whole frame.
+    """
+    if not block.residual:
+        return body_part
+    fork = Box(node_id(f"{block.path}.fork", prefix), "add", (),
+               f"{block.path}: input, also to the residual add", shape="fork")
+    add = add_part(block, prefix)
+    return Part(
+        items=(fork, *body_part.items, add),
+        arrows=(
+            Arrow(fork.id, body_part.entry),
+            *body_part.arrows,
+            Arrow(body_part.exit, add.id),
+            Arrow(fork.id, add.id, style="skip"),
+        ),
+        entry=fork.id,
+        exit=add.id,
+        out_shape=body_part.out_shape,
+    )
+
+
+def block_part(block: BlockPlan, prefix: str) -> Part:
+    """Block detail: one box per block."""
+    own = block_cost(block)
+    se = f" · SE {block.se_channels}" if block.se_channels else ""
+    box = Box(
+        node_id(block.path, prefix),
+        block.kind,
+        (
+            title(block_title(block)),
+            body(f"{block_channels(block)} ch{se}"),
+            note(f"params {amount(own.params)} · MACs {amount(own.macs)}"),
+        ),
+        tooltip(block.path, own, f"{activation(block.act)}, drop-path {block.drop_path:.4f}"),
+    )
+    out = shape(block.out_channels, block.out_size)
+    return with_residual(block, Part((box,), (), box.id, box.id, out), prefix)
+
+
+def block_channels(block: BlockPlan) -> str:
+    """`16 → 96 → 24`, or `24 → 24` where the block does not expand."""
+    widths = [block.in_channels, block.mid_channels, block.out_channels]
+    if block.mid_channels == block.in_channels:
+        widths = [block.in_channels, block.out_channels]
+    return " → ".join(str(width) for width in widths)
+
+
+def op_rows(op: Op) -> tuple[Row, ...]:
+    """What an op is: `depthwise 5×5 s2`, its channels and activation."""
+    if isinstance(op, SqueezeExciteOp):
+        return (
+            title("squeeze-excite"),
+            body(f"{op.channels} → {op.squeeze} → {op.channels} · {activation(op.act)}"),
+        )
+    stride = f" s{op.stride}" if op.stride > 1 else ""
+    channels = (f"{op.out_channels} ch, per channel" if op.depthwise
+                else f"{op.in_channels} → {op.out_channels} ch")
+    return (
+        title(f"{op.role} {op.kernel}×{op.kernel}{stride}"),
+        body(f"{channels} · {activation(op.act)}"),
+    )
+
+
+def op_part(op: Op, kind: str, prefix: str) -> Part:
+    own = op_cost(op)
+    box = Box(
+        node_id(op.path, prefix),
+        kind,
+        (*op_rows(op), note(f"params {amount(own.params)} · MACs {amount(own.macs)}")),
+        tooltip(op.path, own),
+    )
+    return Part((box,), (), box.id, box.id, shape(op.out_channels, op.out_size))
+
+
+def block_cluster_part(block: BlockPlan, prefix: str) -> Part:
+    """Layer detail: a block's ops (and residual add) framed together."""
+    inner = with_residual(block, chain([op_part(op, block.kind, prefix) for op in block.ops]),
+                          prefix)
+    own = block_cost(block)
+    frame = Cluster(
+        node_id(block.path, cluster_prefix(prefix)),
+        block.kind,
+        "block",
+        (body(block_title(block)), note(f"params {amount(own.params)} · MACs {amount(own.macs)}")),
+        inner.items,
+        inner.entry,
+    )
+    return Part((frame,), inner.arrows, inner.entry, inner.exit, inner.out_shape)
+
+
+def stage_cluster_part(stage: StagePlan, own: Cost, total: Cost, parts: Sequence[Part],
+                       prefix: str) -> Part:
+    """Block and layer detail: a stage's blocks framed together, titled like a stage node."""
+    inner = chain(parts)
+    rows = (
+        title(f"{clip(stage.name)} · {stage_summary(stage)}"),
+        Row(stage_counts(stage)),
+        note(f"params {amount(own.params)} ({share(own.params, total.params)}) · MACs "
+             f"{amount(own.macs)} ({share(own.macs, total.macs)})"),
+    )
+    frame = Cluster(node_id(stage.path, cluster_prefix(prefix)), stage.kind, "stage", rows,
+                    inner.items, first_box(inner.items))
+    return Part((frame,), inner.arrows, inner.entry, inner.exit, inner.out_shape)
+
+
+def first_box(items: Iterable[Item]) -> str:
+    """The first labelled box among `items`, beside which a cluster's description is drawn.
+
+    Not a residual fork: a note beside that dot would pull it off the main path.
+    """
+    for item in items:
+        if isinstance(item, Cluster):
+            return first_box(item.items)
+        if item.shape != "fork":
+            return item.id
+    return ""
+
+
+def cluster_prefix(prefix: str) -> str:
+    """graphviz frames only subgraphs whose name starts with `cluster`."""
+    return f"cluster_{prefix}" if prefix else "cluster"
+
+
+def stage_parts(plan: Plan, detail: str, prefix: str = "",
+                base: Plan | None = None) -> list[Part]:
+    """One part per stage, drawn at `detail`; `base` marks what differs from it (stage only)."""
+    report = cost(plan)
+    total = report.total
+    before = _pair_stages(plan, base)
+    parts = []
+    for stage, own in zip(plan.stages, report.stages, strict=True):
+        if detail == "stage":
+            parts.append(stage_box_part(stage, own, total, prefix, before.get(stage.index)))
+            continue
+        if detail == "block":
+            blocks = [block_part(block, prefix) for block in stage.blocks]
+        else:
+            blocks = [block_cluster_part(block, prefix) for block in stage.blocks]
+        parts.append(stage_cluster_part(stage, own, total, blocks, prefix))
+    return parts
+
+
+def _pair_stages(plan: Plan, base: Plan | None) -> dict[int, tuple[StagePlan, Cost]]:
+    """Each stage of `base` (and its cost) by index, to compare the scaled stage against."""
+    if base is None:
+        return {}
+    report = cost(base)
+    pairs = zip(base.stages, report.stages, strict=True)
+    return {stage.index: (stage, own) for stage, own in pairs}
+
+
+# ---- walking the plan: the title and the comparison ----------------------------------------
+
+
+def scaling_line(plan: Plan) -> str:
+    """`preset b3 · width ×1.2 · depth ×1.4 · 300×300 input`, or `unscaled · 224×224 input`."""
+    factors = plan.scaling
+    widths = "" if factors.is_identity else (
+        f" · width ×{factors.width:.3g} · depth ×{factors.depth:.3g}")
+    return f"{factors.describe()}{widths} · {plan.resolution}×{plan.resolution} input"
+
+
+def totals_line(plan: Plan, base: Plan | None = None) -> Row:
+    own = cost(plan).total
+    was = cost(base).total if base else None
+    return body(
+        changed(amount(own.params), amount(was.params) if was else None), " params · ",
+        changed(amount(own.macs), amount(was.macs) if was else None), " MACs · ",
+        changed(str(plan.block_count), str(base.block_count) if base else None), " blocks",
+    )
+
+
+def network_title(plan: Plan, detail: str) -> tuple[Row, ...]:
+    return (
+        title(clip(plan.name, 80)),
+        body(scaling_line(plan)),
+        totals_line(plan),
+        note(f"{detail} detail · MACs are multiply-adds (1 MAC = 2 FLOPs)"),
+    )
+
+
+def header_box(plan: Plan, prefix: str, base: Plan | None) -> Box:
+    """The top of a compared network: how it was scaled and its totals."""
+    return Box(
+        node_id("header", prefix),
+        "input",
+        (title(plan.scaling.describe()), note(scaling_line(plan)), totals_line(plan, base)),
+        f"{plan.name}\n{plan.scaling.describe()}",
+        shape="header",
+    )
+
+
+def row_keys(plan: Plan) -> list[str]:
+    """The rows a compared network is drawn in: the header, each end and each stage."""
+    return ["header", "input", "stem", *(s.path for s in plan.stages), "head", "classifier"]
+
+
+def compare_graph(plan: Plan, base: Plan) -> Graph:
+    """Base and scaled side by side, each stage level with the same stage of the other."""
+    columns = []
+    arrows: list[Arrow] = []
+    for prefix, net, against in (("base", base, None), ("scaled", plan, base)):
+        path = spine(net, stage_parts(net, "stage", prefix, against), prefix, against)
+        header = header_box(net, prefix, against)
+        columns.append(Cluster(f"cluster_{prefix}", "input", "column", (), (header, *path.items)))
+        arrows += [Arrow(header.id, path.entry, style="invisible"), *path.arrows]
+    arrows = list(_highlight_changes(arrows))
+    shared = set(row_keys(base)) & set(row_keys(plan))
+    ranks = tuple((node_id(key, "base"), node_id(key, "scaled"))
+                  for key in row_keys(plan) if key in shared)
+    # an invisible edge within each rank holds the base to the left of the scaled net
+    arrows += [Arrow(left, right, style="invisible") for left, right in ranks]
+    return Graph(
+        title=(
+            title(clip(plan.name, 80)),
+            body(f"{base.scaling.describe()} vs {plan.scaling.describe()}"),
+            note("stage detail · ", Text("red", True), ": what scaling changed · MACs are "
+                 "multiply-adds (1 MAC = 2 FLOPs)"),
+        ),
+        items=tuple(columns),
+        arrows=tuple(arrows),
+        ranks=ranks,
+    )
+
+
+def _highlight_changes(arrows: Sequence[Arrow]) -> Iterator[Arrow]:
+    """The edges, the scaled network's in the highlight colour where the tensor's shape changed."""
+    before = {arrow.tail.removeprefix("base_"): arrow.label
+              for arrow in arrows if arrow.tail.startswith("base_") and arrow.style == "flow"}
+    for arrow in arrows:
+        was = before.get(arrow.tail.removeprefix("scaled_"))
+        if arrow.tail.startswith("scaled_") and arrow.style == "flow" and was != arrow.label:
+            yield Arrow(arrow.tail, arrow.head, arrow.label, arrow.style, changed=True)
+        else:
+            yield arrow
+
+
+# ---- the public entry points ---------------------------------------------------------------
+
+
+def graph_of(plan: Plan, *, base: Plan | None = None, detail: str = "stage") -> Graph:
+    """The graph description of `plan` at `detail`, or of `base` beside `plan`."""
+    if detail not in DETAILS:
+        raise OutputError(f"unknown detail `{detail}`", hint="use stage, block or layer")
+    if base is not None:
+        # compare draws stage detail: blocks of different repeat counts cannot share ranks
+        return compare_graph(plan, base)
+    path = spine(plan, stage_parts(plan, detail))
+    return Graph(network_title(plan, detail), path.items, path.arrows)
+
+
+def to_dot(plan: Plan, *, base: Plan | None = None, detail: str = "stage",
+           rankdir: str = "TB") -> str:
+    """DOT text of `plan` (see the module docstring); pure, needs no graphviz."""
+    if rankdir not in RANKDIRS:
+        raise OutputError(f"unknown rankdir `{rankdir}`", hint="use TB or LR")
+    return emit(graph_of(plan, base=base, detail=detail), rankdir)
+
+
+def render(plan: Plan, path: str | Path, *, base: Plan | None = None, detail: str = "stage",
+           rankdir: str = "TB") -> Path:
+    """Draw `plan` to `path`: `.dot`/`.gv` as text, `.svg`/`.png`/`.pdf` through `dot`.
+
+    The file appears whole or not at all. Without graphviz, the DOT text is written beside
+    `path` (as `.dot`) and `ToolMissingError` says where and how to install graphviz.
+    """
+    target = Path(path)
+    suffix = target.suffix.lower()
+    if suffix not in DOT_SUFFIXES and suffix not in FORMATS:
+        raise OutputError(
+            f"{target}: cannot draw to `{suffix or 'a file without a suffix'}`",
+            hint="use .svg, .png, .pdf or .dot",
+        )
+    source = to_dot(plan, base=base, detail=detail, rankdir=rankdir)
+    if suffix in DOT_SUFFIXES:
+        atomic_write(target, source)
+        return target
+    program = shutil.which("dot")
+    if program is None:
+        fallback = target.with_suffix(".dot")
+        atomic_write(fallback, source)
+        raise ToolMissingError(
+            f"graphviz's `dot` was not found, so {target} was not drawn; wrote {fallback} "
+            f"instead; {INSTALL_HINT} and run `dot -T{FORMATS[suffix]} {fallback} -o {target}`"
+        )
+    with atomic_path(target) as temporary:
+        run_dot(program, source, FORMATS[suffix], temporary)
+    return target
+
+
+def run_dot(program: str, source: str, fmt: str, output: Path) -> None:
+    """Lay out and draw `source` with graphviz, as an `EffError` when it fails."""
+    try:
+        result = subprocess.run(
+            [program, f"-T{fmt}", "-o", str(output)],
+            input=source.encode("utf-8"),
+            capture_output=True,
+            timeout=DOT_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise OutputError(
+            f"graphviz's `dot` took more than {DOT_TIMEOUT} s to lay out the graph",
+            hint="draw with less detail (--detail stage or block), or write .dot and run dot "
+            "yourself",
+        ) from None
+    except OSError as error:
+        raise ToolMissingError(f"cannot run graphviz's `dot` ({program}): {error.strerror}; "
+                               f"{INSTALL_HINT}") from None
+    if result.returncode != 0:
+        reason = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise OutputError(
+            f"graphviz's `dot` failed with exit status {result.returncode}"
+            + (f": {reason[0]}" if reason else "")
+        )
+
+
+# ---- drawing: the graph description as DOT -------------------------------------------------
+
+
+def printable(text: str) -> str:
+    """`text` with control characters and non-characters spelled as escapes, never raw.
+
+    Names come from spec strings, which can hold `\\u0000`, a tab or a lone surrogate;
+    graphviz and XML refuse those or draw them as boxes, so they read as `\\x00`, `\\t`.
+    Newlines stay: they break a label's line.
+    """
+    out = []
+    for char in text:
+        code = ord(char)
+        if char == "\n":
+            out.append(char)
+        elif char in "\t\r":
+            out.append(repr(char)[1:-1])
+        elif unicodedata.category(char) == "Cc":
+            out.append(f"\\x{code:02x}")
+        elif unicodedata.category(char) == "Cs" or code in (0xFFFE, 0xFFFF):
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def html(text: str) -> str:
+    """Text for an HTML-like label: markup characters and backslashes escaped.
+
+    graphviz expands `\\N` (the node's name), `\\G` and `\\\\` even in HTML-like labels,
+    and a character reference does not stop it; a word joiner (U+2060, invisible) after each
+    backslash does, whatever graphviz's version. Newlines become line breaks.
+    """
+    escaped = (
+        printable(text)
+        .replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace('"', "&quot;")
+        .replace("\\", "\\&#8288;")
+    )
+    return escaped.replace("\n", "<BR/>")
+
+
+def quoted(text: str) -> str:
+    """A DOT double-quoted string: backslashes and quotes escaped, newlines as `\\n`.
+
+    A tooltip is expanded twice (`\\\\N` still becomes the node's name), so a backslash is
+    doubled and then followed by an invisible word joiner, as in `html`.
+    """
+    escaped = (
+        printable(text)
+        .replace("\\", "\\\\\u2060")
+        .replace('"', '\\"')
+        .replace("\n", "\\n")
+    )
+    return f'"{escaped}"'
+
+
+ROW_FONT = {"title": (12, True), "body": (11, False), "note": (9, False)}
+
+
+def label_row(row: Row, align: str = "CENTER") -> str:
+    size, bold = ROW_FONT[row.style]
+    runs = []
+    for run in row.runs:
+        text = html(run.text)
+        if run.changed:
+            text = f'<FONT COLOR="{HIGHLIGHT}"><B>{text}</B></FONT>'
+        runs.append(text)
+    text = "".join(runs) or " "
+    if bold:
+        text = f"<B>{text}</B>"
+    colour = f' COLOR="{MUTED}"' if row.style == "note" else ""
+    return f'<TR><TD ALIGN="{align}"><FONT POINT-SIZE="{size}"{colour}>{text}</FONT></TD></TR>'
+
+
+def table(rows: Iterable[Row], align: str = "CENTER") -> str:
+    inner = "".join(label_row(row, align) for row in rows)
+    return f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{inner}</TABLE>>'
+
+
+def legend(kinds: Iterable[str], notes: Sequence[str]) -> str:
+    """A row of colour swatches, one per kind drawn, then the notes."""
+    cells = "".join(
+        f'<TD BGCOLOR="{PALETTE[k].fill}" COLOR="{PALETTE[k].line}" BORDER="1">'
+        f'<FONT POINT-SIZE="9"> {html(PALETTE[k].legend)} </FONT></TD>'
+        for k in kinds
+    )
+    text = "".join(f'<TD><FONT POINT-SIZE="9" COLOR="{MUTED}">  {html(n)}</FONT></TD>'
+                   for n in notes)
+    return (f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="3" CELLPADDING="2">'
+            f"<TR>{cells}{text}</TR></TABLE>")
+
+
+def graph_label(graph: Graph) -> str:
+    kinds = sorted(set(_kinds(graph.items)) - {"input"}, key=list(PALETTE).index)
+    notes = []
+    if any(arrow.style == "skip" for arrow in graph.arrows):
+        notes.append("dashed: residual connection")
+    notes.append("edges: tensor C×H×W")
+    rows = "".join(label_row(row, "LEFT") for row in graph.title)
+    return (f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{rows}'
+            f'<TR><TD ALIGN="LEFT">{legend(kinds, notes)}</TD></TR></TABLE>>')
+
+
+def _kinds(items: Iterable[Item]) -> Iterator[str]:
+    for item in items:
+        if isinstance(item, Box):
+            yield item.kind
+        else:
+            yield from _kinds(item.items)
+
+
+def box_line(box: Box) -> str:
+    swatch = PALETTE[box.kind]
+    attributes = [f"id={quoted(box.id)}", f"tooltip={quoted(box.tooltip)}"]
+    if box.shape == "fork":
+        attributes += ["shape=point", "width=0.07", f"color={quoted(swatch.line)}",
+                       f"fillcolor={quoted(swatch.line)}"]
+        return f"{quoted(box.id)} [{', '.join(attributes)}];"
+    if box.shape == "add":
+        attributes += ["shape=box", 'style="rounded,filled"', "fillcolor=\"#ffffff\"",
+                       f"color={quoted(swatch.line)}", 'margin="0.04,0.02"', "height=0.3"]
+    elif box.shape == "header":
+        attributes += ["shape=plaintext", 'style=""']
+    else:
+        # the outline keeps the kind's colour even when values changed: red text says enough
+        attributes += [f"fillcolor={quoted(swatch.fill)}", f"color={quoted(swatch.line)}"]
+    return f"{quoted(box.id)} [label={table(box.rows)}, {', '.join(attributes)}];"
+
+
+CLUSTER_LOOK = {
+    "stage": 'style="rounded"',
+    "block": 'style="rounded,dashed"',
+    "column": 'style="rounded", color="#bbbbbb", bgcolor="#fcfcfc"',
+}
+
+
+def cluster_lines(cluster: Cluster, depth: int) -> list[str]:
+    pad = "  " * depth
+    look = CLUSTER_LOOK[cluster.level]
+    if cluster.level in ("stage", "block"):
+        tint = STAGE_TINT.get(cluster.kind, BLOCK_TINT) if cluster.level == "stage" else BLOCK_TINT
+        look += f", color={quoted(PALETTE[cluster.kind].line)}, bgcolor={quoted(tint)}"
+    # label="": a subgraph would otherwise inherit the graph's title as its own label
+    lines = [f"{pad}subgraph {quoted(cluster.id)} {{", f'{pad}  graph [label="", {look}];']
+    if cluster.level == "column":  # each compared network is a straight column of its own
+        lines.append(f"{pad}  node [group={quoted(cluster.id)}];")
+    lines += [f"{pad}  {line}" for line in note_lines(notes_drawn_in(cluster))]
+    lines += item_lines(cluster.items, depth + 1)
+    lines.append(f"{pad}}}")
+    return lines
+
+
+def notes_drawn_in(cluster: Cluster) -> list[Cluster]:
+    """The clusters whose descriptions are drawn in `cluster`'s frame: its own and its blocks'.
+
+    A block's note goes in its stage's frame, outside the block's own: dot then puts it left
+    of the ops, away from the residual edge, which runs inside the block's frame on the right.
+    """
+    drawn = [cluster] if cluster.rows and cluster.level != "block" else []
+    drawn += [child for child in cluster.items
+              if isinstance(child, Cluster) and child.level == "block" and child.rows]
+    return drawn
+
+
+def note_lines(clusters: Sequence[Cluster]) -> list[str]:
+    """Each cluster's description as a plain node on the rank of the cluster's first node.
+
+    Not a cluster label: that sits at the top of the frame, right where the incoming edge
+    enters, and the edge would strike through the text. Each note has a group of its own, so
+    it does not bend the main path; notes on one rank are ordered stage first, then block.
+    """
+    lines = []
+    for cluster in clusters:
+        note_id = quoted(f"{cluster.id}__note")
+        lines += [
+            f"{note_id} [label={table(cluster.rows, 'LEFT')}, shape=plaintext, style=\"\", "
+            f"margin=0, group={note_id}, tooltip={quoted(cluster.id)}];",
+            f"{{rank=same; {note_id}; {quoted(cluster.anchor)};}}",
+        ]
+    for left, right in pairwise(clusters):
+        if left.anchor == right.anchor:
+            lines.append(f'{quoted(left.id + "__note")} -> {quoted(right.id + "__note")} '
+                         "[style=invis];")
+    return lines
+
+
+def item_lines(items: Iterable[Item], depth: int) -> list[str]:
+    lines = []
+    for item in items:
+        if isinstance(item, Box):
+            lines.append("  " * depth + box_line(item))
+        else:
+            lines += cluster_lines(item, depth)
+    return lines
+
+
+def arrow_line(arrow: Arrow) -> str:
+    attributes = []
+    if arrow.label:
+        attributes.append(f"label={quoted(' ' + arrow.label)}")
+    if arrow.style == "skip":
+        # weight 0: the skip must not pull the main path, which `group` keeps straight
+        attributes += ["style=dashed", 'color="#888888"', "weight=0"]
+    elif arrow.style == "invisible":
+        attributes += ["style=invis"]
+    if arrow.changed:
+        attributes += [f"fontcolor={quoted(HIGHLIGHT)}"]
+    suffix = f" [{', '.join(attributes)}]" if attributes else ""
+    return f"  {quoted(arrow.tail)} -> {quoted(arrow.head)}{suffix};"
+
+
+def declaration_order(items: tuple[Item, ...], rankdir: str) -> tuple[Item, ...]:
+    """The items in the order to write them: compared columns reversed for LR and RL.
+
+    dot lays side-by-side clusters out in the order they are written, left to right, which
+    LR turns into bottom to top; reversed, the base network stays first (on top).
+    """
+    columns = all(isinstance(item, Cluster) and item.level == "column" for item in items)
+    return items[::-1] if columns and rankdir in ("LR", "RL") else items
+
+
+def emit(graph: Graph, rankdir: str = "TB") -> str:
+    """The DOT text of `graph`: defaults, the items (clusters nested), the edges, the ranks."""
+    lines = [
+        "digraph effdsl {",
+        f"  graph [rankdir={rankdir}, newrank=true, nodesep=0.3, ranksep=0.32, "
+        f"fontname={quoted(FONT)}, labelloc=t, labeljust=l, pad=0.3, "
+        f'label={graph_label(graph)}];',
+        f'  node [shape=box, style="rounded,filled", fontname={quoted(FONT)}, '
+        f'fontcolor={quoted(INK)}, margin="0.12,0.05", penwidth=1.2, group=main];',
+        f"  edge [fontname={quoted(FONT)}, fontsize=9, fontcolor={quoted(MUTED)}, "
+        f'color="#555555", arrowsize=0.7];',
+    ]
+    lines += item_lines(declaration_order(graph.items, rankdir), 1)
+    lines += [arrow_line(arrow) for arrow in graph.arrows]
+    lines += [f"  {{rank=same; {'; '.join(quoted(n) for n in rank)};}}" for rank in graph.ranks]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["DETAILS", "FORMATS", "Graph", "graph_of", "render", "to_dot"]
