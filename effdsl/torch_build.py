@@ -1,0 +1,403 @@
+"""The PyTorch backend: a `Plan` becomes an `nn.Module` whose module paths are the plan's paths.
+
+    model = build(network)                       # lower, then one module per op of the plan
+    model = build(network, features_only=True)   # stem and stages only; forward → feature maps
+    fast = optimize_for_inference(model)         # eval copy, batch norm folded, channels_last
+
+The module tree is a contract shared with the code generator and the checkpoint converter:
+each `ConvOp` at path `P` is a module with children `conv`, `bn`, `act`; each
+`SqueezeExciteOp` has 1×1 convs `reduce` and `expand`; blocks live at `stages.{i}.blocks.{j}`
+with their ops named by the last component of the op's path; then `head`, `dropout`,
+`classifier`. So `stages.3.blocks.1.expand.conv.weight` is a state_dict key.
+
+Everything is built from the plan (`effdsl.plan.lower`); nothing here recomputes a channel
+count, a stride or a padding. This module imports torch; `import effdsl` does not import it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import torch
+from torch import Tensor, nn
+
+from effdsl import ast
+from effdsl.errors import BuildError
+from effdsl.plan import BlockPlan, ConvOp, Op, Plan, SqueezeExciteOp, StagePlan, lower
+from effdsl.scaling import Multipliers
+
+# ---- layers ---------------------------------------------------------------------------------
+
+# In-place is safe everywhere an activation is used: it always follows a fresh tensor (a batch
+# norm's or a 1×1 conv's output) that nothing else reads.
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "silu": lambda: nn.SiLU(inplace=True),
+    "relu": lambda: nn.ReLU(inplace=True),
+    "relu6": lambda: nn.ReLU6(inplace=True),
+    "hardswish": lambda: nn.Hardswish(inplace=True),
+    "gelu": nn.GELU,
+}
+
+
+def activation(name: str | None) -> nn.Module:
+    """The activation module of `name`; `None` is the identity."""
+    if name is None:
+        return nn.Identity()
+    make = ACTIVATIONS.get(name)
+    if make is None:
+        raise BuildError(
+            f"the PyTorch backend has no activation `{name}`",
+            hint=f"use one of {', '.join(ACTIVATIONS)}",
+        )
+    return make()
+
+
+class ConvBNAct(nn.Module):
+    """Convolution (no bias), batch norm, activation: a `ConvOp` with symmetric padding."""
+
+    def __init__(self, op: ConvOp, padding: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            op.in_channels,
+            op.out_channels,
+            op.kernel,
+            op.stride,
+            padding,
+            groups=op.groups,
+            bias=False,  # the batch norm's shift does a bias's job
+        )
+        # typed as a module: optimize_for_inference replaces it with nn.Identity
+        self.bn: nn.Module = nn.BatchNorm2d(op.out_channels, eps=op.bn_eps, momentum=op.bn_momentum)
+        self.act = activation(op.act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.act(self.bn(self.conv(x)))
+        return out
+
+
+class PaddedConvBNAct(ConvBNAct):
+    """A `ConvOp` with TensorFlow's SAME padding, whose extra pixel (right, bottom) a conv's own
+    symmetric `padding=` cannot express, so a parameter-free pad runs first."""
+
+    def __init__(self, op: ConvOp) -> None:
+        super().__init__(op, padding=0)
+        self.pad = nn.ZeroPad2d(op.padding)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.act(self.bn(self.conv(self.pad(x))))
+        return out
+
+
+def conv_bn_act(op: ConvOp) -> ConvBNAct:
+    symmetric = op.symmetric_padding
+    return PaddedConvBNAct(op) if symmetric is None else ConvBNAct(op, symmetric)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation: gate each channel by a function of the global average."""
+
+    def __init__(self, op: SqueezeExciteOp) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(op.channels, op.squeeze, 1)
+        self.act = activation(op.act)
+        self.expand = nn.Conv2d(op.squeeze, op.channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = x.mean((2, 3), keepdim=True)  # N, C, 1, 1
+        scale = self.act(self.reduce(scale))  # N, squeeze, 1, 1
+        scale = self.expand(scale)  # N, C, 1, 1
+        return x * torch.sigmoid(scale)  # N, C, H, W
+
+
+def layer(op: Op) -> nn.Module:
+    return conv_bn_act(op) if isinstance(op, ConvOp) else SqueezeExcite(op)
+
+
+def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
+    """Stochastic depth in "row" mode: drop the residual branch of whole samples.
+
+    Each sample's branch is kept with probability 1-rate and then scaled by 1/(1-rate), so its
+    expectation is unchanged and evaluation needs no rescaling. The mask is drawn on the
+    tensor's device, with no host synchronisation.
+    """
+    if not training or rate == 0.0:
+        return x
+    keep = 1.0 - rate
+    mask = x.new_empty([x.shape[0]] + [1] * (x.dim() - 1)).bernoulli_(keep)  # N, 1, 1, 1
+    return x * mask.div_(keep)
+
+
+# ---- blocks, stages, networks ---------------------------------------------------------------
+
+# The order in which a block runs its ops; every block kind's ops are a subsequence of it
+# (mbconv: expand?, depthwise, se?, project; fused: expand, se?, project; conv: conv).
+OP_ORDER = ("conv", "expand", "depthwise", "se", "project")
+
+
+def _block_layers(block: BlockPlan) -> dict[str, nn.Module]:
+    """The block's layers by the last component of their path, checked against `OP_ORDER`."""
+    names = [op.path.rsplit(".", 1)[-1] for op in block.ops]
+    known = [name for name in OP_ORDER if name in names]
+    if names != known:
+        raise BuildError(
+            f"block `{block.path}` has ops {', '.join(names)}; the PyTorch backend builds a "
+            f"subsequence of {', '.join(OP_ORDER)}, each at most once"
+        )
+    return {name: layer(op) for name, op in zip(names, block.ops, strict=True)}
+
+
+class Block(nn.Module):
+    """One block of a stage: its ops in plan order, then the residual connection if any.
+
+    Absent ops are `None` attributes, not modules: TorchScript and torch.compile resolve the
+    `is not None` tests when they compile, and eager mode pays one comparison each.
+    """
+
+    def __init__(self, block: BlockPlan) -> None:
+        super().__init__()
+        if not 0.0 <= block.drop_path < 1.0:
+            raise BuildError(f"block `{block.path}` has drop_path {block.drop_path}, not in [0, 1)")
+        layers = _block_layers(block)
+        # assigned in OP_ORDER, so state_dict keys come out in forward order
+        self.conv = layers.get("conv")
+        self.expand = layers.get("expand")
+        self.depthwise = layers.get("depthwise")
+        self.se = layers.get("se")
+        self.project = layers.get("project")
+        self.residual = block.residual
+        self.drop_rate = block.drop_path
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = x
+        if self.conv is not None:
+            out = self.conv(out)  # N, C_out, H/s, W/s
+        if self.expand is not None:
+            out = self.expand(out)  # N, C_mid, H (fused: H/s), W
+        if self.depthwise is not None:
+            out = self.depthwise(out)  # N, C_mid, H/s, W/s
+        if self.se is not None:
+            out = self.se(out)  # N, C_mid, H/s, W/s
+        if self.project is not None:
+            out = self.project(out)  # N, C_out, H/s, W/s
+        if self.residual:
+            out = x + drop_path(out, self.drop_rate, self.training)
+        return out
+
+
+class Stage(nn.Module):
+    """The blocks of one stage, in order."""
+
+    def __init__(self, stage: StagePlan) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(block) for block in stage.blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class EfficientNet(nn.Module):
+    """Stem, stages, head, global average pool, dropout, linear classifier.
+
+    `plan` is the plan it was built from; `feature_info` describes every stage's output.
+    """
+
+    def __init__(self, plan: Plan) -> None:
+        super().__init__()
+        self.stem = conv_bn_act(plan.stem)
+        self.stages = nn.ModuleList(Stage(stage) for stage in plan.stages)
+        self.head = conv_bn_act(plan.head)
+        self.dropout = nn.Dropout(plan.classifier.dropout, inplace=True)
+        self.classifier = nn.Linear(plan.classifier.in_features, plan.classifier.classes)
+        self.plan = plan
+        self.feature_info = plan.feature_info()
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.stem(x)  # N, C_stem, H/2, W/2
+        for stage in self.stages:
+            x = stage(x)
+        out: Tensor = self.head(x)  # N, C_head, H/32, W/32
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.forward_features(x)
+        x = x.mean((2, 3))  # N, C_head
+        logits: Tensor = self.classifier(self.dropout(x))  # N, classes
+        return logits
+
+
+class FeatureExtractor(nn.Module):
+    """Stem and stages up to the last one wanted; forward returns the wanted stages' outputs.
+
+    `feature_info` describes them (stage, channels, reduction) in the order they are returned.
+    """
+
+    def __init__(self, plan: Plan, out_indices: Sequence[int]) -> None:
+        super().__init__()
+        self.stem = conv_bn_act(plan.stem)
+        self.stages = nn.ModuleList(Stage(stage) for stage in plan.stages[: max(out_indices) + 1])
+        self.out_indices = list(out_indices)
+        self.plan = plan
+        self.feature_info = tuple(plan.feature_info()[i] for i in out_indices)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.stem(x)
+        features: list[Tensor] = []
+        for index, stage in enumerate(self.stages):
+            x = stage(x)
+            if index in self.out_indices:
+                features.append(x)  # N, C_i, H/r_i, W/r_i
+        return features
+
+
+# ---- build ----------------------------------------------------------------------------------
+
+
+def build(
+    network: ast.Network | Plan,
+    *,
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    scaling: Multipliers | None = None,
+) -> nn.Module:
+    """The PyTorch module of `network` (a scaled `Network`, or a `Plan`), freshly initialised.
+
+    `in_channels` and `num_classes` override the spec's input channels and classes.
+    `features_only=True` builds a `FeatureExtractor` returning the outputs of the stages in
+    `out_indices` (default: all). `scaling` records how `network` was scaled, in `model.plan`.
+    To build without allocating memory, use `with torch.device("meta"): build(...)`.
+    """
+    plan = _plan(network, scaling)
+    plan = _with_overrides(plan, in_channels, num_classes)
+    model: nn.Module
+    if features_only:
+        if num_classes is not None:
+            raise BuildError(
+                "num_classes has no effect with features_only=True: there is no classifier"
+            )
+        model = FeatureExtractor(plan, _out_indices(plan, out_indices))
+    else:
+        if out_indices is not None:
+            raise BuildError("out_indices only applies with features_only=True")
+        model = EfficientNet(plan)
+    initialise(model)
+    return model
+
+
+def _plan(network: object, scaling: Multipliers | None) -> Plan:
+    if isinstance(network, Plan):
+        if scaling is not None:
+            raise BuildError("scaling= applies to a Network; a Plan already records its scaling")
+        return network
+    if isinstance(network, ast.Network):
+        return lower(network, scaling)
+    raise BuildError(
+        f"build() takes an effdsl Network or Plan, not {type(network).__name__}",
+        hint="parse a spec with effdsl.load(path) or effdsl.parse(text)",
+    )
+
+
+def _check_count(name: str, value: object, upper: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
+        raise BuildError(f"{name} must be an integer in [1, {upper}], got {value!r}")
+    return value
+
+
+def _with_overrides(plan: Plan, in_channels: int | None, num_classes: int | None) -> Plan:
+    """The plan with the stem's input channels and the classifier's classes replaced."""
+    if in_channels is not None:
+        channels = _check_count("in_channels", in_channels, ast.MAX_CHANNELS)
+        plan = replace(plan, in_channels=channels, stem=replace(plan.stem, in_channels=channels))
+    if num_classes is not None:
+        classes = _check_count("num_classes", num_classes, ast.MAX_CLASSES)
+        plan = replace(plan, classifier=replace(plan.classifier, classes=classes))
+    return plan
+
+
+def _out_indices(plan: Plan, out_indices: Sequence[int] | None) -> tuple[int, ...]:
+    """Stage indices in increasing order; negative ones count from the end, as in Python."""
+    count = len(plan.stages)
+    if out_indices is None:
+        return tuple(range(count))
+    if isinstance(out_indices, (str, bytes)) or not isinstance(out_indices, Sequence):
+        raise BuildError(f"out_indices must be a sequence of stage indices, got {out_indices!r}")
+    chosen: set[int] = set()
+    for index in out_indices:
+        if isinstance(index, bool) or not isinstance(index, int) or not -count <= index < count:
+            raise BuildError(
+                f"out_indices: {index!r} is not a stage of `{plan.name}`",
+                hint=f"it has {count} stages: 0 to {count - 1} (or -{count} to -1)",
+            )
+        if index % count in chosen:
+            raise BuildError(f"out_indices names stage {index % count} twice")
+        chosen.add(index % count)
+    if not chosen:
+        raise BuildError("out_indices is empty; name at least one stage")
+    return tuple(sorted(chosen))
+
+
+def initialise(model: nn.Module) -> None:
+    """torchvision's EfficientNet initialisation.
+
+    Convs: He normal with fan-out (their outputs keep unit variance through the ReLU-like
+    activations); biases zero; batch norm the identity; the classifier uniform in
+    ±1/√classes, as the TF reference does.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            bound = 1.0 / math.sqrt(module.out_features)
+            nn.init.uniform_(module.weight, -bound, bound)
+            nn.init.zeros_(module.bias)
+
+
+# ---- inference ------------------------------------------------------------------------------
+
+
+def optimize_for_inference(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of an effdsl-built `model` with every batch norm folded into its conv,
+    in channels_last memory format. Outputs match the original's in eval mode (fp32: ~1e-6)."""
+    if not isinstance(model, nn.Module):
+        raise BuildError(
+            f"optimize_for_inference() takes a torch.nn.Module, not {type(model).__name__}"
+        )
+    fused = copy.deepcopy(model).eval()
+    folds = [
+        m for m in fused.modules() if isinstance(m, ConvBNAct) and isinstance(m.bn, nn.BatchNorm2d)
+    ]
+    if not folds:
+        raise BuildError(
+            "found no convolution followed by batch norm to fold",
+            hint="pass a model made by effdsl.build() that was not optimised already",
+        )
+    for module in folds:
+        _fold_batch_norm(module.conv, module.bn)
+        module.bn = nn.Identity()
+    return fused.to(memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def _fold_batch_norm(conv: nn.Conv2d, bn: nn.Module) -> None:
+    """conv → bn becomes one conv: w·γ/σ and β - μ·γ/σ (σ = √(var + ε)), computed in float64."""
+    if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None or bn.running_var is None:
+        raise BuildError("cannot fold a batch norm that keeps no running statistics")
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    weight = conv.weight.double() * scale.reshape(-1, 1, 1, 1)
+    bias = bn.bias.double() - bn.running_mean.double() * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias.double() * scale
+    dtype = conv.weight.dtype
+    conv.weight = nn.Parameter(weight.to(dtype))
+    conv.bias = nn.Parameter(bias.to(dtype))
