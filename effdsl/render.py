@@ -67,7 +67,7 @@ PALETTE: dict[str, Swatch] = {
     "conv": Swatch("#e6ddf2", "#6d4fa0", "Conv"),
     "fused_mbconv": Swatch("#fde2c4", "#c7741f", "Fused-MBConv"),
     "mbconv": Swatch("#d8eed5", "#3a8a3a", "MBConv"),
-    "head": Swatch("#d0e4f0", "#2f7a99", "head"),
+    "head": Swatch("#d3eeea", "#2a8579", "head"),
     "classifier": Swatch("#f6d5d5", "#b04848", "classifier"),
     "add": Swatch("#ffffff", "#777777", "residual add"),
 }
@@ -590,12 +590,18 @@ def network_title(plan: Plan, detail: str) -> tuple[Row, ...]:
     )
 
 
-def header_box(plan: Plan, prefix: str, base: Plan | None) -> Box:
-    """The top of a compared network: how it was scaled and its totals."""
+def column_name(plan: Plan, other: Plan) -> str:
+    """How a compared network is named: how it was scaled, and which net when they differ."""
+    scaling = plan.scaling.describe()
+    return scaling if plan.name == other.name else f"{clip(plan.name)} · {scaling}"
+
+
+def header_box(plan: Plan, prefix: str, other: Plan, base: Plan | None) -> Box:
+    """The top of a compared network: its name, how it was scaled and its totals."""
     return Box(
         node_id("header", prefix),
         "input",
-        (title(plan.scaling.describe()), note(scaling_line(plan)), totals_line(plan, base)),
+        (title(column_name(plan, other)), note(scaling_line(plan)), totals_line(plan, base)),
         f"{plan.name}\n{plan.scaling.describe()}",
         shape="header",
     )
@@ -612,7 +618,7 @@ def compare_graph(plan: Plan, base: Plan) -> Graph:
     arrows: list[Arrow] = []
     for prefix, net, against in (("base", base, None), ("scaled", plan, base)):
         path = spine(net, stage_parts(net, "stage", prefix, against), prefix, against)
-        header = header_box(net, prefix, against)
+        header = header_box(net, prefix, base if net is plan else plan, against)
         columns.append(Cluster(f"cluster_{prefix}", "input", "column", (), (header, *path.items)))
         arrows += [Arrow(header.id, path.entry, style="invisible"), *path.arrows]
     arrows = list(_highlight_changes(arrows))
@@ -624,7 +630,7 @@ def compare_graph(plan: Plan, base: Plan) -> Graph:
     return Graph(
         title=(
             title(clip(plan.name, 80)),
-            body(f"{base.scaling.describe()} vs {plan.scaling.describe()}"),
+            body(f"{column_name(base, plan)} vs {column_name(plan, base)}"),
             note("stage detail · ", Text("red", True), ": what scaling changed · MACs are "
                  "multiply-adds (1 MAC = 2 FLOPs)"),
         ),
@@ -954,7 +960,9 @@ def emit(graph: Graph, rankdir: str = "TB") -> str:
     """The DOT text of `graph`: defaults, the items (clusters nested), the edges, the ranks."""
     lines = [
         "digraph effdsl {",
-        f"  graph [rankdir={rankdir}, newrank=true, nodesep=0.3, ranksep=0.32, "
+        # polyline: curved skips bulge out of their frames on long blocks; polylines stay in
+        f"  graph [rankdir={rankdir}, newrank=true, splines=polyline, nodesep=0.3, "
+        f"ranksep=0.32, "
         f"fontname={quoted(FONT)}, labelloc=t, labeljust=l, pad=0.3, "
         f'label={graph_label(graph)}];',
         f'  node [shape=box, style="rounded,filled", fontname={quoted(FONT)}, '
