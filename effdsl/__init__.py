@@ -6,7 +6,8 @@
     effdsl.cost(plan).params                      # 12,233,232, no torch needed
     model = effdsl.build(b3)                      # torch.nn.Module (imports torch lazily)
 
-Only the PyTorch backend imports torch, and only when it is used.
+Only the PyTorch backend imports torch, and only when it is used; rendering runs graphviz's
+`dot` only when asked for SVG, PNG or PDF.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from effdsl.errors import EffError, EffErrors
 from effdsl.fmt import format
 from effdsl.parser import load, parse
 from effdsl.plan import Plan, lower
+from effdsl.render import render, to_dot  # eager: the function `render` shadows its module
 from effdsl.scaling import Multipliers, multipliers, scale
 
 __version__ = "0.1.0"
@@ -30,14 +32,11 @@ _LAZY = {
     "optimize_for_inference": "effdsl.torch_build",
     "convert_state_dict": "effdsl.convert",
     "to_python": "effdsl.codegen",
-    "to_dot": "effdsl.render",
-    "render": "effdsl.render",
 }
 
 if TYPE_CHECKING:
     from effdsl.codegen import to_python
     from effdsl.convert import convert_state_dict
-    from effdsl.render import render, to_dot
     from effdsl.torch_build import build, optimize_for_inference
 
 
