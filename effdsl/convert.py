@@ -1,0 +1,260 @@
+"""Checkpoint conversion between effdsl's state_dict layout and torchvision's or timm's.
+
+    ours = convert_state_dict(tv.state_dict(), network=net, source="torchvision")
+    theirs = convert_state_dict(model.state_dict(), network=net, target="timm")
+
+The mapping is derived from the plan. Walking its ops in forward order, each op's modules in
+effdsl (`stages.3.blocks.1.expand.conv`, `.bn`) are paired with the modules that play the same
+part in the other library's EfficientNet / EfficientNetV2:
+
+    effdsl                          torchvision                  timm
+    stem.{conv,bn}                  features.0.{0,1}             conv_stem, bn1
+    stages.i.blocks.j.<op k>.conv   features.<i+1>.j.block.k.0   blocks.i.j.conv_pw|conv_dw|...
+    stages.i.blocks.j.<op k>.bn     features.<i+1>.j.block.k.1   blocks.i.j.bn<n>
+    stages.i.blocks.j.se.reduce     features.<i+1>.j.block.k.fc1 blocks.i.j.se.conv_reduce
+    head.{conv,bn}                  features.<S+1>.{0,1}         conv_head, bn2
+    classifier                      classifier.1                 classifier
+
+and every tensor's shape is taken from the op, so a checkpoint is checked key by key and shape
+by shape before anything is renamed. No torch: tensors pass through, only `.shape` is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from effdsl import ast
+from effdsl.errors import CheckpointError
+from effdsl.plan import BlockPlan, ConvOp, Op, Plan, SqueezeExciteOp, lower
+
+LIBRARIES = ("torchvision", "timm")
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor under its effdsl key and the other library's key, with its shape."""
+
+    ours: str
+    theirs: str
+    shape: Shape
+    optional: bool = False  # batch norm's num_batches_tracked: torch fills it in when absent
+
+
+Move = tuple[str, str, Entry]  # (key in the given state_dict, key in the result, the tensor)
+
+
+# ---- tensors of each kind of module ---------------------------------------------------------
+
+
+def _conv_entries(ours: str, theirs: str, op: ConvOp) -> Iterator[Entry]:
+    shape = (op.out_channels, op.in_channels // op.groups, op.kernel, op.kernel)
+    yield Entry(f"{ours}.weight", f"{theirs}.weight", shape)
+
+
+def _bn_entries(ours: str, theirs: str, channels: int) -> Iterator[Entry]:
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        yield Entry(f"{ours}.{name}", f"{theirs}.{name}", (channels,))
+    yield Entry(f"{ours}.num_batches_tracked", f"{theirs}.num_batches_tracked", (), optional=True)
+
+
+def _affine_entries(ours: str, theirs: str, weight: Shape) -> Iterator[Entry]:
+    """Weight and bias of a layer with a bias (SE's 1×1 convs, the classifier)."""
+    yield Entry(f"{ours}.weight", f"{theirs}.weight", weight)
+    yield Entry(f"{ours}.bias", f"{theirs}.bias", weight[:1])
+
+
+def _op_entries(op: Op, names: Mapping[str, str]) -> Iterator[Entry]:
+    """The tensors of `op`, given the other library's name of each of its child modules."""
+    if isinstance(op, ConvOp):
+        yield from _conv_entries(f"{op.path}.conv", names["conv"], op)
+        yield from _bn_entries(f"{op.path}.bn", names["bn"], op.out_channels)
+    else:
+        yield from _affine_entries(
+            f"{op.path}.reduce", names["reduce"], (op.squeeze, op.channels, 1, 1)
+        )
+        yield from _affine_entries(
+            f"{op.path}.expand", names["expand"], (op.channels, op.squeeze, 1, 1)
+        )
+
+
+# ---- the other libraries' names of each op's modules ----------------------------------------
+
+
+def _torchvision_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
+    """torchvision: `features` holds the stem, one Sequential per stage, and the head; a block's
+    layers are `block.0`, `block.1`, ... in forward order (Conv2dNormActivation: `0` conv,
+    `1` batch norm; SqueezeExcitation: `fc1`, `fc2`)."""
+
+    def children(op: Op, prefix: str) -> dict[str, str]:
+        if isinstance(op, SqueezeExciteOp):
+            return {"reduce": f"{prefix}.fc1", "expand": f"{prefix}.fc2"}
+        return {"conv": f"{prefix}.0", "bn": f"{prefix}.1"}
+
+    yield plan.stem, children(plan.stem, "features.0")
+    for block in plan.blocks():
+        for k, op in enumerate(block.ops):
+            yield op, children(op, f"features.{block.stage + 1}.{block.index}.block.{k}")
+    yield plan.head, children(plan.head, f"features.{len(plan.stages) + 1}")
+
+
+def _timm_conv_name(block: BlockPlan, op: ConvOp) -> str:
+    """timm's name of a block's conv: ConvBnAct `conv`; DepthwiseSeparableConv `conv_dw`,
+    `conv_pw`; InvertedResidual `conv_pw`, `conv_dw`, `conv_pwl`; EdgeResidual `conv_exp`,
+    `conv_pwl`."""
+    expanded = block.ops[0].role == "expand"
+    if op.role == "expand":
+        return "conv_exp" if block.kind == "fused_mbconv" else "conv_pw"
+    if op.role == "project":
+        return "conv_pwl" if expanded else "conv_pw"
+    return "conv_dw" if op.role == "depthwise" else "conv"
+
+
+def _timm_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
+    """timm: `conv_stem`/`bn1`, `blocks.i.j`, `conv_head`/`bn2`; inside a block the batch
+    norms are numbered `bn1`, `bn2`, ... in forward order and the SE module is `se`."""
+    yield plan.stem, {"conv": "conv_stem", "bn": "bn1"}
+    for block in plan.blocks():
+        prefix = f"blocks.{block.stage}.{block.index}"
+        convs = 0
+        for op in block.ops:
+            if isinstance(op, SqueezeExciteOp):
+                yield (
+                    op,
+                    {"reduce": f"{prefix}.se.conv_reduce", "expand": f"{prefix}.se.conv_expand"},
+                )
+            else:
+                convs += 1
+                conv = f"{prefix}.{_timm_conv_name(block, op)}"
+                yield op, {"conv": conv, "bn": f"{prefix}.bn{convs}"}
+    yield plan.head, {"conv": "conv_head", "bn": "bn2"}
+
+
+_NAMES = {"torchvision": _torchvision_names, "timm": _timm_names}
+_CLASSIFIER = {"torchvision": "classifier.1", "timm": "classifier"}
+
+
+def layout(plan: Plan, library: str) -> tuple[Entry, ...]:
+    """Every tensor of `plan`'s state_dict, in order, under effdsl's and `library`'s keys."""
+    if library not in _NAMES:
+        raise CheckpointError(
+            f"no checkpoint layout `{library}`", hint=f"use one of {', '.join(LIBRARIES)}"
+        )
+    entries = [entry for op, names in _NAMES[library](plan) for entry in _op_entries(op, names)]
+    classifier = plan.classifier
+    entries.extend(
+        _affine_entries(
+            classifier.path, _CLASSIFIER[library], (classifier.classes, classifier.in_features)
+        )
+    )
+    return tuple(entries)
+
+
+# ---- conversion -----------------------------------------------------------------------------
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, Any],
+    *,
+    network: ast.Network | Plan,
+    source: str | None = None,
+    target: str | None = None,
+) -> dict[str, Any]:
+    """Rename `state_dict` from `source`'s layout to effdsl's, or from effdsl's to `target`'s.
+
+    `network` (a scaled `Network`, or a `Plan`) fixes the keys and shapes expected. The tensors
+    are not copied. Raises `CheckpointError` naming the first missing or unexpected key, or the
+    first key whose shape differs from the network's.
+    """
+    if source is not None and target is None:
+        library, into_ours = source, True
+    elif target is not None and source is None:
+        library, into_ours = target, False
+    else:
+        raise CheckpointError(
+            "give exactly one of source= (convert into effdsl's layout) and target= (out of it)",
+            hint=f"libraries: {', '.join(LIBRARIES)}",
+        )
+    plan = _plan(network)
+    entries = layout(plan, library)
+    moves = [(e.theirs, e.ours, e) if into_ours else (e.ours, e.theirs, e) for e in entries]
+    from_layout = library if into_ours else "effdsl"
+    _check_keys(state_dict, moves, from_layout, plan.name)
+    _check_shapes(state_dict, moves, plan.name)
+    return {new: state_dict[old] for old, new, _ in moves if old in state_dict}
+
+
+def _plan(network: object) -> Plan:
+    if isinstance(network, Plan):
+        return network
+    if isinstance(network, ast.Network):
+        return lower(network)
+    raise CheckpointError(
+        f"network= must be an effdsl Network or Plan, not {type(network).__name__}"
+    )
+
+
+# A key every layout has, by which a checkpoint's layout can be recognised.
+_STEM_KEYS = {
+    "effdsl": "stem.conv.weight",
+    "torchvision": "features.0.0.weight",
+    "timm": "conv_stem.weight",
+}
+
+
+def _layout_hint(state_dict: Mapping[str, Any], expected: str) -> str | None:
+    """A guess at what went wrong when the keys do not match, if the checkpoint says."""
+    for name, key in _STEM_KEYS.items():
+        if name == expected:
+            continue
+        if key in state_dict:
+            if name == "effdsl":
+                return "this checkpoint is already in effdsl's layout; load it directly"
+            return f"this looks like a {name} checkpoint: use source={name!r}"
+    if any(key.startswith("module.") for key in state_dict):
+        return "strip the `module.` prefix that DistributedDataParallel adds to every key"
+    return None
+
+
+def _check_keys(
+    state_dict: Mapping[str, Any], moves: list[Move], from_layout: str, network: str
+) -> None:
+    expected = {old for old, _, _ in moves}
+    missing = [old for old, _, entry in moves if old not in state_dict and not entry.optional]
+    unexpected = [key for key in state_dict if key not in expected]
+    if not missing and not unexpected:
+        return
+    problems = []
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        problems.append(f"missing key `{missing[0]}`{more}")
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        problems.append(f"unexpected key `{unexpected[0]}`{more}")
+    raise CheckpointError(
+        f"the checkpoint does not fit `{network}` in {from_layout}'s layout: "
+        + "; ".join(problems),
+        hint=_layout_hint(state_dict, from_layout),
+    )
+
+
+def _check_shapes(state_dict: Mapping[str, Any], moves: list[Move], network: str) -> None:
+    for old, _, entry in moves:
+        if old not in state_dict:
+            continue
+        shape = getattr(state_dict[old], "shape", None)
+        if shape is None:
+            raise CheckpointError(f"`{old}` is not a tensor but {type(state_dict[old]).__name__}")
+        if tuple(shape) != entry.shape:
+            ours = f" for `{entry.ours}`" if entry.ours != old else ""
+            raise CheckpointError(
+                f"`{old}` has shape {_show(tuple(shape))} in the checkpoint, but `{network}` "
+                f"needs {_show(entry.shape)}{ours}"
+            )
+
+
+def _show(shape: Shape) -> str:
+    return "x".join(map(str, shape)) if shape else "scalar"
