@@ -227,7 +227,10 @@ def _save_pt2(model: torch.nn.Module, example: torch.Tensor, temp: Path) -> None
 def _load_pt2(temp: Path) -> Callable[[torch.Tensor], torch.Tensor]:
     import torch
 
-    with temp.open("rb") as handle:
+    with temp.open("rb") as handle, warnings.catch_warnings():
+        # channels_last weights (--inference) make the loader's storage grouping warn that
+        # weights off the CPU might suffer; these are on the CPU
+        warnings.filterwarnings("ignore", message="No complete tensor found")
         module: Callable[[torch.Tensor], torch.Tensor] = torch.export.load(handle).module()
     return module
 
