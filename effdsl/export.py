@@ -70,6 +70,23 @@ def default_output_name(spec_path: str | Path, factors: Multipliers) -> Path:
 # ---- the writers ----------------------------------------------------------------------------
 
 
+def output_format(path: str | Path) -> str:
+    """The format `path` names by its extension (`.py`, `.eff`, `.pt2`, `.onnx`, `.pt`).
+
+    Raises `OutputError` listing the formats for any other; callers can check a path before
+    doing the work that `write_output` would finish.
+    """
+    target = Path(path)
+    suffix = target.suffix.lower()
+    if suffix not in FORMATS:
+        known = ", ".join(f"{ext} ({what})" for ext, what in FORMATS.items())
+        raise OutputError(
+            f"{target}: unknown output format `{suffix or target.name}`",
+            hint=f"use one of {known}",
+        )
+    return suffix
+
+
 def write_output(
     path: str | Path,
     network: Network,
@@ -87,13 +104,7 @@ def write_output(
     original spec and its path) are recorded in a `.py`'s docstring. Returns the path written.
     """
     target = Path(path)
-    suffix = target.suffix.lower()
-    if suffix not in FORMATS:
-        known = ", ".join(f"{ext} ({what})" for ext, what in FORMATS.items())
-        raise OutputError(
-            f"{target}: unknown output format `{suffix or target.name}`",
-            hint=f"use one of {known}",
-        )
+    suffix = output_format(target)
     if suffix in (".py", ".eff"):
         _refuse_graph_options(target, weights, inference)
         text = (

@@ -187,6 +187,15 @@ def test_forward_reads_one_operation_per_line_with_shapes() -> None:
     )
 
 
+def test_docs_excerpt_is_what_b0_generates() -> None:
+    source = to_python(lowered((SPECS / "b0.eff").read_text())).splitlines()
+    docs = (ROOT / "docs" / "codegen.md").read_text(encoding="utf-8")
+    excerpts = [block.split("```")[0] for block in docs.split("```python\n")[1:]]
+    lines = [line for block in excerpts[:2] for line in block.splitlines() if line.strip() != "..."]
+    assert len(lines) > 30
+    assert [line for line in lines if line not in source] == []
+
+
 def test_header_names_the_network_scaling_and_cost() -> None:
     text = (SPECS / "b0.eff").read_text()
     plan = lowered(text, preset="b3")

@@ -18,7 +18,7 @@ import effdsl
 from effdsl import export
 from effdsl.codegen import to_python
 from effdsl.errors import CheckpointError, OutputError, ToolMissingError
-from effdsl.export import default_output_name, load_weights, write_output
+from effdsl.export import default_output_name, load_weights, output_format, write_output
 from effdsl.plan import Plan
 from effdsl.scaling import Multipliers
 from tests.conftest import ROOT
@@ -197,6 +197,8 @@ def test_unknown_extension_lists_the_formats(
     tiny: tuple[effdsl.Network, Plan], tmp_path: Path, name: str
 ) -> None:
     network, plan = tiny
+    with pytest.raises(OutputError):
+        output_format(name)  # checkable before any work is done
     with pytest.raises(OutputError) as caught:
         write_output(tmp_path / name, network, plan)
     assert all(ext in (caught.value.hint or "") for ext in (".py", ".eff", ".pt2", ".onnx", ".pt"))
