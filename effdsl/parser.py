@@ -500,6 +500,7 @@ def _attach_comments(
     Comments before `network` lead the network, one on its header line trails it, and those
     after the last statement are kept as the network's closing comments.
     """
+
     def start(i: int) -> int:
         span = nodes[i].span
         return span.line if span else 0
@@ -655,10 +656,60 @@ def _syntax_error(error: lark.exceptions.UnexpectedInput, filename: str) -> EffS
 # ---- the public entry points ---------------------------------------------------------------
 
 
+#: Bounds on the work one spec can cause. Real specs are a few kilobytes and a few hundred
+#: tokens; parsing costs tens of microseconds a token, so these keep any input well under a
+#: second, and reporting at most `MAX_ERRORS` errors keeps a garbage file's report readable.
+MAX_SPEC_CHARS = 256 * 1024
+MAX_TOKENS = 4_000
+MAX_ERRORS = 100
+
+# About as many matches as Lark has tokens (a string with escaped quotes counts more, a run
+# like `1a` fewer): comments, strings, runs of other non-blank characters, `=`, braces, breaks.
+_ROUGH_TOKEN = re.compile(r'#[^\r\n]*|"[^"\r\n]*"?|[^\s#"={}]+|[={}]|\n')
+
+
+def _position(text: str, offset: int, filename: str) -> Span:
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return Span(filename, line, column, line, column + 1)
+
+
+def _check_size(text: str, filename: str) -> None:
+    """Refuse, before parsing, a text too long or with too many tokens to be a spec."""
+    if len(text) > MAX_SPEC_CHARS:
+        raise EffSyntaxError(
+            f"the spec is {len(text):,} characters long, more than the limit of {MAX_SPEC_CHARS:,}",
+            _position(text, MAX_SPEC_CHARS, filename),
+            hint="a spec is a few kilobytes; is this the right file?",
+        )
+    for count, match in enumerate(_ROUGH_TOKEN.finditer(text), 1):
+        if count > MAX_TOKENS:
+            raise EffSyntaxError(
+                f"the spec has more than {MAX_TOKENS:,} tokens; effdsl stops reading here",
+                _position(text, match.start(), filename),
+                hint="a spec has a few hundred; write repeated blocks as one stage with xN",
+            )
+
+
+def _at_most(errors: list[EffError]) -> list[EffError]:
+    """The first `MAX_ERRORS` errors, and one saying how many more there were."""
+    if len(errors) <= MAX_ERRORS:
+        return errors
+    rest = errors[MAX_ERRORS]
+    more = EffSemanticError(
+        f"too many errors: {len(errors) - MAX_ERRORS:,} more not shown", rest.span
+    )
+    return [*errors[:MAX_ERRORS], more]
+
+
 def parse(text: str, filename: str = "<string>") -> ast.Network:
     """Parse the text of a `.eff` spec into a `Network`; raise `EffError` on any problem."""
     from effdsl.validate import validate  # the global rules need the assembled network
 
+    try:
+        _check_size(text, filename)
+    except EffError as error:
+        raise error.with_source(text) from None
     _comments.tokens = []
     try:
         tree = lark_parser().parse(text)
@@ -674,7 +725,7 @@ def parse(text: str, filename: str = "<string>") -> ast.Network:
         reader.errors.extend(validate(network))
     if reader.errors:
         reader.errors.sort(key=lambda e: (e.span.line, e.span.column) if e.span else (0, 0))
-        raise EffErrors(reader.errors).with_source(text)
+        raise EffErrors(_at_most(reader.errors)).with_source(text)
     assert network is not None
     return network
 
