@@ -12,6 +12,8 @@ records what was applied. No torch here.
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,14 +115,14 @@ def multipliers(
         ("beta", beta),
         ("gamma", gamma),
     ):
-        if value is not None and not (math.isfinite(value) and 0 < value <= ast.MAX_MULTIPLIER):
+        if value is not None and not 0 < _real(name, value) <= ast.MAX_MULTIPLIER:
             raise ScalingError(
                 f"{name} must be a number in (0, {ast.MAX_MULTIPLIER:g}], got {value}"
             )
-    if resolution is not None and not 8 <= resolution <= ast.MAX_RESOLUTION:
-        raise ScalingError(f"resolution must be in [8, {ast.MAX_RESOLUTION}], got {resolution}")
+    if resolution is not None:
+        resolution = _pixels(resolution)
     if phi is not None:
-        return _from_phi(network, phi, resolution, alpha, beta, gamma)
+        return _from_phi(network, _real("phi", phi), resolution, alpha, beta, gamma)
     if preset is not None:
         found = network.preset(preset)
         if found is None:
@@ -142,6 +144,32 @@ def multipliers(
     )
 
 
+def _real(name: str, value: object) -> float:
+    """`value` as a finite float; a non-number, NaN, ±inf or an int too big for a float fails."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ScalingError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ScalingError(f"{name} must be a finite number, got {number}")
+    return number
+
+
+def _pixels(resolution: object) -> int:
+    """An input resolution: a whole number of pixels within the language's bounds."""
+    try:
+        pixels = operator.index(resolution)  # type: ignore[arg-type]
+    except TypeError:
+        raise ScalingError(
+            f"resolution must be a whole number of pixels, got {resolution!r}"
+        ) from None
+    if not 8 <= pixels <= ast.MAX_RESOLUTION:
+        raise ScalingError(f"resolution must be in [8, {ast.MAX_RESOLUTION}], got {pixels:.4g}")
+    return pixels
+
+
 def _from_phi(
     network: ast.Network,
     phi: float,
@@ -150,8 +178,6 @@ def _from_phi(
     beta: float | None,
     gamma: float | None,
 ) -> Multipliers:
-    if not math.isfinite(phi):
-        raise ScalingError(f"phi must be a finite number, got {phi}")
     a = network.scaling.alpha if alpha is None else alpha
     b = network.scaling.beta if beta is None else beta
     g = network.scaling.gamma if gamma is None else gamma
@@ -164,12 +190,18 @@ def _from_phi(
     for name, value in (("width", width), ("depth", depth), ("resolution", res_factor)):
         if not (math.isfinite(value) and value > 0) or value > ast.MAX_MULTIPLIER:
             raise ScalingError(
-                f"phi={phi:g} gives a {name} multiplier of {value:.4g}, beyond "
-                f"{ast.MAX_MULTIPLIER:g}",
+                f"phi={phi:g} gives a {name} multiplier of {value:.4g}, outside "
+                f"(0, {ast.MAX_MULTIPLIER:g}]",
                 hint="use a smaller phi",
             )
     if resolution is None:
         resolution = round_resolution(network.input.size, res_factor)
+        if not 8 <= resolution <= ast.MAX_RESOLUTION:
+            raise ScalingError(
+                f"phi={phi:g} gives an input resolution of {resolution:,} px, outside "
+                f"[8, {ast.MAX_RESOLUTION:,}]",
+                hint="use a smaller phi, or give the resolution",
+            )
     return Multipliers(
         width=width, depth=depth, resolution=resolution, phi=phi, alpha=a, beta=b, gamma=g
     )
