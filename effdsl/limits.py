@@ -4,13 +4,14 @@ A spec can ask for 10^6 channels, 10^5 repeats or φ = 1000; every number is wit
 language's bounds, yet building it would exhaust the machine. `effdsl.lower` refuses more
 than `MAX_BLOCKS` blocks (lowering allocates per block); before building or rendering, the cost
 model's parameters, MACs and activation memory are checked (`check_plan`). Each refusal names
-the limit, the figure, and the flag that raises it. The defaults admit EfficientNet-L2 at 800 px (480 M params,
-476 G MACs, 9.8 GB of fp32 activations per image) with room to spare.
+the limit, the figure, and the flag that raises it. The defaults admit EfficientNet-L2 at
+800 px (480 M params, 476 G MACs, 9.8 GB of fp32 activations per image) with room to spare.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 
 from effdsl.cost import cost
@@ -25,6 +26,15 @@ class Limits:
     params: float = 2e9
     macs: float = 5e12
     activation_bytes: float = 64e9  # per image, fp32
+
+    def __post_init__(self) -> None:
+        # a NaN limit would compare false against every figure and silently let anything pass
+        for name in ("params", "macs", "activation_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise LimitError(f"the {name} limit must be a number, got {value!r}")
+            if not (math.isfinite(value) and value > 0):
+                raise LimitError(f"the {name} limit must be a positive finite number, got {value}")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Limits:
