@@ -18,6 +18,7 @@ from effdsl.convert import convert_state_dict, layout
 from effdsl.errors import CheckpointError
 
 from .conftest import SPECS, reference_layout
+from .test_torch_build import randomise_batch_norm
 
 
 def b0(preset: str = "b0") -> effdsl.Network:
@@ -78,16 +79,6 @@ def test_round_trip_returns_the_same_tensors() -> None:
 
 
 # ---- parity with the reference implementations ----------------------------------------------
-
-
-def randomise_batch_norm(model: nn.Module) -> None:
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.5, 0.5)
 
 
 def assert_same_logits(
