@@ -136,10 +136,10 @@ def scaled_spec(network: Network, factors: Multipliers, source_name: str | None 
     It is parsed back before it is returned, so a spec that would not read back as
     `network` is never written.
     """
-    origin = f" of {source_name!r}" if source_name is not None else ""
+    origin = f" from {source_name!r}" if source_name is not None else ""
     comment = (
-        f"# {factors.describe()}{origin}: width ×{factors.width:.6g}, depth ×{factors.depth:.6g}"
-        f", input {network.input.size}. Written by effdsl {__version__}."
+        f"# Scaling: {factors.describe()} (width ×{factors.width:.6g}, depth "
+        f"×{factors.depth:.6g}, input {network.input.size}){origin} by effdsl {__version__}."
     )
     # a preset's name may hold a newline; in a comment it must not end the line
     text = one_line(comment) + "\n" + format_spec(network)
@@ -232,17 +232,18 @@ def _save_pt2(model: torch.nn.Module, example: torch.Tensor, temp: Path) -> None
 
     program = torch.export.export(model, (example,), dynamic_shapes=_dynamic_batch())
     # through a file object: given a path, torch.export warns unless it ends in .pt2
-    with temp.open("wb") as handle:
+    with temp.open("wb") as handle, warnings.catch_warnings():
+        # channels_last weights (--inference) are not "complete" in torch.export's grouping of
+        # storages, and it warns that weights off the CPU might suffer; these are on the CPU,
+        # and the reload below checks what was saved
+        warnings.filterwarnings("ignore", message="No complete tensor found")
         torch.export.save(program, handle)
 
 
 def _load_pt2(temp: Path) -> Callable[[torch.Tensor], torch.Tensor]:
     import torch
 
-    with temp.open("rb") as handle, warnings.catch_warnings():
-        # channels_last weights (--inference) make the loader's storage grouping warn that
-        # weights off the CPU might suffer; these are on the CPU
-        warnings.filterwarnings("ignore", message="No complete tensor found")
+    with temp.open("rb") as handle:
         module: Callable[[torch.Tensor], torch.Tensor] = torch.export.load(handle).module()
     return module
 

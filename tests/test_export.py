@@ -115,8 +115,6 @@ def test_graph_outputs_embed_the_weights_and_match_the_module(
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]  # no temporary left
 
 
-# channels_last weights: torch.export.load's grouping of storages warns, harmlessly, on CPU
-@pytest.mark.filterwarnings("ignore:No complete tensor found")
 def test_inference_export_folds_batch_norm_and_still_matches(
     tiny: tuple[effdsl.Network, Plan], trained: tuple[Path, torch.nn.Module], tmp_path: Path
 ) -> None:
@@ -155,7 +153,10 @@ def test_eff_output_is_the_scaled_spec_with_its_scaling(tmp_path: Path) -> None:
         tmp_path / "tiny.eff", scaled, effdsl.lower(scaled, factors), source_name="tiny.eff"
     )
     text = target.read_text(encoding="utf-8")
-    assert text.splitlines()[0].startswith("# preset p1 of 'tiny.eff': width ×1.5, depth ×2")
+    assert text.splitlines()[0] == (
+        f"# Scaling: preset p1 (width ×1.5, depth ×2, input 40) from 'tiny.eff' by effdsl "
+        f"{effdsl.__version__}."
+    )
     assert effdsl.parse(text) == scaled
     assert effdsl.parse(text).presets == ()  # they described the unscaled network
 
