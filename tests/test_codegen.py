@@ -25,6 +25,7 @@ from effdsl.plan import Plan
 from effdsl.scaling import Multipliers
 from tests.conftest import ROOT, SPECS
 from tests.strategies import networks
+from tests.test_torch_build import randomise_batch_norm
 
 TINY = """\
 network tiny {
@@ -333,12 +334,7 @@ def fresh_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, 
         path.write_text(to_python(plan), encoding="utf-8")
         torch.manual_seed(0)
         reference = effdsl.build(plan).eval()
-        with torch.no_grad():  # nonzero running statistics, so that loading them matters
-            for module in reference.modules():
-                if isinstance(module, torch.nn.BatchNorm2d):
-                    assert module.running_mean is not None and module.running_var is not None
-                    module.running_mean.uniform_(-0.1, 0.1)
-                    module.running_var.uniform_(0.5, 1.5)
+        randomise_batch_norm(reference)  # so that loading the statistics matters
         x = torch.randn(2, plan.in_channels, plan.resolution, plan.resolution)
         torch.save(reference.state_dict(), f"{path}.state")
         torch.save(x, f"{path}.input")

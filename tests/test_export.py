@@ -23,6 +23,7 @@ from effdsl.plan import Plan
 from effdsl.scaling import Multipliers
 from tests.conftest import ROOT
 from tests.test_codegen import TINY
+from tests.test_torch_build import randomise_batch_norm
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -48,14 +49,7 @@ def trained(
     _, plan = tiny
     torch.manual_seed(1)
     model = effdsl.build(plan)
-    with torch.no_grad():  # batch norms that do something, as after training
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                assert module.running_mean is not None and module.running_var is not None
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
+    randomise_batch_norm(model)  # batch norms that do something, as after training
     path = tmp_path_factory.mktemp("weights") / "tiny.pth"
     torch.save(model.state_dict(), path)
     return path, model.eval()
