@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +22,8 @@ from effdsl.export import default_output_name, load_weights, output_format, writ
 from effdsl.plan import Plan
 from effdsl.scaling import Multipliers
 from tests.conftest import ROOT
-from tests.test_codegen import TINY
+from tests.test_codegen import TINY, one_thread  # noqa: F401 - an autouse fixture
 from tests.test_torch_build import randomise_batch_norm
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """These nets are tiny: one thread beats two that contend, and much more on a busy box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
