@@ -166,7 +166,8 @@ def _pixels(resolution: object) -> int:
             f"resolution must be a whole number of pixels, got {resolution!r}"
         ) from None
     if not 8 <= pixels <= ast.MAX_RESOLUTION:
-        raise ScalingError(f"resolution must be in [8, {ast.MAX_RESOLUTION}], got {pixels:.4g}")
+        shown = f"{pixels:,}" if abs(pixels) < 10**18 else "a far larger number"
+        raise ScalingError(f"resolution must be in [8, {ast.MAX_RESOLUTION:,}], got {shown}")
     return pixels
 
 
