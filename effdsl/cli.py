@@ -169,21 +169,24 @@ def _load_scaled(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    from effdsl.export import default_output_name, output_format
     from effdsl.files import same_file
     from effdsl.limits import Limits, check_plan
     from effdsl.scaling import apply
     from effdsl.summary import summarize, to_json, to_text
 
+    output = args.output
+    if output is not None and output != "-":
+        output_format(output)  # an unknown extension fails before any work is done
+        if same_file(output, args.spec):
+            raise OutputError(f"{output}: refusing to overwrite the input spec")
+    if (args.weights or args.inference) and output in (None, "-"):
+        raise OutputError("--weights and --inference need an output file (-o)")
     network, factors, text = _load_scaled(args)
     summary = summarize(network, factors)
     check_plan(summary.scaled, Limits.from_args(args))
-    output = args.output
     if output is None and not args.json and not args.dry_run:
-        from effdsl.export import default_output_name
-
         output = str(default_output_name(Path(args.spec), factors))
-    if output is not None and output != "-" and same_file(output, args.spec):
-        raise OutputError(f"{output}: refusing to overwrite the input spec")
     if output == "-":
         from effdsl.codegen import to_python
 
@@ -206,8 +209,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
             source_name=args.spec,
         )
         print(f"wrote {written}", file=sys.stderr if args.json else sys.stdout)
-    elif args.weights or args.inference:
-        raise OutputError("--weights and --inference need an output file (-o)")
     return 0
 
 
