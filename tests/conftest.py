@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from functools import cache
 from pathlib import Path
 
@@ -48,3 +49,25 @@ def reference_layout(name: str) -> list[tuple[str, str]]:
 @pytest.fixture
 def specs_dir() -> Path:
     return SPECS
+
+
+# ---- long fuzzing (tests/test_fuzz.py, tests/test_injection.py) --------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fuzz-long",
+        action="store_true",
+        help="run the fuzz and property tests with many more cases (same as EFFDSL_FUZZ_LONG=1)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # test modules size their hypothesis settings at import, so the option travels as the env
+    if config.getoption("--fuzz-long", default=False):
+        os.environ["EFFDSL_FUZZ_LONG"] = "1"
+
+
+def fuzz_long() -> bool:
+    """Whether to fuzz long: `--fuzz-long` or `EFFDSL_FUZZ_LONG=1` (read when a module loads)."""
+    return os.environ.get("EFFDSL_FUZZ_LONG", "") not in ("", "0")
