@@ -313,6 +313,8 @@ def search(
     """Enumerate the candidates of `grid`, cost each at φ = 1, score them if asked, rank them."""
     if results is not None and scorer is None:
         raise EffError("--results records a scorer's results; it needs --score")
+    if scorer is not None:
+        scorer = SCORER_ALIASES.get(scorer, scorer)
     if workers is not None and workers < 1:
         raise EffError(f"--workers must be at least 1, got {workers}")
     grid = grid or parse_grid()
