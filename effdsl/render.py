@@ -771,6 +771,7 @@ def html(text: str) -> str:
         .replace("<", "&lt;")
         .replace(">", "&gt;")
         .replace('"', "&quot;")
+        .replace("]", "&#93;")  # graphviz 2.43 rejects a text of only `]` (`<B>]</B>`)
         .replace("\\", "\\&#8288;")
     )
     return escaped.replace("\n", "<BR/>")
