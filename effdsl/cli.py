@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -329,13 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_limit_flags(render)
     render.set_defaults(run=cmd_render)
 
-    for register in _EXTRA_COMMANDS:
-        register(commands)
+    from effdsl.plot import register_plot
+    from effdsl.search import register_search
+
+    register_search(commands)
+    register_plot(commands)
     return parser
-
-
-#: Functions that add further subcommands (search, plot); each takes the subparsers object.
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 
 def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> int:
