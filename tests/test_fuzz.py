@@ -6,6 +6,7 @@ mutated cases and 2,000 generated networks; `EFFDSL_FUZZ_SEED=N` picks the mutat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 
 from effdsl import ast, fuzz
 from effdsl.codegen import to_python
-from effdsl.errors import EffError, EffErrors
+from effdsl.errors import EffError, EffErrors, LimitError, ScalingError
 from effdsl.fmt import format as format_network
 from effdsl.limits import check_plan
 from effdsl.parser import MAX_TOKENS, parse
@@ -55,7 +56,11 @@ def test_every_stage_accepts_a_generated_spec(network: ast.Network) -> None:
     ]
     for factors in scalings:
         summary = summarize(network, factors)
-        check_plan(summary.scaled)
+        try:
+            check_plan(summary.scaled)
+        except LimitError:  # a preset of width 4 and depth 4 at 1024 px can pass 5 T MACs
+            assert factors.preset is not None  # the unscaled strategies stay well inside
+            continue
         document = json.loads(json.dumps(to_json(summary), allow_nan=False))
         assert document["name"] == network.name
         assert len(document["stages"]) == len(network.stages)
@@ -68,7 +73,9 @@ def test_every_stage_accepts_a_generated_spec(network: ast.Network) -> None:
 @PROPERTY
 @given(networks())
 def test_generated_specs_survive_the_fuzz_pipeline(network: ast.Network) -> None:
-    fuzz.pipeline(format_network(network), random.Random(0))
+    # the scaling it picks (a costly preset, a large φ) may be refused; nothing else may fail
+    with contextlib.suppress(LimitError, ScalingError):
+        fuzz.pipeline(format_network(network), random.Random(0))
 
 
 # ---- mutation fuzzing of the shipped specs ------------------------------------------------
@@ -207,6 +214,6 @@ def test_fuzz_command_prints_the_counts(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     line = result.stdout.splitlines()[0]
-    assert line.startswith("seed 3: 40 cases in ")
+    assert line.startswith("seed 3: 40 cases, ")
     for word in ("ok ", "EffError ", "other exceptions 0", "over 1 s 0", "max "):
         assert word in line
