@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from effdsl import ast
 from effdsl.errors import BuildError
+from effdsl.limits import Limits, check_plan
 from effdsl.plan import BlockPlan, ConvOp, Op, Plan, SqueezeExciteOp, StagePlan, lower
 from effdsl.scaling import Multipliers
 
@@ -256,6 +257,9 @@ class FeatureExtractor(nn.Module):
 
 # ---- build ----------------------------------------------------------------------------------
 
+#: What `build` refuses by default: `Limits()`, frozen, so one instance serves every call.
+DEFAULT_LIMITS = Limits()
+
 
 def build(
     network: ast.Network | Plan,
@@ -265,16 +269,23 @@ def build(
     features_only: bool = False,
     out_indices: Sequence[int] | None = None,
     scaling: Multipliers | None = None,
+    limits: Limits | None = DEFAULT_LIMITS,
 ) -> nn.Module:
     """The PyTorch module of `network` (a scaled `Network`, or a `Plan`), freshly initialised.
 
     `in_channels` and `num_classes` override the spec's input channels and classes.
     `features_only=True` builds a `FeatureExtractor` returning the outputs of the stages in
     `out_indices` (default: all). `scaling` records how `network` was scaled, in `model.plan`.
-    To build without allocating memory, use `with torch.device("meta"): build(...)`.
+    Before any module is made, the plan's parameters, MACs and activation memory are checked
+    against `limits` (`effdsl.limits.check_plan`; `None` checks nothing), which raises
+    `LimitError`. To build without allocating memory, use `with torch.device("meta"): ...`.
     """
     plan = _plan(network, scaling)
     plan = _with_overrides(plan, in_channels, num_classes)
+    if limits is not None:
+        if not isinstance(limits, Limits):
+            raise BuildError(f"limits must be an effdsl.limits.Limits or None, not {limits!r}")
+        check_plan(plan, limits)
     model: nn.Module
     if features_only:
         if num_classes is not None:
