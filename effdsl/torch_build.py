@@ -23,6 +23,7 @@ from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from effdsl import ast
 from effdsl.errors import BuildError
@@ -32,13 +33,39 @@ from effdsl.scaling import Multipliers
 
 # ---- layers ---------------------------------------------------------------------------------
 
-# In-place is safe everywhere an activation is used: it always follows a fresh tensor (a batch
-# norm's or a 1×1 conv's output) that nothing else reads.
+
+def overwritable(x: Tensor) -> bool:
+    """Whether an op may write its result over `x`: no gradient flows through it.
+
+    Under autograd, PyTorch saves what an in-place op overwrites by cloning it first when the
+    backward pass needs the input (SiLU, Hardswish), which costs a copy and saves no memory;
+    and an in-place op on a tensor another node saved fails in backward. Without autograd
+    (`torch.no_grad`, `torch.inference_mode`, frozen parameters) writing in place spares an
+    allocation and a pass over memory. Only tensors a layer made itself are ever overwritten.
+    """
+    return not x.requires_grad
+
+
+class SiLU(nn.SiLU):
+    """SiLU, in place when no gradient flows through it (see `overwritable`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.silu(x, inplace=overwritable(x))
+
+
+class Hardswish(nn.Hardswish):
+    """Hardswish, in place when no gradient flows through it (see `overwritable`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.hardswish(x, inplace=overwritable(x))
+
+
+# ReLU's backward reads its output, so it runs in place under autograd too, without a copy.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "silu": lambda: nn.SiLU(inplace=True),
+    "silu": SiLU,
     "relu": lambda: nn.ReLU(inplace=True),
     "relu6": lambda: nn.ReLU6(inplace=True),
-    "hardswish": lambda: nn.Hardswish(inplace=True),
+    "hardswish": Hardswish,
     "gelu": nn.GELU,
 }
 
@@ -98,7 +125,10 @@ def conv_bn_act(op: ConvOp) -> ConvBNAct:
 
 
 class SqueezeExcite(nn.Module):
-    """Squeeze-and-excitation: gate each channel by a function of the global average."""
+    """Squeeze-and-excitation: gate each channel by a function of the global average.
+
+    `reduce` and `expand` are 1×1 convs, so checkpoints keep torchvision's and timm's shapes.
+    """
 
     def __init__(self, op: SqueezeExciteOp) -> None:
         super().__init__()
@@ -184,7 +214,9 @@ class Block(nn.Module):
         if self.project is not None:
             out = self.project(out)  # N, C_out, H/s, W/s
         if self.residual:
-            out = x + drop_path(out, self.drop_rate, self.training)
+            out = drop_path(out, self.drop_rate, self.training)
+            # `out` is this block's own tensor; nothing reads it once the sum is taken
+            out = out.add_(x) if overwritable(out) else out + x
         return out
 
 
