@@ -1,16 +1,17 @@
 """The built-in proxy scorer of `effdsl search`: a short training run on synthetic images.
 
-    score = train_score(model, resolution)   # −(held-out cross-entropy) after a few Adam steps
+    score = train_score(model, resolution)   # −(held-out cross-entropy) after 60 Adam steps
     effdsl search specs/b0.eff --score proxy  # the same, once per candidate
 
 A smoke-level proxy, NOT ImageNet accuracy. The dataset is generated on the fly from a fixed
 seed: oriented sinusoidal gratings, one class per orientation, each with a random colour,
-frequency and phase, over Gaussian noise. The net is trained for a few dozen Adam steps at a
+frequency and phase, over Gaussian noise. The net is trained for 60 Adam steps at a
 small fixed resolution (32 px by default, whatever `resolution` the candidate asks for: training
 at 260 px on a CPU would take minutes per candidate) and scored by the negative cross-entropy on
 held-out images, which is higher for better nets and, unlike accuracy, rarely ties. It says
 "this net trains and learns something quickly"; it cannot say which net is best on real data,
-and because the images are small it barely sees the resolution coefficient γ at all.
+and, training at a fixed size, it does not see the resolution coefficient γ at all: candidates
+that differ only in γ build the same net and get the same score.
 
 Knobs, for tests and for patience: keyword arguments, else the environment variables
 `EFFDSL_PROXY_STEPS`, `EFFDSL_PROXY_RESOLUTION`, `EFFDSL_PROXY_BATCH`, else the defaults.
@@ -27,14 +28,14 @@ from torch import Tensor, nn
 
 from effdsl.errors import EffError
 
-STEPS = 30
+STEPS = 60
 IMAGE_SIZE = 32
-BATCH = 32
+BATCH = 16
 CLASSES = 4
 HELD_OUT = 128
 LEARNING_RATE = 3e-3
 SEED = 0
-NOISE = 0.5
+NOISE = 0.25
 RECALIBRATION = 4  # batches of training images that re-estimate batch-norm statistics
 
 
