@@ -783,8 +783,8 @@ def register_search(subparsers: Any) -> None:
         "search",
         help="grid-search α, β, γ under α·β²·γ² ≈ 2 (step 1 of compound scaling)",
         description="Scale SPEC at φ = 1 with every (α, β, γ) of the grid that satisfies "
-        "|α·β²·γ² − TARGET| ≤ TOLERANCE, cost each exactly, and rank them: by how close the "
-        "real MACs ratio is to TARGET, or by a scorer (--score). See docs/search.md.",
+        "|α·β²·γ² − T| ≤ E, cost each exactly, and rank them: by how close the "
+        "real MACs ratio is to T, or by a scorer (--score). See docs/search.md.",
     )
     parser.add_argument("spec", metavar="SPEC")
     parser.add_argument(
@@ -793,19 +793,21 @@ def register_search(subparsers: Any) -> None:
         f"axes left out keep the default (default {DEFAULT_GRID})",
     )
     parser.add_argument(
-        "--target", type=_number, default=DEFAULT_TARGET,
+        "--target", type=_number, default=DEFAULT_TARGET, metavar="T",
         help=f"the wanted α·β²·γ² (default {DEFAULT_TARGET:g}: twice the FLOPs per unit of φ)",
     )
     parser.add_argument(
-        "--tolerance", type=_number, default=DEFAULT_TOLERANCE,
-        help=f"keep |α·β²·γ² − TARGET| ≤ this (default {DEFAULT_TOLERANCE:g})",
+        "--tolerance", type=_number, default=DEFAULT_TOLERANCE, metavar="E",
+        help=f"keep |α·β²·γ² − T| ≤ E (default {DEFAULT_TOLERANCE:g})",
     )
     parser.add_argument(
         "--score", metavar="MODULE:FUNCTION",
         help="rank by function(model, resolution) -> float, higher is better; `proxy` is the "
         f"built-in smoke-level proxy ({PROXY}); imports torch",
     )
-    parser.add_argument("--top", type=_count, default=10, help="show the best N (0: all)")
+    parser.add_argument(
+        "--top", type=_count, default=10, metavar="N", help="show the best N (default 10; 0: all)"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument(
         "--workers", type=_count, metavar="N", help="scoring processes (default: one per core)"
@@ -815,7 +817,8 @@ def register_search(subparsers: Any) -> None:
         help="JSON-lines file of scores, appended as they come; rerun to resume (with --score)",
     )
     parser.add_argument(
-        "--write-spec", metavar="OUT", help="write SPEC with the best α, β, γ to OUT (.eff)"
+        "--write-spec", metavar="OUT",
+        help="write SPEC with the best α, β, γ to OUT (.eff; may be SPEC itself)",
     )
     parser.set_defaults(run=run_search)
 
