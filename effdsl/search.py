@@ -49,8 +49,7 @@ from effdsl.files import atomic_write
 from effdsl.fmt import format as format_network
 from effdsl.plan import lower
 from effdsl.scaling import apply, multipliers
-from effdsl.summary import _table as table
-from effdsl.summary import human
+from effdsl.summary import human, table
 
 AXES = ("alpha", "beta", "gamma")
 SYMBOLS = {"alpha": "α", "beta": "β", "gamma": "γ"}

@@ -94,7 +94,7 @@ def _stage_row(base: StagePlan, scaled: StagePlan) -> list[str]:
     ]
 
 
-def _table(rows: list[list[str]]) -> list[str]:
+def table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
@@ -108,7 +108,7 @@ def to_text(summary: Summary) -> str:
     lines = [f"{scaled.name} ({factors.describe()}) at {scaled.resolution}×{scaled.resolution}", ""]
     header = ["#", "block", "k", "s", "e", "se", "repeats", "channels", "out"]
     rows = [header, *(_stage_row(b, s) for b, s in zip(base.stages, scaled.stages, strict=True))]
-    lines += _table(rows)
+    lines += table(rows)
     lines.append("")
     stem = _arrow(base.stem.out_channels, scaled.stem.out_channels)
     head = _arrow(base.head.out_channels, scaled.head.out_channels)
