@@ -19,14 +19,16 @@ the resource limits, the DOT drawing and the generated Python (which must compil
 is **ok**, **error** (an `EffError`; those from reading the text must carry a source span), or
 **other** (any other exception, an error without a span, a broken round trip: each one a bug).
 Each case is timed in CPU seconds of this process, which other load on the machine does not
-inflate; more than `SLOW_SECONDS` is a bug too. A case still running after `HANG_SECONDS` of
-wall-clock time is stopped (where `SIGALRM` exists) and counted as other.
+inflate, with the garbage collector paused; more than `SLOW_SECONDS` is a bug too. A case
+still running after `HANG_SECONDS` of wall-clock time is stopped (where `SIGALRM` exists) and
+counted as other.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import math
 import random
@@ -634,7 +636,14 @@ def generate(
 
 
 def run_case(source: str, data: Case, report: Report, rng: random.Random, workdir: Path) -> None:
-    """Run one case through `pipeline` and record its outcome and time in `report`."""
+    """Run one case through `pipeline` and record its outcome and time in `report`.
+
+    The garbage collector waits while the case runs: a collection walks the whole process's
+    heap (a test session's can take a second), which is not the case's work; the objects the
+    case left behind are collected as soon as it is re-enabled.
+    """
+    collecting = gc.isenabled()
+    gc.disable()
     start = time.process_time()
     outcome = "ok"
     detail = ""
@@ -647,7 +656,10 @@ def run_case(source: str, data: Case, report: Report, rng: random.Random, workdi
         outcome = "other"
         lines = traceback.format_exception(error)
         detail = "".join(lines[-4:]).strip()
-    seconds = time.process_time() - start
+    finally:
+        seconds = time.process_time() - start
+        if collecting:
+            gc.enable()
     report.cases += 1
     report.total_seconds += seconds
     if outcome == "ok":
