@@ -168,9 +168,15 @@ def _load_scaled(args: argparse.Namespace) -> tuple[Any, Any, str]:
     return network, _factors(network, args), text
 
 
+def _refuse_overwriting_input(output: str, spec: str) -> None:
+    from effdsl.files import same_file
+
+    if same_file(output, spec):
+        raise OutputError(f"{output}: refusing to overwrite the input spec")
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from effdsl.export import default_output_name, output_format
-    from effdsl.files import same_file
     from effdsl.limits import Limits, check_plan
     from effdsl.scaling import apply
     from effdsl.summary import summarize, to_json, to_text
@@ -178,8 +184,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     output = args.output
     if output is not None and output != "-":
         output_format(output)  # an unknown extension fails before any work is done
-        if same_file(output, args.spec):
-            raise OutputError(f"{output}: refusing to overwrite the input spec")
+        _refuse_overwriting_input(output, args.spec)
     if (args.weights or args.inference) and output in (None, "-"):
         raise OutputError("--weights and --inference need an output file (-o)")
     network, factors, text = _load_scaled(args)
@@ -187,6 +192,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     check_plan(summary.scaled, Limits.from_args(args))
     if output is None and not args.json and not args.dry_run:
         output = str(default_output_name(Path(args.spec), factors))
+        _refuse_overwriting_input(output, args.spec)  # a spec named `net.py`, unscaled
     if output == "-":
         from effdsl.codegen import to_python
 
@@ -218,6 +224,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from effdsl.render import render
     from effdsl.scaling import apply
 
+    _refuse_overwriting_input(args.output, args.spec)
     network, factors, _text = _load_scaled(args)
     scaled = lower(apply(network, factors), factors)
     check_plan(scaled, Limits.from_args(args))

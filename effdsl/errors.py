@@ -12,8 +12,11 @@ Anything that is *not* an `EffError` reaching the CLI is a bug in effdsl, report
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from effdsl.text import printable
 
 
 @dataclass(frozen=True)
@@ -60,13 +63,17 @@ class EffError(Exception):
         return self
 
     def render(self) -> str:
-        """`FILE:LINE:COL: error: MESSAGE`, the source line, a caret and the hint."""
+        """`FILE:LINE:COL: error: MESSAGE`, the source line, a caret and the hint.
+
+        Control characters from the input (names can hold terminal escapes) are spelled as
+        escapes, so the text is safe to print.
+        """
         where = f"{self.span}: " if self.span else ""
-        lines = [f"{where}{self.kind}: {self.message}"]
+        lines = [printable(f"{where}{self.kind}: {self.message}")]
         if self.span and self.source is not None:
             lines.extend(_excerpt(self.source, self.span))
         if self.hint:
-            lines.append(f"  hint: {self.hint}")
+            lines.append(printable(f"  hint: {self.hint}"))
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -135,12 +142,29 @@ def _flatten(errors: Iterable[EffError]) -> Iterable[EffError]:
             yield error
 
 
+def _line(source: str, number: int) -> str | None:
+    """Line `number` (1-based) of `source`, found without splitting the whole text."""
+    start = 0
+    for _ in range(number - 1):
+        start = source.find("\n", start) + 1
+        if start == 0:
+            return None
+    end = source.find("\n", start)
+    line = source[start:] if end == -1 else source[start:end]
+    return line.rstrip("\r")
+
+
 def _excerpt(source: str, span: Span) -> list[str]:
-    """The offending line, indented, and carets under the span (clipped to that line)."""
-    lines = source.splitlines()
-    if not 1 <= span.line <= len(lines):
+    """The offending line, indented, and carets under the span (clipped to that line).
+
+    Control characters in the line become `?`, one column each, so the caret stays aligned.
+    """
+    line = _line(source, span.line) if span.line >= 1 else None
+    if line is None:
         return []
-    text = lines[span.line - 1].expandtabs(1)
+    text = "".join(
+        "?" if unicodedata.category(c) in ("Cc", "Cs") else c for c in line.expandtabs(1)
+    )
     start = max(span.column, 1)
     end = span.end_column if span.end_line == span.line else len(text) + 1
     width = max(1, min(end, len(text) + 1) - start)

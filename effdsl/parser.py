@@ -208,7 +208,7 @@ def _number(word: Word) -> float:
 
 def _integer(word: Word) -> int:
     value = _number(word)
-    if not re.fullmatch(r"[+-]?\d+", word.text):
+    if not re.fullmatch(r"[+-]?[0-9]+", word.text):
         raise _Bad(f"expected a whole number, got `{word.text}`")
     return int(value)
 
@@ -267,7 +267,7 @@ def convert(field_name: str, annotation: Any, word: Word, shown: str | None = No
 
 #: Shorthand letters of block shapes: `e6 k3 s2 c24 x2`.
 SHORTHANDS = {"e": "expand", "k": "kernel", "s": "stride", "c": "channels", "x": "repeats"}
-_SHORTHAND = re.compile(r"([a-z])(\d+(?:\.\d+)?)$")
+_SHORTHAND = re.compile(r"([a-z])([0-9]+(?:\.[0-9]+)?)$")
 
 STATEMENTS: dict[str, type[ast.Node]] = {
     "input": ast.Input,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -29,6 +28,7 @@ from effdsl.cost import Cost, classifier_cost, cost, op_cost
 from effdsl.errors import OutputError, ToolMissingError
 from effdsl.files import atomic_path, atomic_write
 from effdsl.plan import BlockPlan, ConvOp, Op, Plan, SqueezeExciteOp, StagePlan
+from effdsl.text import printable as safe_text
 
 DETAILS = ("stage", "block", "layer")
 RANKDIRS = ("TB", "LR", "BT", "RL")
@@ -736,26 +736,8 @@ def run_dot(program: str, source: str, fmt: str, output: Path) -> None:
 
 
 def printable(text: str) -> str:
-    """`text` with control characters and non-characters spelled as escapes, never raw.
-
-    Names come from spec strings, which can hold `\\u0000`, a tab or a lone surrogate;
-    graphviz and XML refuse those or draw them as boxes, so they read as `\\x00`, `\\t`.
-    Newlines stay: they break a label's line.
-    """
-    out = []
-    for char in text:
-        code = ord(char)
-        if char == "\n":
-            out.append(char)
-        elif char in "\t\r":
-            out.append(repr(char)[1:-1])
-        elif unicodedata.category(char) == "Cc":
-            out.append(f"\\x{code:02x}")
-        elif unicodedata.category(char) == "Cs" or code in (0xFFFE, 0xFFFF):
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(char)
-    return "".join(out)
+    """`text` safe for a label: control characters escaped, newlines kept as line breaks."""
+    return safe_text(text, newlines=True)
 
 
 def html(text: str) -> str:

@@ -14,6 +14,7 @@ from effdsl import ast
 from effdsl.cost import CostReport, cost
 from effdsl.plan import Plan, StagePlan, lower
 from effdsl.scaling import Multipliers, apply
+from effdsl.text import printable
 
 BLOCK_NAMES = {"conv": "Conv", "mbconv": "MBConv", "fused_mbconv": "FusedMBConv"}
 
@@ -105,7 +106,8 @@ def to_text(summary: Summary) -> str:
     """The human summary: a stage table and the totals."""
     factors = summary.factors
     scaled, base = summary.scaled, summary.base
-    lines = [f"{scaled.name} ({factors.describe()}) at {scaled.resolution}×{scaled.resolution}", ""]
+    title = printable(f"{scaled.name} ({factors.describe()})")
+    lines = [f"{title} at {scaled.resolution}×{scaled.resolution}", ""]
     header = ["#", "block", "k", "s", "e", "se", "repeats", "channels", "out"]
     rows = [header, *(_stage_row(b, s) for b, s in zip(base.stages, scaled.stages, strict=True))]
     lines += table(rows)

@@ -264,9 +264,6 @@ def test_compile_refuses_to_overwrite_its_input(tmp_path: Path, spelling: str) -
     assert spec.read_text() == TINY
 
 
-@pytest.mark.xfail(
-    reason="cli.cmd_compile checks only an explicit -o against the spec (reported)", strict=False
-)
 def test_compile_refuses_a_default_output_that_is_its_input(tmp_path: Path) -> None:
     spec = tiny_spec(tmp_path, "tiny.py")  # a spec named *.py: unscaled, it compiles to itself
     code, stderr = cli("compile", str(spec))
@@ -274,7 +271,6 @@ def test_compile_refuses_a_default_output_that_is_its_input(tmp_path: Path) -> N
     assert code == 1 and "refusing to overwrite the input spec" in stderr, stderr
 
 
-@pytest.mark.xfail(reason="cli.cmd_render does not check -o against the spec (reported)")
 def test_render_refuses_to_overwrite_its_input(tmp_path: Path) -> None:
     spec = tiny_spec(tmp_path, "tiny.dot")
     code, _stderr = cli("render", str(spec), "-o", str(spec))

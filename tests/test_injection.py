@@ -321,7 +321,6 @@ def test_names_round_trip_through_json_and_the_scaled_spec(network: ast.Network)
     assert effdsl.parse(text).name == network.name
 
 
-@pytest.mark.xfail(reason="to_text prints names as they are (reported)", strict=False)
 def test_the_text_summary_sends_no_control_characters_to_a_terminal() -> None:
     network = named("evil\x1b[2J", ["a", "b", "c"], "p\x1b]0;title\x07")
     text = to_text(summarize(network, multipliers(network, preset=network.presets[0].name)))

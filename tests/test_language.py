@@ -210,3 +210,22 @@ def test_load_reports_missing_and_binary_files(tmp_path: Path) -> None:
     with pytest.raises(EffError, match="not valid UTF-8") as caught:
         effdsl.load(binary)
     assert caught.value.span is not None and caught.value.span.line == 2
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'network "evil\\u001b]0;title\\u0007" {\n}\n',  # the name, in "has no input" errors
+        "network t {\n  input size=32\u0000\u001b[2J\n}\n",  # raw control bytes in the line
+    ],
+)
+def test_rendered_errors_send_no_control_characters_to_a_terminal(text: str) -> None:
+    with pytest.raises(EffError) as caught:
+        parse(text, filename="t.eff")
+    rendered = caught.value.render()
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", rendered), repr(rendered)
+
+
+def test_numbers_are_ascii_digits_only() -> None:
+    (error,) = errors_of("network t {\n  input size=\u0663\u0662\n}\n")
+    assert "unexpected character" in error.message
