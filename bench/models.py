@@ -17,7 +17,8 @@ CPU rows (fp32, `--batch` 8 at `--size` 224):
   train eager       forward, cross-entropy, backward, SGD step
   eval optimised    optimize_for_inference() vs torchvision with batch norm folded by hand
                     (module surgery, below) + channels_last, and torchvision eager beside them
-  eval compiled     the same two under torch.compile (inductor), torchvision eager beside them
+  eval compiled     the same two under torch.compile (inductor), then with inductor's freezing
+                    (weights prepacked for oneDNN, activations fused), torchvision eager beside
   train memory      peak resident memory of a training step above the steady state, each model
                     in its own child process (glibc told to return freed blocks at once)
 
@@ -27,7 +28,13 @@ that stops starting new rows after `--gpu-budget` seconds (default 420, so it en
   inference copy with CUDA graphs), train eager bs 128 and train compiled, with the peak of
   `torch.cuda.max_memory_allocated` above what was allocated before the step.
 
-Results go to bench/results/models-NET-cpu.json and models-NET-cuda.json.
+Memory: by default (`--malloc reuse`) glibc is told to keep freed blocks for reuse, so no case
+pays page faults for fresh memory and no case's time depends on what ran before it; with
+`--malloc glibc` its defaults stand (big blocks mmap()ed fresh per call, thresholds that adapt
+to the history). `--profile` prints torch.profiler's busiest ops for each CPU eval case.
+
+Results go to bench/results/models-NET-cpu.json (with `--malloc glibc`: models-NET-cpu-glibc)
+and models-NET-cuda.json.
 """
 
 from __future__ import annotations
@@ -49,7 +56,8 @@ from typing import Any, cast
 import timm
 import torch
 import torchvision
-from harness import ROOT, interleave, load_average, machine, median, spread, table, write_json
+from harness import ROOT, interleave, load_average, median, spread, table, write_json
+from harness import machine as describe_machine
 from torch import nn
 from torch.nn import functional as F
 
@@ -162,10 +170,12 @@ def compile_module(
 def evaluator(
     model: nn.Module,
     x: torch.Tensor,
-    autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    context: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> Callable[[], None]:
+    """One forward pass in inference mode, inside `context()` (autocast, a compiler setting)."""
+
     def run() -> None:
-        with torch.inference_mode(), autocast():
+        with torch.inference_mode(), context():
             model(x)
 
     return run
@@ -269,10 +279,28 @@ def cpu_rows(net: Net, args: argparse.Namespace) -> list[Row]:
     rows += timed_group(f"{label} eval optimised", cases, args.batch, args.rounds, clock=clock)
 
     if args.compile:
-        compiled = {f"{name} + compile": compile_module(m) for name, m in optimised.items()}
-        cases = {name: evaluator(model, x_cl) for name, model in compiled.items()}
+        cases = {
+            f"{name} + compile": evaluator(compile_module(model), x_cl)
+            for name, model in optimised.items()
+        }
+        # inductor's freezing: weights become constants, prepacked for oneDNN, with the
+        # activations fused into the convs; read when the graph compiles (the first call)
+        for name, model in optimised.items():
+            cases[f"{name} + compile (freezing)"] = evaluator(
+                compile_module(model), x_cl, lambda: torch._inductor.config.patch(freezing=True)
+            )
         cases["torchvision eager"] = evaluator(models["torchvision"], x)
         rows += timed_group(f"{label} eval compiled", cases, args.batch, args.rounds, clock=clock)
+
+    if args.profile:
+        print_profiles(
+            {
+                "effdsl eager": evaluator(models["effdsl"], x),
+                "torchvision eager": evaluator(models["torchvision"], x),
+                "timm eager": evaluator(models["timm"], x),
+                **{name: evaluator(model, x_cl) for name, model in optimised.items()},
+            }
+        )
 
     for row in memory_rows(args, f"{label} train step peak RSS"):
         rows.append(row)
@@ -342,6 +370,30 @@ def _status_bytes(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     raise SystemExit(f"/proc/self/status has no {field}")
+
+
+def print_profiles(cases: dict[str, Callable[[], None]], calls: int = 3, top: int = 8) -> None:
+    """torch.profiler's busiest ops of each case: self CPU time per call and share."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for name, run in cases.items():
+        run()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                run()
+        events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in events)
+        lines = [
+            [
+                e.key,
+                f"{e.self_cpu_time_total / calls / 1e3:,.1f}",
+                f"{e.self_cpu_time_total / total:.0%}",
+                f"{e.count // calls}",
+            ]
+            for e in events[:top]
+        ]
+        print(f"\n### profile: {name} ({total / calls / 1e3:,.1f} ms of ops per call)\n")
+        print(table(["op", "self ms per call", "share", "calls"], lines))
 
 
 # ---- GPU ------------------------------------------------------------------------------------
@@ -536,7 +588,8 @@ def print_report(title: str, rows: list[Row], started: dict[str, Any]) -> None:
     print(f"\n## {title}\n")
     print(
         f"{started['cpu']}, {started['cores']} cores, torch {started['torch']} "
-        f"({started['threads']} threads), load {started['load_start']} → {load_average()}\n"
+        f"({started['threads']} threads), malloc {started.get('malloc')}, "
+        f"load {started['load_start']} → {load_average()}\n"
     )
     print(report(rows))
     found = targets(rows)
@@ -579,6 +632,16 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--gpu-budget", type=float, default=420, help="seconds after which no GPU row starts"
     )
+    parser.add_argument(
+        "--malloc",
+        choices=("reuse", "glibc"),
+        default="reuse",
+        help="reuse: glibc keeps freed memory for reuse (mallopt), so no run pays page faults "
+        "for fresh memory; glibc: its defaults, where early runs do (see docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="print torch.profiler's busiest ops per CPU case"
+    )
     parser.add_argument("--no-json", dest="json", action="store_false")
     parser.add_argument("--memory-child", choices=("effdsl", "torchvision", "timm"))
     args = parser.parse_args(argv)
@@ -587,14 +650,35 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def reuse_freed_memory() -> None:
+    """Tell glibc to keep freed blocks for reuse instead of returning them to the system.
+
+    By default glibc serves big blocks with fresh mmap()s and gives them back on free, so a
+    forward pass pays page faults on fresh memory, and how many depends on what ran before
+    (the thresholds adapt). Fixed thresholds make every case run as in a warmed-up server,
+    whatever ran before it, like jemalloc or tcmalloc would.
+    """
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    for option in (m_mmap_threshold, m_trim_threshold):
+        if libc.mallopt(option, 1 << 30) != 1:
+            raise SystemExit("mallopt failed; run with --malloc glibc")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = arguments(argv)
+    if args.malloc == "reuse" and not args.memory_child:
+        reuse_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(args)
         return
     net = NETS[args.net]
+
+    def machine() -> dict[str, Any]:
+        return {**describe_machine(), "malloc": args.malloc}
+
     if args.gpu_path_on_cpu:
         started = machine()
         print_report(f"{args.net}: the GPU path on the CPU", gpu_rows(net, args), started)
@@ -604,7 +688,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = cpu_rows(net, args)
         print_report(f"{args.net} on the CPU", rows, started)
         if args.json:
-            save(f"models-{args.net}-cpu", rows, args, started)
+            suffix = "" if args.malloc == "reuse" else f"-{args.malloc}"
+            save(f"models-{args.net}-cpu{suffix}", rows, args, started)
     if not args.cpu_only and torch.cuda.is_available():
         started = machine()
         rows = gpu_rows(net, args)
