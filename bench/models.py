@@ -72,13 +72,21 @@ class Net:
     preset: str | None
     torchvision: str
     timm: str
+    timm_options: tuple[tuple[str, float], ...] = ()  # for timm.create_model
+
+    def make_timm(self) -> nn.Module:
+        options: dict[str, Any] = dict(self.timm_options)
+        return timm.create_model(self.timm, **options)
 
 
 NETS = {
     "b0": Net("b0.eff", None, "efficientnet_b0", "efficientnet_b0"),
     "b3": Net("b0.eff", "b3", "efficientnet_b3", "efficientnet_b3"),
     "b7": Net("b0.eff", "b7", "efficientnet_b7", "efficientnet_b7"),
-    "v2s": Net("efficientnetv2-s.eff", None, "efficientnet_v2_s", "efficientnetv2_s"),
+    # timm's PyTorch-style V2-S has batch-norm eps 1e-5; the paper's (and the spec's) is 1e-3
+    "v2s": Net(
+        "efficientnetv2-s.eff", None, "efficientnet_v2_s", "efficientnetv2_s", (("bn_eps", 1e-3),)
+    ),
 }
 
 
@@ -115,7 +123,7 @@ def peers(net: Net, calibration_size: int) -> dict[str, nn.Module]:
     state = ours.state_dict()
     theirs_tv = getattr(torchvision.models, net.torchvision)()
     theirs_tv.load_state_dict(effdsl.convert_state_dict(state, network=spec, target="torchvision"))
-    theirs_timm = timm.create_model(net.timm)
+    theirs_timm = net.make_timm()
     theirs_timm.load_state_dict(effdsl.convert_state_dict(state, network=spec, target="timm"))
     models = {"effdsl": ours, "torchvision": theirs_tv.eval(), "timm": theirs_timm.eval()}
     counts = {name: parameter_count(model) for name, model in models.items()}
@@ -342,7 +350,7 @@ def memory_child(args: argparse.Namespace) -> None:
     make: dict[str, Callable[[], nn.Module]] = {
         "effdsl": lambda: effdsl.build(network(net)),
         "torchvision": getattr(torchvision.models, net.torchvision),
-        "timm": lambda: timm.create_model(net.timm),
+        "timm": net.make_timm,
     }
     model = make[args.memory_child]().train()
     x = torch.randn(args.batch, 3, args.size, args.size)
