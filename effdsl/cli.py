@@ -122,7 +122,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    print(f"{files} {noun} ok", file=sys.stderr if args.quiet else sys.stdout)
+    if not args.quiet:
+        print(f"{files} {noun} ok")
     return 0
 
 
@@ -190,7 +191,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     network, factors, text = _load_scaled(args)
     summary = summarize(network, factors)
     check_plan(summary.scaled, Limits.from_args(args))
-    if output is None and not args.json and not args.dry_run:
+    if args.dry_run:
+        output = None  # the checks above still ran: a dry run reports what a real one would
+    elif output is None and not args.json:
         output = str(default_output_name(Path(args.spec), factors))
         _refuse_overwriting_input(output, args.spec)  # a spec named `net.py`, unscaled
     if output == "-":
@@ -344,10 +347,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unrecognized(parser: argparse.ArgumentParser, command: str, extra: list[str]) -> None:
+    """Report unknown arguments with the subcommand's usage and a "did you mean" (exits 2)."""
+    import difflib
+
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub: argparse.ArgumentParser = subparsers.choices[command]
+    options = [o for action in sub._actions for o in action.option_strings]
+    message = f"unrecognized arguments: {' '.join(extra)}"
+    flag = next((word for word in extra if word.startswith("--")), None)
+    if flag is not None:
+        close = difflib.get_close_matches(flag.split("=")[0], options, n=1)
+        if close:
+            message += f" (did you mean {close[0]}?)"
+    sub.error(message)
+
+
 def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> int:
     """Run the CLI; return the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _unrecognized(parser, args.command, extra)
     err = stderr or sys.stderr
     try:
         return int(args.run(args))

@@ -149,3 +149,22 @@ def test_fast_paths_do_not_import_torch(args: list[str]) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
     )
     assert "EXIT 0 LOADED []" in result.stderr, result.stderr[-2000:]
+
+
+def test_misspelt_flag_gets_the_subcommand_usage_and_a_suggestion() -> None:
+    result = effdsl("compile", B0, "--preest", "b3")
+    assert result.returncode == 2
+    assert "usage: effdsl compile" in result.stderr
+    assert "did you mean --preset?" in result.stderr
+
+
+def test_check_quiet_prints_nothing_on_success() -> None:
+    result = effdsl("check", "-q", B0)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_dry_run_writes_nothing_even_with_an_output(tmp_path: Path) -> None:
+    result = effdsl("compile", B0, "--preset", "b3", "-o", str(tmp_path / "x.py"), "-n")
+    assert result.returncode == 0, result.stderr
+    assert "12,233,232" in result.stdout
+    assert list(tmp_path.iterdir()) == []
