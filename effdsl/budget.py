@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 from effdsl import ast
 from effdsl.cost import cost
@@ -35,12 +36,11 @@ def parse_amount(text: str) -> float:
 
 
 def _measure(
-    network: ast.Network, phi: float, what: str, coefficients: dict[str, float | None]
+    network: ast.Network, factors: Callable[[float], Multipliers], phi: float, what: str
 ) -> float | None:
     """MACs or params of the φ-scaled net, or None when φ is out of the language's bounds."""
     try:
-        factors = multipliers(network, phi=phi, **coefficients)  # type: ignore[arg-type]
-        report = cost(lower(apply(network, factors)))
+        report = cost(lower(apply(network, factors(phi))))
     except EffError:
         return None
     return float(report.macs if what == "macs" else report.params)
@@ -60,7 +60,10 @@ def solve_phi(
         raise ScalingError("give exactly one budget: --macs or --params")
     what, limit = ("macs", macs) if macs is not None else ("params", params)
     assert limit is not None
-    coefficients = {"alpha": alpha, "beta": beta, "gamma": gamma}
+
+    def at(phi: float) -> Multipliers:
+        return multipliers(network, phi=phi, alpha=alpha, beta=beta, gamma=gamma)
+
     scaling = network.scaling
     bases = [
         value if value is not None else default
@@ -74,18 +77,18 @@ def solve_phi(
         )
 
     def fits(phi: float) -> bool:
-        value = _measure(network, phi, what, coefficients)
+        value = _measure(network, at, phi, what)
         return value is not None and value <= limit
 
     low, high = PHI_RANGE
     if not fits(low):
-        smallest = _measure(network, low, what, coefficients)
+        smallest = _measure(network, at, low, what)
         raise ScalingError(
             f"no phi ≥ {low:g} fits {what} ≤ {limit:,.0f}"
             + (f" (phi={low:g} needs {smallest:,.0f})" if smallest is not None else "")
         )
     if fits(high):
-        return multipliers(network, phi=high, **coefficients)  # type: ignore[arg-type]
+        return at(high)
     # invariant: fits(low) and not fits(high)
     steps_low, steps_high = round(low / PRECISION), round(high / PRECISION)
     while steps_high - steps_low > 1:
@@ -95,4 +98,4 @@ def solve_phi(
         else:
             steps_high = middle
     phi = round(steps_low * PRECISION, 4)
-    return multipliers(network, phi=phi, **coefficients)  # type: ignore[arg-type]
+    return at(phi)

@@ -238,19 +238,14 @@ class _Options:
 
 
 def _options(block: ast.Block, defaults: ast.Defaults) -> _Options:
-    """A block's options: its own overrides, else the network's defaults."""
-
-    def pick(name: str) -> object:
-        own = getattr(block, name)
-        return getattr(defaults, name) if own is None else own
-
+    """A block's options: its own overrides (`None`: not given), else the network's defaults."""
     return _Options(
-        act=str(pick("act")),
-        se=float(pick("se")),  # type: ignore[arg-type]
-        bn_eps=float(pick("bn_eps")),  # type: ignore[arg-type]
-        bn_momentum=float(pick("bn_momentum")),  # type: ignore[arg-type]
-        drop_path=float(pick("drop_path")),  # type: ignore[arg-type]
-        padding=str(pick("padding")),
+        act=block.act if block.act is not None else defaults.act,
+        se=block.se if block.se is not None else defaults.se,
+        bn_eps=block.bn_eps if block.bn_eps is not None else defaults.bn_eps,
+        bn_momentum=block.bn_momentum if block.bn_momentum is not None else defaults.bn_momentum,
+        drop_path=block.drop_path if block.drop_path is not None else defaults.drop_path,
+        padding=block.padding if block.padding is not None else defaults.padding,
     )
 
 
