@@ -169,6 +169,18 @@ def _load_scaled(args: argparse.Namespace) -> tuple[Any, Any, str]:
     return network, _factors(network, args), text
 
 
+def _limits(args: argparse.Namespace) -> Any:
+    """`effdsl.limits.Limits` with `--max-params/--max-macs/--max-activations` applied."""
+    from effdsl.limits import Limits
+
+    default = Limits()
+    return Limits(
+        params=args.max_params or default.params,
+        macs=args.max_macs or default.macs,
+        activation_bytes=args.max_activations or default.activation_bytes,
+    )
+
+
 def _refuse_overwriting_input(output: str, spec: str) -> None:
     from effdsl.files import same_file
 
@@ -178,7 +190,7 @@ def _refuse_overwriting_input(output: str, spec: str) -> None:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from effdsl.export import default_output_name, output_format
-    from effdsl.limits import Limits, check_plan
+    from effdsl.limits import check_plan
     from effdsl.scaling import apply
     from effdsl.summary import summarize, to_json, to_text
 
@@ -190,7 +202,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise OutputError("--weights and --inference need an output file (-o)")
     network, factors, text = _load_scaled(args)
     summary = summarize(network, factors)
-    check_plan(summary.scaled, Limits.from_args(args))
+    check_plan(summary.scaled, _limits(args))
     if args.dry_run:
         output = None  # the checks above still ran: a dry run reports what a real one would
     elif output is None and not args.json:
@@ -222,7 +234,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from effdsl.limits import Limits, check_plan
+    from effdsl.limits import check_plan
     from effdsl.plan import lower
     from effdsl.render import render
     from effdsl.scaling import apply
@@ -230,7 +242,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     _refuse_overwriting_input(args.output, args.spec)
     network, factors, _text = _load_scaled(args)
     scaled = lower(apply(network, factors), factors)
-    check_plan(scaled, Limits.from_args(args))
+    check_plan(scaled, _limits(args))
     base = lower(network) if args.compare else None
     written = render(scaled, args.output, base=base, detail=args.detail, rankdir=args.rankdir)
     print(f"wrote {written}")

@@ -10,7 +10,6 @@ the limit, the figure, and the flag that raises it. The defaults admit Efficient
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 
@@ -35,16 +34,6 @@ class Limits:
                 raise LimitError(f"the {name} limit must be a number, got {value!r}")
             if not (math.isfinite(value) and value > 0):
                 raise LimitError(f"the {name} limit must be a positive finite number, got {value}")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Limits:
-        """The limits with the CLI's `--max-params/--max-macs/--max-activations` applied."""
-        default = cls()
-        return cls(
-            params=getattr(args, "max_params", None) or default.params,
-            macs=getattr(args, "max_macs", None) or default.macs,
-            activation_bytes=getattr(args, "max_activations", None) or default.activation_bytes,
-        )
 
 
 def check_plan(plan: Plan, limits: Limits | None = None) -> None:
