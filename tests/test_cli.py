@@ -133,10 +133,16 @@ def test_compile_scaling_errors_are_clean() -> None:
         ["fmt", B0],
         ["compile", B0, "--phi", "3", "--json"],
         ["compile", B0, "--phi", "3", "-o", "-"],
+        ["compile", B0, "--preset", "b7", "-o", "{tmp}/b7.py"],
+        ["render", B0, "--preset", "b3", "--compare", "-o", "{tmp}/b3.dot"],
+        ["search", B0, "--json"],
+        ["plot", B0, "-o", "{tmp}/scaling.svg"],
     ],
-    ids=["check", "fmt", "compile-json", "compile-py"],
+    ids=["check", "fmt", "compile-json", "compile-stdout", "compile-py", "render-dot", "search",
+         "plot"],
 )
-def test_fast_paths_do_not_import_torch(args: list[str]) -> None:
+def test_fast_paths_do_not_import_torch(args: list[str], tmp_path: Path) -> None:
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
     code = (
         "import sys\n"
         "from effdsl.cli import main\n"

@@ -418,18 +418,6 @@ def test_json_output_and_write_spec(tmp_path: Path) -> None:
                                                              best["gamma"])
 
 
-def test_cli_search_without_score_never_imports_torch() -> None:
-    code = (
-        "import argparse, sys; from effdsl.search import register_search; "
-        "p = argparse.ArgumentParser(); register_search(p.add_subparsers()); "
-        f"a = p.parse_args(['search', {str(SPECS / 'b0.eff')!r}, '--json']); a.run(a); "
-        "sys.exit('torch' in sys.modules)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=ROOT, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["count"] == 63
-
 
 def test_cli_progress_goes_to_stderr(tmp_path: Path) -> None:
     spec = tmp_path / "tiny.eff"
