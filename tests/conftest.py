@@ -1,4 +1,9 @@
-"""Shared fixtures: the shipped specs and the reference figures in ../shared/reference."""
+"""Shared fixtures: the shipped specs and the reference figures in tests/data/reference.
+
+The reference figures (torchvision's counts, torchvision's and timm's state_dict layouts) are
+stored in the repository so a fresh clone runs every test; `tests/data/reference/make.py`
+regenerates them and `tests/test_reference_data.py` checks they match the installed libraries.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
-REFERENCE = ROOT.parent / "shared" / "reference"
+REFERENCE = ROOT / "tests" / "data" / "reference"
 
 #: spec file, preset (or None), torchvision model name, for the 13 reference networks
 REFERENCE_NETS = [
@@ -25,20 +30,10 @@ REFERENCE_NETS = [
 ]
 
 
-def _missing(path: Path) -> None:
-    """Skip when a reference file is absent; in CI (where shared/ is laid beside) fail."""
-    message = f"reference file not found at {path}"
-    if os.environ.get("CI"):
-        pytest.fail(message + " (CI lays shared/ beside the clone)")
-    pytest.skip(message)
-
-
 @cache
 def reference_counts() -> dict[str, dict[str, int]]:
     """torchvision's parameters and MACs of each reference model, by model name."""
     path = REFERENCE / "torchvision-counts.jsonl"
-    if not path.exists():
-        _missing(path)
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return {row["model"]: row for row in rows}
 
@@ -47,8 +42,6 @@ def reference_counts() -> dict[str, dict[str, int]]:
 def reference_layout(name: str) -> list[tuple[str, str]]:
     """(key, shape) rows of a reference state_dict layout, e.g. `torchvision-efficientnet_b0`."""
     path = REFERENCE / f"{name}.tsv"
-    if not path.exists():
-        _missing(path)
     with path.open() as handle:
         rows = list(csv.reader(handle, delimiter="\t"))
     return [(key, shape) for key, shape in rows[1:]]

@@ -1,7 +1,7 @@
 """Checkpoint conversion: layouts equal the references, and converted weights give the same logits.
 
 Layouts are checked against the recorded state_dicts of torchvision 0.29 and timm 1.0.31
-(`shared/reference/*.tsv`); parity against freshly built torchvision and timm models with
+(`tests/data/reference/*.tsv`); parity against freshly built torchvision and timm models with
 random weights and randomised batch-norm statistics, at a low resolution.
 """
 
