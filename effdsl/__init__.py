@@ -3,6 +3,7 @@
     net = effdsl.load("specs/b0.eff")             # text → typed AST
     b3 = effdsl.scale(net, preset="b3")           # compound scaling, a pure AST transform
     plan = effdsl.lower(b3)                       # concrete layers: the one source of truth
+    effdsl.check_text(text)                       # every error and warning, as a list
     effdsl.cost(plan).params                      # 12,233,232, no torch needed
     model = effdsl.build(b3)                      # torch.nn.Module (imports torch lazily)
 
@@ -16,8 +17,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from effdsl.ast import Network
+from effdsl.check import check_text
 from effdsl.cost import CostReport, cost
-from effdsl.errors import EffError, EffErrors
+from effdsl.errors import EffError, EffErrors, EffWarning
 from effdsl.fmt import format
 from effdsl.parser import load, parse
 from effdsl.plan import Plan, lower
@@ -51,10 +53,12 @@ __all__ = [
     "CostReport",
     "EffError",
     "EffErrors",
+    "EffWarning",
     "Multipliers",
     "Network",
     "Plan",
     "build",
+    "check_text",
     "convert_state_dict",
     "cost",
     "format",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from effdsl import __version__
-from effdsl.errors import EffError, EffErrors, OutputError
+from effdsl.errors import EffError, OutputError
 
 ISSUES_URL = "https://github.com/effdsl/effdsl/issues"
 
@@ -98,33 +98,53 @@ def _factors(network: Any, args: argparse.Namespace) -> Any:
 # ---- commands --------------------------------------------------------------------------------
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    from effdsl.parser import load
+def _spec_files(paths: Sequence[str]) -> list[str]:
+    """The files to check: each FILE as given, each directory's `*.eff` files (recursively)."""
+    files: list[str] = []
+    for path in paths:
+        if Path(path).is_dir():
+            found = sorted(str(p) for p in Path(path).rglob("*.eff") if p.is_file())
+            if not found:
+                raise EffError(f"{path}: no .eff files in this directory")
+            files += found
+        else:
+            files.append(path)
+    return files
 
-    failed = 0
-    count = 0
-    for path in args.files:
-        try:
-            load(path)
-        except EffErrors as errors:
-            failed += 1
-            count += len(errors.errors)
-            print(errors.render(), file=sys.stderr)
-        except EffError as error:
-            failed += 1
-            count += 1
-            print(error.render(), file=sys.stderr)
-    files = len(args.files)
-    noun = "file" if files == 1 else "files"
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from effdsl.check import check_file
+    from effdsl.errors import EffWarning
+
+    files = _spec_files(args.files)
+    failed = errors = warnings = 0
+    for path in files:
+        problems = check_file(path)
+        for problem in problems:
+            print(problem.render(), file=sys.stderr)
+        found = sum(1 for p in problems if not isinstance(p, EffWarning))
+        warnings += len(problems) - found
+        errors += found
+        failed += found > 0
+    noun = "file" if len(files) == 1 else "files"
+    also = f", {warnings} warning{'s' if warnings != 1 else ''}" if warnings else ""
     if failed:
         print(
-            f"{count} error{'s' if count != 1 else ''} in {failed} of {files} {noun}",
+            f"{errors} error{'s' if errors != 1 else ''}{also} in {failed} of {len(files)} {noun}",
             file=sys.stderr,
         )
         return 1
     if not args.quiet:
-        print(f"{files} {noun} ok")
+        print(f"{len(files)} {noun} ok{also}")
     return 0
+
+
+def _warn_if_collapsed(plan: Any) -> None:
+    """Print the collapsing-feature-map warning of a scaled plan to stderr (never fails)."""
+    from effdsl.check import collapse_warnings
+
+    for warning in collapse_warnings(plan):
+        print(warning.render(), file=sys.stderr)
 
 
 def cmd_fmt(args: argparse.Namespace) -> int:
@@ -203,6 +223,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     network, factors, text = _load_scaled(args)
     summary = summarize(network, factors)
     check_plan(summary.scaled, _limits(args))
+    _warn_if_collapsed(summary.scaled)
     if args.dry_run:
         output = None  # the checks above still ran: a dry run reports what a real one would
     elif output is None and not args.json:
@@ -243,6 +264,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     network, factors, _text = _load_scaled(args)
     scaled = lower(apply(network, factors), factors)
     check_plan(scaled, _limits(args))
+    _warn_if_collapsed(scaled)
     base = lower(network) if args.compare else None
     written = render(scaled, args.output, base=base, detail=args.detail, rankdir=args.rankdir)
     print(f"wrote {written}")
@@ -286,8 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"effdsl {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    check = commands.add_parser("check", help="check specs and report every error")
-    check.add_argument("files", nargs="+", metavar="FILE")
+    check = commands.add_parser(
+        "check",
+        help="check specs and report every error",
+        description="Report every error and warning of each spec, sorted by position. A "
+        "directory stands for every *.eff file under it. Exit 1 when any file has an error "
+        "(warnings alone exit 0).",
+    )
+    check.add_argument("files", nargs="+", metavar="FILE", help="spec files or directories")
     check.add_argument("-q", "--quiet", action="store_true", help="print nothing when all is well")
     check.set_defaults(run=cmd_check)
 
@@ -375,9 +403,24 @@ def _unrecognized(parser: argparse.ArgumentParser, command: str, extra: list[str
     sub.error(message)
 
 
+def _unknown_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """Refuse a misspelt subcommand with "did you mean" (exits 2), before argparse's message."""
+    import difflib
+
+    word = next((a for a in argv if not a.startswith("-")), None)
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    commands = list(subparsers.choices)
+    if word is None or word in commands:
+        return
+    close = difflib.get_close_matches(word, commands, n=1)
+    hint = f" (did you mean `{close[0]}`?)" if close else f"; commands: {', '.join(commands)}"
+    parser.error(f"unknown command `{word}`{hint}")
+
+
 def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> int:
     """Run the CLI; return the exit code."""
     parser = build_parser()
+    _unknown_command(parser, sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     if extra:
         _unrecognized(parser, args.command, extra)

@@ -81,6 +81,15 @@ class EffError(Exception):
         return f"{where}{self.message}"
 
 
+class EffWarning(EffError):
+    """Not an error: something that works but is probably not what was meant.
+
+    Printed as `FILE:LINE:COL: warning: ...`; a warning never changes an exit code.
+    """
+
+    kind = "warning"
+
+
 class EffSyntaxError(EffError):
     """The text does not follow the grammar."""
 

@@ -267,7 +267,7 @@ def convert(field_name: str, annotation: Any, word: Word, shown: str | None = No
 
 #: Shorthand letters of block shapes: `e6 k3 s2 c24 x2`.
 SHORTHANDS = {"e": "expand", "k": "kernel", "s": "stride", "c": "channels", "x": "repeats"}
-_SHORTHAND = re.compile(r"([a-z])([0-9]+(?:\.[0-9]+)?)$")
+_SHORTHAND = re.compile(r"([a-z])([+-]?[0-9]+(?:\.[0-9]+)?)$")
 
 STATEMENTS: dict[str, type[ast.Node]] = {
     "input": ast.Input,
@@ -293,6 +293,37 @@ def attributes(node_type: type[ast.Node]) -> list[str]:
     if node_type is ast.Preset:
         names.remove("name")
     return names
+
+
+def _signed_shorthands(words: list[Word]) -> list[Word]:
+    """`c-80` lexes as the word `c` and the number `-80`; join such pairs back into one word.
+
+    The joined word keeps the sign so that the AST's bound gives the real message ("channels
+    must be ≥ 1, got -80") rather than two "unexpected" errors.
+    """
+    joined: list[Word] = []
+    for word in words:
+        previous = joined[-1] if joined else None
+        if (
+            previous is not None
+            and word.type == "NUMBER"
+            and word.text[0] in "+-"
+            and previous.type == "WORD"
+            and previous.text in SHORTHANDS
+            and previous.span.end_line == word.span.line
+            and previous.span.end_column == word.span.column
+        ):
+            span = Span(
+                word.span.file,
+                previous.span.line,
+                previous.span.column,
+                word.span.end_line,
+                word.span.end_column,
+            )
+            joined[-1] = Word(previous.text + word.text, "SIGNED", span)
+        else:
+            joined.append(word)
+    return joined
 
 
 class _Reader:
@@ -361,7 +392,7 @@ class _Reader:
                 )
                 return
             self._set(node_type, "kind", words.pop(0), values, spans, "block kind")
-            for word in words:
+            for word in _signed_shorthands(words):
                 self._shorthand(node_type, word, values, spans)
             return
         if node_type is ast.Preset:
@@ -387,7 +418,7 @@ class _Reader:
         allowed = {
             letter: name for letter, name in SHORTHANDS.items() if name in node_type.model_fields
         }
-        match = _SHORTHAND.match(word.text) if word.type == "WORD" else None
+        match = _SHORTHAND.match(word.text) if word.type in ("WORD", "SIGNED") else None
         if match is None or match.group(1) not in allowed:
             shown = " ".join(f"{letter}N" for letter in allowed)
             hint = f"shapes are written {shown} (e.g. e6 k3 s2 c24 x2)"
@@ -582,6 +613,9 @@ def _assemble(
             "add at least one line like `stage mbconv e6 k3 s2 c24 x2`",
         )
     if reader.errors:
+        # the whole-network rules still run over the statements that did build, so one run
+        # reports every error a compiler could find
+        reader.errors.extend(_validate_partial(nodes))
         return None
     nodes, network_trivia = _attach_comments(nodes, comments, header.line, end_line)
     fields: dict[str, Any] = {"presets": [], "stages": []}
@@ -611,6 +645,17 @@ def _assemble(
         for detail in error.errors():
             reader.error(_pydantic_message("name", detail), name.span)
         return None
+
+
+def _validate_partial(nodes: list[ast.Node]) -> list[EffError]:
+    """The global rules (`effdsl.validate`) over the nodes of a file that had other errors."""
+    from effdsl.validate import validate_parts
+
+    return validate_parts(
+        stages=[n for n in nodes if isinstance(n, ast.Stage)],
+        presets=[n for n in nodes if isinstance(n, ast.Preset)],
+        ends=[n for n in nodes if isinstance(n, (ast.Stem, ast.Head))],
+    )
 
 
 # ---- Lark errors in our words --------------------------------------------------------------

@@ -126,9 +126,14 @@ def multipliers(
     if preset is not None:
         found = network.preset(preset)
         if found is None:
-            names = ", ".join(p.name for p in network.presets) or "none"
+            from effdsl.parser import did_you_mean
+
+            names = [p.name for p in network.presets]
+            hint = f"its presets: {', '.join(names) or 'none'}"
+            close = did_you_mean(preset, names)
             raise ScalingError(
-                f"network `{network.name}` has no preset `{preset}`", hint=f"its presets: {names}"
+                f"network `{network.name}` has no preset `{preset}`",
+                hint=f"{close} ({hint})" if close else hint,
             )
         return Multipliers(
             width=found.width,

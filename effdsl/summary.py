@@ -122,19 +122,24 @@ def to_text(summary: Summary) -> str:
         f"MACs        {summary.scaled_cost.macs:,} ({human(summary.scaled_cost.macs)} "
         "multiply-adds; FLOPs = 2 × MACs)"
     )
-    lines.append(f"resolution  {base.resolution} → {scaled.resolution}")
-    lines.append(f"multipliers width {factors.width:.4g}, depth {factors.depth:.4g}")
-    ratio = f"MACs ratio  {summary.macs_ratio:.3f}× the unscaled spec"
+    # only what applies: an unscaled spec has no ratios, a preset no φ to predict from
+    if scaled.resolution != base.resolution:
+        lines.append(f"resolution  {base.resolution} → {scaled.resolution}")
+    if factors.width != 1.0 or factors.depth != 1.0:
+        lines.append(f"multipliers width {factors.width:.4g}, depth {factors.depth:.4g}")
+    if not factors.is_identity:
+        ratio = f"MACs ratio  {summary.macs_ratio:.3f}× the unscaled spec"
+        if factors.phi is not None:
+            ratio += (
+                f"; the paper predicts (α·β²·γ²)^φ = {summary.flops_constant**factors.phi:.3f}"
+                f" ≈ 2^φ = {2**factors.phi:.3f}"
+            )
+        lines.append(ratio)
     if factors.phi is not None:
-        ratio += (
-            f"; the paper predicts (α·β²·γ²)^φ = {summary.flops_constant**factors.phi:.3f}"
-            f" ≈ 2^φ = {2**factors.phi:.3f}"
+        lines.append(
+            f"α·β²·γ²     {summary.flops_constant:.4f} "
+            f"(α={summary.alpha:g}, β={summary.beta:g}, γ={summary.gamma:g})"
         )
-    lines.append(ratio)
-    lines.append(
-        f"α·β²·γ²     {summary.flops_constant:.4f} "
-        f"(α={summary.alpha:g}, β={summary.beta:g}, γ={summary.gamma:g})"
-    )
     return "\n".join(lines) + "\n"
 
 

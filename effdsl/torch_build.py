@@ -373,8 +373,9 @@ def _out_indices(plan: Plan, out_indices: Sequence[int] | None) -> tuple[int, ..
     for index in out_indices:
         if isinstance(index, bool) or not isinstance(index, int) or not -count <= index < count:
             raise BuildError(
-                f"out_indices: {index!r} is not a stage of `{plan.name}`",
-                hint=f"it has {count} stages: 0 to {count - 1} (or -{count} to -1)",
+                f"out_indices: {index!r} is not a stage of `{plan.name}`: valid indices are "
+                f"0 to {count - 1} (or -{count} to -1)",
+                hint=f"it has {count} stages; negative indices count from the last",
             )
         if index % count in chosen:
             raise BuildError(f"out_indices names stage {index % count} twice")

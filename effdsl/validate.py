@@ -7,7 +7,7 @@ first, so that `effdsl check` reports a file's errors in one run.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from effdsl import ast
 from effdsl.errors import EffError, EffSemanticError
@@ -15,21 +15,36 @@ from effdsl.errors import EffError, EffSemanticError
 
 def validate(network: ast.Network) -> list[EffError]:
     """All global-rule violations of `network`, in source order (empty when it is valid)."""
+    return validate_parts(
+        stages=network.stages, presets=network.presets, ends=(network.stem, network.head)
+    )
+
+
+def validate_parts(
+    *,
+    stages: Sequence[ast.Stage],
+    presets: Sequence[ast.Preset],
+    ends: Sequence[ast.Block],
+) -> list[EffError]:
+    """The global rules over the statements that were read, in source order.
+
+    The parser calls this with the statements that built even when others had errors, so that
+    one run reports a file's per-line and whole-network errors together.
+    """
     errors: list[EffError] = []
-    errors += _duplicates("stage", [(s.name, s) for s in network.stages if s.name is not None])
-    errors += _duplicates("preset", [(p.name, p) for p in network.presets])
-    ends: tuple[ast.Block, ...] = (network.stem, network.head)
+    errors += _duplicates("stage", [(s.name, s) for s in stages if s.name is not None])
+    errors += _duplicates("preset", [(p.name, p) for p in presets])
     for block in ends:
         if block.kind != "conv":
             errors.append(
                 EffSemanticError(
                     f"the {block.keyword} must be a `conv` block, not `{block.kind}`",
                     block.span_of("kind"),
-                    hint=f"write `{block.keyword} conv k3 s2 c32`, and put {block.kind} blocks "
-                    "in stages",
+                    hint=f"write `{block.keyword} {_END_EXAMPLES[block.keyword]}`, and put "
+                    f"{block.kind} blocks in stages",
                 )
             )
-    for block in (*ends, *network.stages):
+    for block in (*ends, *stages):
         if block.kind == "conv" and block.se:
             errors.append(
                 EffSemanticError(
@@ -39,6 +54,10 @@ def validate(network: ast.Network) -> list[EffError]:
                 )
             )
     return sorted(errors, key=lambda e: (e.span.line, e.span.column) if e.span else (0, 0))
+
+
+#: What a stem and a head usually are, shown when one is not a `conv` block.
+_END_EXAMPLES = {"stem": "conv k3 s2 c32", "head": "conv k1 s1 c1280"}
 
 
 def _duplicates(what: str, named: Iterable[tuple[str, ast.Node]]) -> list[EffError]:
