@@ -25,8 +25,7 @@ from effdsl.parser import load, parse
 from effdsl.plan import Plan, lower
 from effdsl.render import render, to_dot  # eager: the function `render` shadows its module
 from effdsl.scaling import Multipliers, multipliers, scale
-
-__version__ = "0.1.0"
+from effdsl.version import __version__
 
 # Names served lazily, so that `import effdsl` never imports torch or graphviz.
 _LAZY = {
@@ -57,6 +56,7 @@ __all__ = [
     "Multipliers",
     "Network",
     "Plan",
+    "__version__",
     "build",
     "check_text",
     "convert_state_dict",

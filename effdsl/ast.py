@@ -17,6 +17,7 @@ import math
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from effdsl.errors import Span
 
@@ -51,10 +52,14 @@ class Node(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    span: Span | None = Field(default=None, repr=False, exclude=True)
-    attr_spans: tuple[tuple[str, Span], ...] = Field(default=(), repr=False, exclude=True)
-    comments: tuple[str, ...] = Field(default=(), repr=False, exclude=True)
-    trailing_comment: str | None = Field(default=None, repr=False, exclude=True)
+    # trivia: excluded from dumps and (SkipJsonSchema) from the published JSON Schema, which
+    # describes the language, not the parser's bookkeeping
+    span: SkipJsonSchema[Span | None] = Field(default=None, repr=False, exclude=True)
+    attr_spans: SkipJsonSchema[tuple[tuple[str, Span], ...]] = Field(
+        default=(), repr=False, exclude=True
+    )
+    comments: SkipJsonSchema[tuple[str, ...]] = Field(default=(), repr=False, exclude=True)
+    trailing_comment: SkipJsonSchema[str | None] = Field(default=None, repr=False, exclude=True)
 
     # `Statement.keyword` in the source, used by the formatter and in messages.
     keyword: ClassVar[str] = ""
@@ -254,7 +259,7 @@ class Network(Node):
     stages: tuple[Stage, ...] = Field(min_length=1)
     head: Head
     classifier: Classifier
-    closing_comments: tuple[str, ...] = Field(default=(), repr=False, exclude=True)
+    closing_comments: SkipJsonSchema[tuple[str, ...]] = Field(default=(), repr=False, exclude=True)
 
     def preset(self, name: str) -> Preset | None:
         return next((p for p in self.presets if p.name == name), None)

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from effdsl import __version__
 from effdsl.errors import EffError, OutputError
+from effdsl.version import __version__
 
 ISSUES_URL = "https://github.com/effdsl/effdsl/issues"
 
@@ -209,7 +209,7 @@ def _refuse_overwriting_input(output: str, spec: str) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from effdsl.export import default_output_name, output_format
+    from effdsl.export import output_format
     from effdsl.limits import check_plan
     from effdsl.scaling import apply
     from effdsl.summary import summarize, to_json, to_text
@@ -226,9 +226,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
     _warn_if_collapsed(summary.scaled)
     if args.dry_run:
         output = None  # the checks above still ran: a dry run reports what a real one would
-    elif output is None and not args.json:
-        output = str(default_output_name(Path(args.spec), factors))
-        _refuse_overwriting_input(output, args.spec)  # a spec named `net.py`, unscaled
     if output == "-":
         from effdsl.codegen import to_python
 
@@ -331,21 +328,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     compile_ = commands.add_parser(
         "compile",
-        help="scale a spec, print its summary, write a model",
-        description="Scale SPEC, print a summary (stages, params, MACs) and write the model. "
-        "Without -o the model goes to SPEC's stem plus the scaling beside the spec "
-        "(specs/b0.eff --phi 3 → specs/b0_phi3.py). The output format follows the "
+        help="scale a spec, print its summary, write a model with -o",
+        description="Scale SPEC and print a summary (stages, params, MACs); with -o OUT also "
+        "write the model (without -o nothing is written). The output format follows the "
         "extension: .py (standalone PyTorch source), .eff (the scaled spec), .pt2 "
         "(torch.export), .onnx, .pt (TorchScript); -o - prints the .py to stdout.",
     )
     compile_.add_argument("spec", metavar="SPEC")
     _add_scaling_flags(compile_)
     compile_.add_argument("-o", "--output", metavar="OUT", help="output file (see above)")
+    compile_.add_argument("--json", action="store_true", help="print the summary as JSON")
     compile_.add_argument(
-        "--json", action="store_true", help="print the summary as JSON (writes a file only with -o)"
-    )
-    compile_.add_argument(
-        "-n", "--dry-run", action="store_true", help="print the summary, write nothing"
+        "-n",
+        "--dry-run",
+        action="store_true",
+        help="check -o's path and print the summary, but write nothing",
     )
     compile_.add_argument(
         "--weights", metavar="FILE", help="a state_dict to embed in .pt2/.onnx/.pt outputs"

@@ -24,11 +24,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from effdsl import __version__
 from effdsl.cost import cost
 from effdsl.errors import BuildError
 from effdsl.plan import BlockPlan, ConvOp, Plan, SqueezeExciteOp, StagePlan
 from effdsl.scaling import Multipliers
+from effdsl.version import __version__
 
 #: The torch module of each activation the language names.
 ACTIVATION_MODULES = {
@@ -53,7 +53,16 @@ BLOCK_CLASSES = {
 }
 
 # Names the generated module may define besides the model class.
-_FIXED_NAMES = ("math", "torch", "nn", "ACTIVATIONS", "drop_path", "ConvBNAct", "Stage")
+_FIXED_NAMES = (
+    "math",
+    "torch",
+    "nn",
+    "ACTIVATIONS",
+    "drop_path",
+    "ConvBNAct",
+    "Stage",
+    "main",
+)
 _OPTIONAL_NAMES = ("SqueezeExcite", "ConvBlock", "MBConv", "FusedMBConv")
 
 
@@ -591,6 +600,31 @@ def _model(plan: Plan, used: _Used) -> str:
 # ---- the whole file -------------------------------------------------------------------------
 
 
+def _main(plan: Plan) -> str:
+    """`python model.py`: build the model, print what it is, run one forward pass.
+
+    So a user sent the file can check it in one command: the parameter count is compared with
+    the one effdsl's cost model computed when the file was generated.
+    """
+    name, size, channels = class_name(plan), plan.resolution, plan.in_channels
+    params = cost(plan).params
+    shape = f"{channels}×{size}×{size}"
+    return f"""\
+def main() -> None:
+    \"\"\"Build {name}, print its size, and run one forward pass on random input.\"\"\"
+    model = {name}().eval()
+    params = sum(p.numel() for p in model.parameters())
+    check = "as generated" if params == {params:_} else "expected {params:,}"
+    print(f"{name}: {{params:,}} parameters ({{check}}), input {shape}")
+    with torch.no_grad():
+        logits = model(torch.randn(1, {channels}, {size}, {size}))
+    print(f"one forward pass on random input: output {{tuple(logits.shape)}}")
+
+
+if __name__ == "__main__":
+    main()"""
+
+
 def to_python(plan: Plan, *, source_name: str | None = None, spec_text: str | None = None) -> str:
     """The standalone PyTorch source of `plan`: deterministic, needs only torch to run.
 
@@ -607,6 +641,7 @@ def to_python(plan: Plan, *, source_name: str | None = None, spec_text: str | No
         *_block_classes(used),
         _STAGE,
         _model(plan, used),
+        _main(plan),
     ]
     header, *code = parts
     return header + "\n\n" + "\n\n\n".join(code) + "\n"

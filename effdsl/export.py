@@ -23,15 +23,15 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from effdsl import __version__
 from effdsl.ast import Network
-from effdsl.codegen import one_line, scaling_label, to_python
+from effdsl.codegen import one_line, to_python
 from effdsl.errors import CheckpointError, EffError, OutputError, ToolMissingError
 from effdsl.files import atomic_path, atomic_write
 from effdsl.fmt import format as format_spec
 from effdsl.parser import parse
 from effdsl.plan import Plan
 from effdsl.scaling import Multipliers
+from effdsl.version import __version__
 
 if TYPE_CHECKING:
     import torch
@@ -53,18 +53,6 @@ _BATCH = 2  # the example batch a graph is traced with (1 would be specialised, 
 
 
 # ---- names ----------------------------------------------------------------------------------
-
-
-def default_output_name(spec_path: str | Path, factors: Multipliers) -> Path:
-    """Where `compile` writes without `-o`: `<spec stem>_<label>.py` beside the spec.
-
-    `specs/b0.eff` with φ=3 → `specs/b0_phi3.py`; with preset b3 → `specs/b0_b3.py`; unscaled
-    → `specs/b0.py` (the spec itself ends in `.eff`, so nothing collides).
-    """
-    spec = Path(spec_path)
-    label = scaling_label(factors)
-    stem = f"{spec.stem}_{label}" if label else spec.stem
-    return spec.with_name(f"{stem}.py")
 
 
 # ---- the writers ----------------------------------------------------------------------------

@@ -175,9 +175,9 @@ class Plan:
     classifier: ClassifierPlan
     scaling: Multipliers
 
-    def blocks(self) -> Iterator[BlockPlan]:
-        for stage in self.stages:
-            yield from stage.blocks
+    def blocks(self) -> tuple[BlockPlan, ...]:
+        """Every block of every stage, in forward order (a tuple: index it, take its len)."""
+        return tuple(block for stage in self.stages for block in stage.blocks)
 
     def ops(self) -> Iterator[Op]:
         """Every op in forward order: the stem, each block's ops, the head."""

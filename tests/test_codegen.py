@@ -100,6 +100,10 @@ def model_of(module: ModuleType, plan: Plan) -> torch.nn.Module:
     return model
 
 
+def _is_main_guard(node: pyast.stmt) -> bool:
+    return pyast.unparse(node) == "if __name__ == '__main__':\n    main()"
+
+
 def defined_names(source: str) -> set[str]:
     """The names a module's top-level statements bind."""
     names: set[str] = set()
@@ -110,6 +114,8 @@ def defined_names(source: str) -> set[str]:
             names.update(t.id for t in node.targets if isinstance(t, pyast.Name))
         elif isinstance(node, pyast.Import | pyast.ImportFrom):
             names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif _is_main_guard(node):
+            continue  # `if __name__ == "__main__": main()` binds nothing
         elif not (isinstance(node, pyast.Expr) and isinstance(node.value, pyast.Constant)):
             raise AssertionError(f"unexpected top-level statement: {pyast.dump(node)[:80]}")
     return names
@@ -166,7 +172,7 @@ def test_defines_the_classes_it_uses_and_nothing_else() -> None:
     b0 = to_python(lowered((SPECS / "b0.eff").read_text()))
     assert defined_names(b0) == {
         "math", "torch", "nn", "ACTIVATIONS", "drop_path", "ConvBNAct", "SqueezeExcite",
-        "MBConv", "Stage", "EfficientnetB0",
+        "MBConv", "Stage", "EfficientnetB0", "main",
     }
     v2 = lowered(V2_LIKE)
     assert defined_names(to_python(v2)) == top_level_names(v2) >= {"ConvBlock", "FusedMBConv"}
@@ -175,7 +181,7 @@ def test_defines_the_classes_it_uses_and_nothing_else() -> None:
 
 def test_forward_reads_one_operation_per_line_with_shapes() -> None:
     source = to_python(lowered(TINY))
-    assert source[source.rindex("    def forward(") :] == (
+    assert source[source.rindex("    def forward(") : source.index("\n\n\ndef main(") + 1] == (
         "    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, 32, 32)\n"
         "        x = self.stem(x)        # (N, 8, 16, 16)\n"
         "        x = self.stages[0](x)   # (N, 8, 16, 16)\n"
@@ -426,3 +432,20 @@ def test_generated_file_is_ruff_clean_but_for_long_rows(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False,
     )
     assert result.returncode == 0, result.stdout
+
+
+def test_generated_file_run_as_a_script_prints_its_size_and_runs_once(tmp_path: Path) -> None:
+    plan = lowered(TINY)
+    path = tmp_path / "model.py"
+    path.write_text(to_python(plan), encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, check=False, cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    size = f"{plan.in_channels}×{plan.resolution}×{plan.resolution}"
+    assert result.stdout.splitlines() == [
+        f"{class_name(plan)}: {effdsl.cost(plan).params:,} parameters (as generated), "
+        f"input {size}",
+        f"one forward pass on random input: output (1, {plan.classifier.classes})",
+    ]

@@ -18,9 +18,8 @@ import effdsl
 from effdsl import export
 from effdsl.codegen import to_python
 from effdsl.errors import CheckpointError, OutputError, ToolMissingError
-from effdsl.export import default_output_name, load_weights, output_format, write_output
+from effdsl.export import load_weights, output_format, write_output
 from effdsl.plan import Plan
-from effdsl.scaling import Multipliers
 from tests.conftest import ROOT
 from tests.test_codegen import TINY, one_thread  # noqa: F401 - an autouse fixture
 from tests.test_torch_build import randomise_batch_norm
@@ -295,22 +294,3 @@ def test_unreadable_weights_are_checkpoint_errors(
     assert not (tmp_path / "tiny.pt").exists()
 
 
-# ---- default names --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("factors", "name"),
-    [
-        (Multipliers(), "b0.py"),
-        (Multipliers(width=1.331, depth=1.728, resolution=341, phi=3), "b0_phi3.py"),
-        (Multipliers(phi=-1), "b0_phi-1.py"),
-        (Multipliers(phi=1.5), "b0_phi1.5.py"),
-        (Multipliers(width=1.2, depth=1.4, resolution=300, preset="b3"), "b0_b3.py"),
-        (Multipliers(width=1.2, depth=1.4), "b0_w1.2_d1.4.py"),
-        (Multipliers(resolution=300), "b0_r300.py"),
-        (Multipliers(preset="a/b c"), "b0_a_b_c.py"),
-    ],
-)
-def test_default_output_name(factors: Multipliers, name: str) -> None:
-    assert default_output_name(Path("specs/b0.eff"), factors) == Path("specs") / name
-    assert default_output_name("b0.eff", factors) == Path(name)

@@ -264,11 +264,13 @@ def test_compile_refuses_to_overwrite_its_input(tmp_path: Path, spelling: str) -
     assert spec.read_text() == TINY
 
 
-def test_compile_refuses_a_default_output_that_is_its_input(tmp_path: Path) -> None:
-    spec = tiny_spec(tmp_path, "tiny.py")  # a spec named *.py: unscaled, it compiles to itself
-    code, stderr = cli("compile", str(spec))
-    assert spec.read_text() == TINY
-    assert code == 1 and "refusing to overwrite the input spec" in stderr, stderr
+@pytest.mark.parametrize("scaling", [[], ["--phi", "1"], ["--preset", "b3"]])
+def test_compile_without_output_writes_nothing(tmp_path: Path, scaling: list[str]) -> None:
+    spec = tmp_path / "b0.eff"
+    spec.write_text((ROOT / "specs" / "b0.eff").read_text())
+    code, stderr = cli("compile", str(spec), *scaling)
+    assert code == 0, stderr
+    assert listing(tmp_path) == ["b0.eff"]
 
 
 def test_render_refuses_to_overwrite_its_input(tmp_path: Path) -> None:
