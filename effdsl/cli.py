@@ -181,6 +181,20 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lsp(args: argparse.Namespace) -> int:
+    try:
+        from effdsl.editor.server import main as serve
+    except ImportError as error:
+        from effdsl.errors import ToolMissingError
+
+        raise ToolMissingError(
+            f"the language server needs pygls ({error.name or error} is not installed)",
+            hint="pip install 'effdsl[lsp]'",
+        ) from None
+    serve()
+    return 0
+
+
 def _load_scaled(args: argparse.Namespace) -> tuple[Any, Any, str]:
     from effdsl.parser import parse, read_spec
 
@@ -325,6 +339,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser("schema", help="print the JSON Schema of a spec's AST")
     schema.set_defaults(run=cmd_schema)
+
+    lsp = commands.add_parser(
+        "lsp",
+        help="run the language server (for editors) on stdin/stdout",
+        description="Serve the Language Server Protocol over stdin and stdout: diagnostics, "
+        "hover with costs, completion, formatting, outline and inlay hints for .eff files. "
+        "Editors start it; see docs/editors.md. Needs the `lsp` extra (pygls).",
+    )
+    lsp.add_argument(
+        "--stdio", action="store_true", help="use stdin/stdout (the default and only transport)"
+    )
+    lsp.set_defaults(run=cmd_lsp)
 
     compile_ = commands.add_parser(
         "compile",
