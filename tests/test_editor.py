@@ -20,9 +20,10 @@ from typing import get_args
 import pytest
 
 from effdsl import ast, fuzz
+from effdsl.check import check_text
 from effdsl.editor import vocabulary
 from effdsl.editor.analysis import Analysis
-from effdsl.errors import EffError
+from effdsl.errors import EffError, EffWarning
 from effdsl.fmt import format as format_network
 from effdsl.parser import MAX_SPEC_CHARS, STATEMENTS, attributes, parse
 
@@ -148,7 +149,7 @@ def test_warnings_for_collapsing_feature_maps_under_a_preset() -> None:
     )
     problems = Analysis(text).problems()
     assert [(p.severity, p.span.line) for p in problems] == [("warning", 11)]
-    assert problems[0].message.startswith("under preset `b1`: stage `stage")
+    assert problems[0].message.startswith("under preset `b1`: feature maps collapse: stage ")
 
 
 def test_a_256_kib_document_is_analysed_within_checks_bound() -> None:
@@ -190,6 +191,26 @@ def exercise(text: str, rng: random.Random) -> None:
         column = rng.randint(1, len(analysis.line(line)) + 2)
         analysis.hover(line, column)
         analysis.completions(line, column)
+
+
+def test_problems_are_what_check_reports() -> None:
+    """The server's diagnostics are `effdsl.check_text`'s, plus warnings under presets."""
+    for _source, data in fuzz.generate(150, seed=11):
+        text = _editor_text(data)
+        analysis = Analysis(text, "<fuzz>")
+        own = [
+            (p.message, p.span, p.severity)
+            for p in analysis.problems()
+            if not p.message.startswith("under preset")
+        ]
+        checked = check_text(text, "<fuzz>")
+        fallback = analysis._whole_line(1)
+        if analysis.network is not None and analysis.network.span is not None:
+            fallback = analysis.network.span
+        assert own == [
+            (e.message, e.span or fallback, "warning" if isinstance(e, EffWarning) else "error")
+            for e in checked
+        ]
 
 
 def test_the_fuzzers_cases_never_break_the_analysis() -> None:

@@ -246,8 +246,10 @@ def test_a_valid_spec_has_no_diagnostics_and_warnings_are_warnings() -> None:
     assert clean == []
     (warning,) = warned
     assert warning.severity == lsp.DiagnosticSeverity.Warning
-    assert "2×2 feature map at 16 px, smaller than its k5 kernel" in warning.message
-    assert warning.range.start.line == 5
+    assert warning.message == (
+        "feature maps collapse: stage 1 (`stage1`) runs a 3×3 conv on 2×2 maps (input 16 px)"
+    )
+    assert warning.range == span_of(small, "16")  # where `effdsl check` points: the input size
 
 
 def test_positions_are_utf16_code_units() -> None:

@@ -23,9 +23,10 @@ from functools import cached_property
 from typing import Literal
 
 from effdsl import ast
+from effdsl.check import collapse_warnings
 from effdsl.cost import Cost, CostReport, cost
 from effdsl.editor import vocabulary
-from effdsl.errors import EffError, EffErrors, Span
+from effdsl.errors import EffError, EffErrors, EffWarning, Span
 from effdsl.fmt import format as format_network
 from effdsl.parser import lark_parser, parse
 from effdsl.plan import ConvOp, Plan, StagePlan, lower
@@ -146,6 +147,7 @@ class Analysis:
         self.filename = filename
         self.network: ast.Network | None = None
         self.errors: tuple[EffError, ...] = ()
+        self.lower_error: EffError | None = None  # why `plan` is None for a parsed network
         try:
             self.network = parse(text, filename)
         except EffErrors as found:
@@ -172,7 +174,8 @@ class Analysis:
             return None
         try:
             return lower(self.network)
-        except EffError:
+        except EffError as error:
+            self.lower_error = error
             return None
 
     @cached_property
@@ -182,39 +185,49 @@ class Analysis:
     # ---- diagnostics ---------------------------------------------------------------------
 
     def problems(self) -> list[Problem]:
-        """Every error of the text, then warnings about the network when it has none."""
-        found = [
-            Problem(e.message, e.span or self._whole_line(1), "error", e.hint) for e in self.errors
-        ]
-        return found + self._warnings()
+        """What `effdsl check` reports (`effdsl.check_text`), and warnings under each preset.
 
-    def _warnings(self) -> list[Problem]:
-        """Feature maps smaller than a kernel, unscaled or under a preset (first stage each)."""
+        As `check_text` does: the errors of the text; else a network that cannot be lowered is
+        an error; else the collapsing-feature-map warning of `effdsl.check`. The text is
+        parsed once, here, for every question the editor asks.
+        """
+        network = self.network
+        checked: list[EffError] = list(self.errors)
+        if network is not None:
+            plan = self.plan
+            if plan is None and self.lower_error is not None:
+                checked.append(self.lower_error)
+            elif plan is not None:
+                checked += collapse_warnings(plan, network.input)
+        fallback = network.span if network is not None and network.span else self._whole_line(1)
+        found = [
+            Problem(
+                error.message,
+                error.span or fallback,
+                "warning" if isinstance(error, EffWarning) else "error",
+                error.hint,
+            )
+            for error in checked
+        ]
+        found += self._preset_warnings()
+        return sorted(found, key=lambda p: (p.span.line, p.span.column))
+
+    def _preset_warnings(self) -> list[Problem]:
+        """`effdsl check`'s collapsing-feature-map warning for the network under each preset."""
         network = self.network
         if network is None or self.plan is None:
             return []
         warnings = []
-        base = _collapse(self.plan)
-        if base is not None:
-            stage, message = base
-            span = network.stages[stage.index].span or self._whole_line(1)
-            warnings.append(Problem(message, span, "warning", "raise the input size"))
         for preset in network.presets:
             try:
                 factors = multipliers(network, preset=preset.name)
-                scaled = _collapse(lower(apply(network, factors), factors))
+                found = collapse_warnings(lower(apply(network, factors), factors))
             except EffError:
                 continue  # `compile --preset` reports it; as text the preset is fine
-            if scaled is not None and preset.span is not None:
-                _stage, message = scaled
-                warnings.append(
-                    Problem(
-                        f"under preset `{preset.name}`: {message}",
-                        preset.span,
-                        "warning",
-                        "raise the preset's resolution",
-                    )
-                )
+            for warning in found:
+                if preset.span is not None:
+                    message = f"under preset `{printable(preset.name)}`: {warning.message}"
+                    warnings.append(Problem(message, preset.span, "warning", warning.hint))
         return warnings
 
     # ---- formatting ----------------------------------------------------------------------
@@ -562,18 +575,6 @@ def _conv_table(keyword: str, op: ConvOp) -> list[str]:
         f"| {op.in_channels} → {op.out_channels} | {op.stride} "
         f"| {op.out_size}×{op.out_size}×{op.out_channels} |",
     ]
-
-
-def _collapse(plan: Plan) -> tuple[StagePlan, str] | None:
-    """The first stage whose input feature map is smaller than its kernel, and what to say."""
-    for stage in plan.stages:
-        if stage.in_size < stage.kernel:
-            return stage, (
-                f"stage `{printable(stage.name)}` gets a {stage.in_size}×{stage.in_size} "
-                "feature map at "
-                f"{plan.resolution} px, smaller than its k{stage.kernel} kernel"
-            )
-    return None
 
 
 # ---- completion lists --------------------------------------------------------------------------
