@@ -427,11 +427,13 @@ class Analysis:
 
     def _before_network(self, line: int) -> bool:
         """Whether `line` comes before the `network` header (or there is none)."""
-        for number in range(1, min(line, len(self.lines)) + 1):
-            found = tokens(self.line(number))
-            if found and found[0].text == "network":
-                return number >= line
-        return True
+        return self._header_line is None or line <= self._header_line
+
+    @cached_property
+    def _header_line(self) -> int | None:
+        """The line of the `network` keyword, found once (documents can be 256 KiB)."""
+        match = re.search(r"^[ \t\f]*network(?![A-Za-z0-9_.])", self.text, re.M)
+        return None if match is None else self.text.count("\n", 0, match.start()) + 1
 
     # ---- outline and hints ---------------------------------------------------------------
 
