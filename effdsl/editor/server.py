@@ -18,10 +18,10 @@ import logging
 from lsprotocol import types as lsp
 from pygls.lsp.server import LanguageServer
 
-from effdsl import __version__
 from effdsl.editor.analysis import Analysis, Problem, Symbol, analyse
 from effdsl.errors import Span
 from effdsl.text import printable
+from effdsl.version import __version__
 
 #: How long a document must stay unchanged before it is checked again while being typed.
 DEBOUNCE_SECONDS = 0.25
