@@ -126,6 +126,17 @@ def test_hover_shares_add_up() -> None:
     assert total == costs.params - costs.classifier.params
 
 
+def test_hover_rows_group_blocks_of_the_same_shape() -> None:
+    text = (SPECS / "b0.eff").read_text()
+    line = text[: text.index("  stage mbconv e6 k3 s2 c80   x3")].count("\n") + 1
+    hover = Analysis(text).hover(line, 3)
+    assert hover is not None
+    rows = [row for row in hover.markdown.splitlines() if row[2:3].isdigit()]
+    assert [row.split(" | ")[0] for row in rows] == ["| 0", "| 1–2"]
+    assert rows[0].startswith("| 0 | 40 → 80 | 240 | 10 | 2 | 14×14×80 |")
+    assert rows[1].startswith("| 1–2 | 80 → 80 | 480 | 20 | 1 | 14×14×80 + skip |")
+
+
 def test_a_spec_with_errors_still_answers() -> None:
     text = (SPECS / "b0.eff").read_text().replace("k5 s2 c40", "k4 s2 c40")
     analysis = Analysis(text)
@@ -249,6 +260,20 @@ def test_the_server_and_the_lexer_never_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env=_env())
+
+
+def test_lsp_without_pygls_says_what_to_install() -> None:
+    code = (
+        "import sys; sys.modules['pygls'] = sys.modules['lsprotocol'] = None\n"
+        "from effdsl.cli import main; sys.exit(main(['lsp']))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True
+    )
+    assert run.returncode == 1
+    assert "error: the language server needs pygls" in run.stderr
+    assert "hint: pip install 'effdsl[lsp]'" in run.stderr
+    assert "Traceback" not in run.stderr
 
 
 def _env() -> dict[str, str]:

@@ -153,6 +153,11 @@ async def session(*command: str) -> AsyncIterator[Client]:
         TIMEOUT,
     )
     assert result.server_info is not None and result.server_info.name == "effdsl"
+    offered = result.capabilities
+    assert offered.hover_provider and offered.document_formatting_provider
+    assert offered.document_symbol_provider and offered.inlay_hint_provider
+    assert offered.completion_provider is not None
+    assert list(offered.completion_provider.trigger_characters or ()) == [" ", "="]
     client.lsp.initialized(lsp.InitializedParams())
     try:
         yield client

@@ -29,7 +29,7 @@ from effdsl.editor import vocabulary
 from effdsl.errors import EffError, EffErrors, EffWarning, Span
 from effdsl.fmt import format as format_network
 from effdsl.parser import lark_parser, parse
-from effdsl.plan import ConvOp, Plan, StagePlan, lower
+from effdsl.plan import BlockPlan, ConvOp, Plan, StagePlan, lower
 from effdsl.scaling import apply, multipliers
 from effdsl.summary import block_label, human, summarize
 from effdsl.text import printable
@@ -542,7 +542,7 @@ def _share(part: Cost, total: Cost) -> str:
 
 
 def _stage_table(stage: StagePlan) -> list[str]:
-    """The stage's blocks: the first (with the stride), then the repeats, which are alike."""
+    """The stage's blocks, a row per run of blocks of the same shape."""
     count = len(stage.blocks)
     noun = "block" if count == 1 else "blocks"
     lines = [
@@ -553,11 +553,8 @@ def _stage_table(stage: StagePlan) -> list[str]:
         "| block | in → out | expanded | SE | stride | output |",
         "|---|--:|--:|--:|--:|--:|",
     ]
-    groups = [(str(0), stage.blocks[0])]
-    if count > 1:
-        rest = "1" if count == 2 else f"1–{count - 1}"
-        groups.append((rest, stage.blocks[1]))
-    for label, block in groups:
+    for first, last, block in _runs(stage.blocks):
+        label = str(first) if first == last else f"{first}–{last}"
         residual = " + skip" if block.residual else ""
         lines.append(
             f"| {label} | {block.in_channels} → {block.out_channels} | {block.mid_channels} "
@@ -565,6 +562,35 @@ def _stage_table(stage: StagePlan) -> list[str]:
             f"| {block.out_size}×{block.out_size}×{block.out_channels}{residual} |"
         )
     return lines
+
+
+def _runs(blocks: tuple[BlockPlan, ...]) -> list[tuple[int, int, BlockPlan]]:
+    """Runs of consecutive blocks of the same shape, as (first index, last index, block).
+
+    A stage's repeats after the first are alike, so a stage is one or two rows; a stage of
+    several block lines gets a row per change.
+    """
+
+    def shape(block: BlockPlan) -> tuple[object, ...]:
+        return (
+            block.kind,
+            block.kernel,
+            block.in_channels,
+            block.out_channels,
+            block.mid_channels,
+            block.se_channels,
+            block.stride,
+            block.out_size,
+            block.residual,
+        )
+
+    runs: list[tuple[int, int, BlockPlan]] = []
+    for index, block in enumerate(blocks):
+        if runs and shape(runs[-1][2]) == shape(block):
+            runs[-1] = (runs[-1][0], index, runs[-1][2])
+        else:
+            runs.append((index, index, block))
+    return runs
 
 
 def _conv_table(keyword: str, op: ConvOp) -> list[str]:
