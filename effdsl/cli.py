@@ -277,7 +277,17 @@ def cmd_render(args: argparse.Namespace) -> int:
     check_plan(scaled, _limits(args))
     _warn_if_collapsed(scaled)
     base = lower(network) if args.compare else None
-    written = render(scaled, args.output, base=base, detail=args.detail, rankdir=args.rankdir)
+    written = render(
+        scaled,
+        args.output,
+        base=base,
+        detail=args.detail,
+        rankdir=args.rankdir,
+        columns=args.columns,
+        dpi=args.dpi,
+        size=args.size,
+        spec=network,
+    )
     print(f"wrote {written}")
     return 0
 
@@ -396,9 +406,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="one node per stage, per block, or per layer (default stage)",
     )
     render.add_argument(
-        "--compare", action="store_true", help="draw the unscaled spec beside the scaled one"
+        "--compare",
+        action="store_true",
+        help="draw the unscaled spec beside the scaled one (at any --detail)",
     )
     render.add_argument("--rankdir", choices=("TB", "LR"), default="TB", help="graph direction")
+    render.add_argument(
+        "--columns",
+        type=int,
+        metavar="N",
+        help="wrap the path into N columns (rows with LR); default: enough to keep a long "
+        "drawing about square, 1 for a short one",
+    )
+    render.add_argument(
+        "--dpi", type=int, metavar="N", help="PNG resolution in dots per inch (default 96)"
+    )
+    render.add_argument(
+        "--size",
+        type=int,
+        metavar="PX",
+        help="PNG: scale the drawing down to fit within PX×PX pixels (default 2500; an "
+        "explicit --dpi alone lifts it)",
+    )
     _add_limit_flags(render)
     render.set_defaults(run=cmd_render)
 

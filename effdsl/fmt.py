@@ -122,6 +122,17 @@ def _plain_cells(node: ast.Node) -> list[str]:
     return [node.keyword, " ".join(_named(node))]
 
 
+def statement(node: ast.Node) -> str:
+    """One statement in canonical form, unaligned: `stage mbconv e6 k3 s2 c24 x2`."""
+    if isinstance(node, ast.Block):
+        cells = _block_cells(node)
+    elif isinstance(node, ast.Preset):
+        cells = _preset_cells(node)
+    else:
+        cells = _plain_cells(node)
+    return " ".join(cell for cell in cells if cell)
+
+
 def _align(rows: Sequence[list[str]]) -> list[str]:
     """Join each row's cells, padding every column to its widest cell; empty columns vanish."""
     columns = max(len(row) for row in rows)

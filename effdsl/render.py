@@ -16,14 +16,17 @@ is escaped on the way out. No torch; `dot` is only run when a picture is asked f
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from pathlib import Path
 
+from effdsl.ast import Network
+from effdsl.ast import Node as NetworkNode
 from effdsl.cost import Cost, classifier_cost, cost, op_cost
 from effdsl.errors import OutputError, ToolMissingError
 from effdsl.files import atomic_path, atomic_write
@@ -166,6 +169,11 @@ def chain(parts: Sequence[Part]) -> Part:
     arrows: list[Arrow] = []
     for before, after in pairwise(parts):
         arrows.append(Arrow(before.exit, after.entry, before.out_shape))
+        first = after.items[0] if after.items else None
+        if isinstance(first, Cluster) and first.level == "stage" and first.rows:
+            # a stage's note has a rank of its own above the stage's first node: below the
+            # previous part, or the two frames would share ranks and stand side by side
+            arrows.append(Arrow(before.exit, note_node(first), style="invisible"))
     return Part(
         items=tuple(item for part in parts for item in part.items),
         arrows=tuple(a for part in parts for a in part.arrows) + tuple(arrows),
@@ -257,7 +265,7 @@ def cost_rows(own: Cost, total: Cost, before: Cost | None = None) -> tuple[Row, 
 
 def tooltip(path: str, own: Cost, *extra: str) -> str:
     """Exact figures for hovering in an SVG viewer, where the label rounds them."""
-    return "\n".join((path, f"{own.params:,} params", f"{own.macs:,} MACs", *extra))
+    return "\n".join((path, *extra, f"{own.params:,} params", f"{own.macs:,} MACs"))
 
 
 def block_cost(block: BlockPlan) -> Cost:
@@ -297,7 +305,7 @@ def conv_end_part(op: ConvOp, kind: str, total: Cost, prefix: str, before: ConvO
                  " ch out"),
             *cost_rows(own, total, op_cost(before) if before else None),
         ),
-        tooltip(op.path, own),
+        op_tooltip(op, own),
     )
     return Part((box,), (), box.id, box.id, shape(op.out_channels, op.out_size))
 
@@ -323,16 +331,114 @@ def classifier_part(plan: Plan, total: Cost, prefix: str, base: Plan | None) -> 
 
 def spine(plan: Plan, middle: Sequence[Part], prefix: str = "", base: Plan | None = None) -> Part:
     """input → stem → `middle` → head → classifier, chained."""
+    return chain(spine_parts(plan, middle, prefix, base))
+
+
+def spine_parts(
+    plan: Plan, middle: Sequence[Part], prefix: str = "", base: Plan | None = None
+) -> list[Part]:
+    """input, stem, `middle`, head, classifier: the parts of the forward path, in order."""
     total = cost(plan).total
-    return chain(
-        [
-            input_part(plan, prefix, base),
-            conv_end_part(plan.stem, "stem", total, prefix, base.stem if base else None),
-            *middle,
-            conv_end_part(plan.head, "head", total, prefix, base.head if base else None),
-            classifier_part(plan, total, prefix, base),
-        ]
+    return [
+        input_part(plan, prefix, base),
+        conv_end_part(plan.stem, "stem", total, prefix, base.stem if base else None),
+        *middle,
+        conv_end_part(plan.head, "head", total, prefix, base.head if base else None),
+        classifier_part(plan, total, prefix, base),
+    ]
+
+
+# ---- wrapping a long path into columns -----------------------------------------------------
+
+#: Points (1/72 in) one box takes along the flow and a column takes across it, by detail and
+#: direction, as dot lays them out (measured on the shipped specs, notes and edges included).
+ALONG = {"stage": 114, "block": 67, "layer": 85}
+ALONG_LR = 200
+ACROSS = {"stage": 335, "block": 530, "layer": 530}
+ACROSS_LR = {"stage": 205, "block": 400, "layer": 400}
+#: A path longer than this many points (about 2,400 px at 96 dpi) wraps into columns.
+WRAP_LENGTH = 1800
+
+
+def box_count(items: Iterable[Item]) -> int:
+    """How many boxes `items` draw, inside clusters too."""
+    return sum(1 if isinstance(item, Box) else box_count(item.items) for item in items)
+
+
+def auto_columns(parts: Sequence[Part], detail: str, rankdir: str) -> int:
+    """How many columns (rows, left to right) make the drawing closest to square.
+
+    One when the path fits in `WRAP_LENGTH`; else ⌈√(length / column width)⌉, so a layer
+    drawing of MnasNet (about 6,000 pt long) becomes four columns.
+    """
+    across_flow = rankdir in ("LR", "RL")
+    along = ALONG_LR if across_flow else ALONG[detail]
+    across = (ACROSS_LR if across_flow else ACROSS)[detail]
+    length = along * box_count(item for part in parts for item in part.items)
+    if length <= WRAP_LENGTH:
+        return 1
+    return max(2, min(len(parts) - 1, math.ceil(math.sqrt(length / across))))
+
+
+def split(parts: Sequence[Part], columns: int) -> list[list[Part]]:
+    """`parts` in `columns` runs of about equal drawn length, in order.
+
+    Runs break between parts, never inside a stage: a stage split over two columns read worse
+    than columns of unequal length.
+    """
+    sizes = [box_count(part.items) for part in parts]
+    total = sum(sizes)
+    groups: list[list[Part]] = [[]]
+    done = 0
+    for part, size in zip(parts, sizes, strict=True):
+        # break before the part whose middle would lie past this column's share
+        past = done + size / 2 > total * len(groups) / columns
+        if groups[-1] and len(groups) < columns and past:
+            groups.append([])
+        groups[-1].append(part)
+        done += size
+    return groups
+
+
+def top_node(part: Part) -> str:
+    """The node at the top of a part: a stage's note, else the part's entry."""
+    first = part.items[0] if part.items else None
+    if isinstance(first, Cluster) and first.level == "stage" and first.rows:
+        return note_node(first)
+    return part.entry
+
+
+def wrapped(groups: Sequence[Sequence[Part]]) -> tuple[Part, tuple[tuple[str, ...], ...]]:
+    """Each group of parts chained as a column, and the rank that puts the columns' tops level.
+
+    The edge from one column's foot to the next one's top does not constrain the layout, so
+    each column starts at the top; each column is a frame of its own (never drawn), which dot
+    lays out left to right in order.
+    """
+    chained = [chain(group) for group in groups]
+    arrows = [arrow for column in chained for arrow in column.arrows]
+    tops = tuple(top_node(group[0]) for group in groups)
+    # into the next column's top (a stage's note): an edge into its first op instead lets dot
+    # swap columns around
+    for before, top in zip(chained[:-1], tops[1:], strict=True):
+        arrows.append(Arrow(before.exit, top, before.out_shape, style="wrap"))
+    # within one rank, an edge puts its tail left of its head: the columns stay in order
+    arrows += [Arrow(left, right, style="invisible") for left, right in pairwise(tops)]
+    items: tuple[Item, ...] = chained[0].items
+    if len(chained) > 1:
+        # a frame per column: dot lays side-by-side clusters out in the order they are written
+        items = tuple(
+            Cluster(f"cluster_column_{i}", "input", "wrap", (), column.items)
+            for i, column in enumerate(chained)
+        )
+    path = Part(
+        items=items,
+        arrows=tuple(arrows),
+        entry=chained[0].entry,
+        exit=chained[-1].exit,
+        out_shape=chained[-1].out_shape,
     )
+    return path, ((tops,) if len(tops) > 1 else ())
 
 
 # ---- walking the plan: stages, blocks, ops -------------------------------------------------
@@ -378,7 +484,13 @@ def stage_box_part(
         node_id(stage.path, prefix),
         stage.kind,
         stage_rows(stage, own, total, before),
-        tooltip(f"{stage.path} ({stage.name})", own),
+        tooltip(
+            f"{stage.path} ({stage.name})",
+            own,
+            f"{stage.repeats} × {stage_summary(stage)}",
+            f"{shape(stage.blocks[0].in_channels, stage.in_size)} → "
+            f"{shape(stage.out_channels, stage.out_size)}",
+        ),
     )
     out = shape(stage.out_channels, stage.out_size)
     return Part((box,), (), box.id, box.id, out)
@@ -442,7 +554,13 @@ def block_part(block: BlockPlan, prefix: str) -> Part:
             body(f"{block_channels(block)} ch{se}"),
             note(f"params {amount(own.params)} · MACs {amount(own.macs)}"),
         ),
-        tooltip(block.path, own, f"{activation(block.act)}, drop-path {block.drop_path:.4f}"),
+        tooltip(
+            block.path,
+            own,
+            f"{block_title(block)}, {activation(block.act)}, drop-path {block.drop_path:.4f}",
+            f"{shape(block.in_channels, block.in_size)} → "
+            f"{shape(block.out_channels, block.out_size)}",
+        ),
     )
     out = shape(block.out_channels, block.out_size)
     return with_residual(block, Part((box,), (), box.id, box.id, out), prefix)
@@ -472,13 +590,20 @@ def op_rows(op: Op) -> tuple[Row, ...]:
     )
 
 
+def op_tooltip(op: Op, own: Cost) -> str:
+    """An op in full: what it is, the tensors in and out, exact params and MACs."""
+    what = " · ".join("".join(run.text for run in row.runs) for row in op_rows(op))
+    shapes = f"{shape(op.in_channels, op.in_size)} → {shape(op.out_channels, op.out_size)}"
+    return tooltip(op.path, own, what, shapes)
+
+
 def op_part(op: Op, kind: str, prefix: str) -> Part:
     own = op_cost(op)
     box = Box(
         node_id(op.path, prefix),
         kind,
         (*op_rows(op), note(f"params {amount(own.params)} · MACs {amount(own.macs)}")),
-        tooltip(op.path, own),
+        op_tooltip(op, own),
     )
     return Part((box,), (), box.id, box.id, shape(op.out_channels, op.out_size))
 
@@ -612,26 +737,31 @@ def row_keys(plan: Plan) -> list[str]:
     return ["header", "input", "stem", *(s.path for s in plan.stages), "head", "classifier"]
 
 
-def compare_graph(plan: Plan, base: Plan) -> Graph:
-    """Base and scaled side by side, each stage level with the same stage of the other."""
+def compare_graph(plan: Plan, base: Plan, detail: str = "stage") -> Graph:
+    """Base and scaled side by side, each stage level with the same stage of the other.
+
+    At block and layer detail the stages hold different numbers of blocks, so only the tops
+    (header, input, stem) are levelled; each column then runs down at its own pace.
+    """
     columns = []
     arrows: list[Arrow] = []
     for prefix, net, against in (("base", base, None), ("scaled", plan, base)):
-        path = spine(net, stage_parts(net, "stage", prefix, against), prefix, against)
+        path = spine(net, stage_parts(net, detail, prefix, against), prefix, against)
         header = header_box(net, prefix, base if net is plan else plan, against)
         columns.append(Cluster(f"cluster_{prefix}", "input", "column", (), (header, *path.items)))
         arrows += [Arrow(header.id, path.entry, style="invisible"), *path.arrows]
     arrows = list(_highlight_changes(arrows))
-    shared = set(row_keys(base)) & set(row_keys(plan))
+    keys = row_keys(plan) if detail == "stage" else ["header", "input", "stem"]
+    shared = set(row_keys(base)) & set(keys)
     ranks = tuple((node_id(key, "base"), node_id(key, "scaled"))
-                  for key in row_keys(plan) if key in shared)
+                  for key in keys if key in shared)
     # an invisible edge within each rank holds the base to the left of the scaled net
     arrows += [Arrow(left, right, style="invisible") for left, right in ranks]
     return Graph(
         title=(
             title(clip(plan.name, 80)),
             body(f"{column_name(base, plan)} vs {column_name(plan, base)}"),
-            note("stage detail · ", Text("red", True), ": what scaling changed · MACs are "
+            note(f"{detail} detail · ", Text("red", True), ": what scaling changed · MACs are "
                  "multiply-adds (1 MAC = 2 FLOPs)"),
         ),
         items=tuple(columns),
@@ -655,31 +785,131 @@ def _highlight_changes(arrows: Sequence[Arrow]) -> Iterator[Arrow]:
 # ---- the public entry points ---------------------------------------------------------------
 
 
-def graph_of(plan: Plan, *, base: Plan | None = None, detail: str = "stage") -> Graph:
-    """The graph description of `plan` at `detail`, or of `base` beside `plan`."""
+def spec_origins(spec: Network) -> dict[str, str]:
+    """Node-id stem → `spec line N: STATEMENT` for the statements a drawing's nodes come from."""
+    from effdsl.fmt import statement
+
+    def where(node: NetworkNode) -> str:
+        line = f"{node.span.file}:{node.span.line}" if node.span else "the spec"
+        return f"from {line}: {statement(node)}"
+
+    origins = {
+        "input": where(spec.input),
+        "stem": where(spec.stem),
+        "head": where(spec.head),
+        "classifier": where(spec.classifier),
+    }
+    for index, stage in enumerate(spec.stages):
+        origins[f"stages_{index}"] = where(stage)
+    return origins
+
+
+def with_origins(graph: Graph, spec: Network | None) -> Graph:
+    """`graph` with each box's tooltip ending in the spec statement it was drawn from."""
+    if spec is None:
+        return graph
+    origins = spec_origins(spec)
+
+    def origin(box_id: str) -> str | None:
+        name = re.sub(r"^(base|scaled)_", "", box_id)
+        stem = "_".join(name.split("_")[:2]) if name.startswith("stages_") else name
+        return origins.get(stem)
+
+    def visit(items: tuple[Item, ...]) -> tuple[Item, ...]:
+        done: list[Item] = []
+        for item in items:
+            if isinstance(item, Cluster):
+                done.append(replace(item, items=visit(item.items)))
+            elif (found := origin(item.id)) is not None:
+                done.append(replace(item, tooltip=f"{item.tooltip}\n{found}"))
+            else:
+                done.append(item)
+        return tuple(done)
+
+    return replace(graph, items=visit(graph.items))
+
+
+def graph_of(
+    plan: Plan,
+    *,
+    base: Plan | None = None,
+    detail: str = "stage",
+    rankdir: str = "TB",
+    columns: int | None = None,
+    spec: Network | None = None,
+) -> Graph:
+    """The graph description of `plan` at `detail`, or of `base` beside `plan`.
+
+    A long path wraps into `columns` columns (rows when `rankdir` is LR); None chooses enough
+    to keep the drawing about as wide as it is long (see `auto_columns`). A comparison is
+    always two columns, one per network.
+    """
     if detail not in DETAILS:
         raise OutputError(f"unknown detail `{detail}`", hint="use stage, block or layer")
+    if columns is not None and (
+        isinstance(columns, bool) or not isinstance(columns, int) or not 1 <= columns <= MAX_COLUMNS
+    ):
+        raise OutputError(
+            f"columns must be a whole number from 1 to {MAX_COLUMNS}, got {columns!r}"
+        )
     if base is not None:
-        # compare draws stage detail: blocks of different repeat counts cannot share ranks
-        return compare_graph(plan, base)
-    path = spine(plan, stage_parts(plan, detail))
-    return Graph(network_title(plan, detail), path.items, path.arrows)
+        return with_origins(compare_graph(plan, base, detail), spec)
+    parts = spine_parts(plan, stage_parts(plan, detail))
+    count = columns if columns is not None else auto_columns(parts, detail, rankdir)
+    if count == 1:
+        path = chain(parts)
+        return with_origins(Graph(network_title(plan, detail), path.items, path.arrows), spec)
+    path, ranks = wrapped(split(parts, count))
+    graph = Graph(network_title(plan, detail), path.items, path.arrows, ranks)
+    return with_origins(graph, spec)
 
 
-def to_dot(plan: Plan, *, base: Plan | None = None, detail: str = "stage",
-           rankdir: str = "TB") -> str:
-    """DOT text of `plan` (see the module docstring); pure, needs no graphviz."""
+#: More columns than a net has stages would only split the ends apart.
+MAX_COLUMNS = 64
+
+
+def to_dot(
+    plan: Plan,
+    *,
+    base: Plan | None = None,
+    detail: str = "stage",
+    rankdir: str = "TB",
+    columns: int | None = None,
+    spec: Network | None = None,
+) -> str:
+    """DOT text of `plan` (see the module docstring); pure, needs no graphviz.
+
+    `spec`, the network `plan` was lowered from, adds to each node's tooltip the spec line
+    it came from.
+    """
     if rankdir not in RANKDIRS:
         raise OutputError(f"unknown rankdir `{rankdir}`", hint="use TB or LR")
-    return emit(graph_of(plan, base=base, detail=detail), rankdir)
+    graph = graph_of(
+        plan, base=base, detail=detail, rankdir=rankdir, columns=columns, spec=spec
+    )
+    return emit(graph, rankdir)
 
 
-def render(plan: Plan, path: str | Path, *, base: Plan | None = None, detail: str = "stage",
-           rankdir: str = "TB") -> Path:
+def render(
+    plan: Plan,
+    path: str | Path,
+    *,
+    base: Plan | None = None,
+    detail: str = "stage",
+    rankdir: str = "TB",
+    columns: int | None = None,
+    dpi: int | None = None,
+    size: int | None = None,
+    spec: Network | None = None,
+) -> Path:
     """Draw `plan` to `path`: `.dot`/`.gv` as text, `.svg`/`.png`/`.pdf` through `dot`.
 
-    The file appears whole or not at all. Without graphviz, the DOT text is written beside
-    `path` (as `.dot`) and `ToolMissingError` says where and how to install graphviz.
+    `columns` wraps the path (see `graph_of`); `spec` adds spec lines to the tooltips (see
+    `to_dot`). For `.png` only, `dpi` sets the resolution (graphviz's default is 96) and
+    `size` scales the drawing down, if need be, to fit within `size`×`size` pixels (by
+    default 2,500; see `raster_options`). The file appears whole or not at all. Without
+    graphviz, the DOT text is written beside `path` (as `.dot`) and `ToolMissingError` says
+    where and how to install graphviz.
     """
     target = Path(path)
     suffix = target.suffix.lower()
@@ -688,7 +918,10 @@ def render(plan: Plan, path: str | Path, *, base: Plan | None = None, detail: st
             f"{target}: cannot draw to `{suffix or 'a file without a suffix'}`",
             hint="use .svg, .png, .pdf or .dot",
         )
-    source = to_dot(plan, base=base, detail=detail, rankdir=rankdir)
+    raster = raster_options(suffix, dpi, size)
+    source = to_dot(
+        plan, base=base, detail=detail, rankdir=rankdir, columns=columns, spec=spec
+    )
     if suffix in DOT_SUFFIXES:
         atomic_write(target, source)
         return target
@@ -701,15 +934,55 @@ def render(plan: Plan, path: str | Path, *, base: Plan | None = None, detail: st
             f"instead; {INSTALL_HINT} and run `dot -T{FORMATS[suffix]} {fallback} -o {target}`"
         )
     with atomic_path(target) as temporary:
-        run_dot(program, source, FORMATS[suffix], temporary)
+        run_dot(program, source, FORMATS[suffix], temporary, raster)
     return target
 
 
-def run_dot(program: str, source: str, fmt: str, output: Path) -> None:
+#: Bounds of `dpi` and `size` (pixels): beyond them a PNG is unreadable or absurdly large.
+DPI_RANGE = (24, 1200)
+SIZE_RANGE = (100, 50_000)
+DEFAULT_DPI = 96  # graphviz's own default for raster output
+DEFAULT_PNG_SIZE = 2_500
+
+
+def raster_options(suffix: str, dpi: int | None, size: int | None) -> list[str]:
+    """graphviz's `-G` options for `dpi` and `size`; refused for formats other than PNG.
+
+    A PNG drawn with neither fits within `DEFAULT_PNG_SIZE` pixels: one image should fit a
+    screen or a page (scaled down only; a small drawing keeps 96 dpi). An explicit `dpi`
+    alone lifts that bound.
+    """
+    if dpi is None and size is None:
+        if suffix != ".png":
+            return []
+        inches = DEFAULT_PNG_SIZE / DEFAULT_DPI
+        return [f"-Gsize={inches:.4f},{inches:.4f}"]
+    if suffix != ".png":
+        raise OutputError(
+            f"dpi and size apply to .png output, not `{suffix}`",
+            hint="SVG and PDF scale without loss; draw to .png to set them",
+        )
+    options = []
+    for name, value, (low, high) in (("dpi", dpi, DPI_RANGE), ("size", size, SIZE_RANGE)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
+        ):
+            raise OutputError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    resolution = dpi or DEFAULT_DPI
+    options.append(f"-Gdpi={resolution}")
+    if size is not None:
+        inches = size / resolution
+        options.append(f"-Gsize={inches:.4f},{inches:.4f}")
+    return options
+
+
+def run_dot(
+    program: str, source: str, fmt: str, output: Path, options: Sequence[str] = ()
+) -> None:
     """Lay out and draw `source` with graphviz, as an `EffError` when it fails."""
     try:
         result = subprocess.run(
-            [program, f"-T{fmt}", "-o", str(output)],
+            [program, f"-T{fmt}", *options, "-o", str(output)],
             input=source.encode("utf-8"),
             capture_output=True,
             timeout=DOT_TIMEOUT,
@@ -851,6 +1124,8 @@ CLUSTER_LOOK = {
     "stage": 'style="rounded"',
     "block": 'style="rounded,dashed"',
     "column": 'style="rounded", color="#bbbbbb", bgcolor="#fcfcfc"',
+    # a wrapped path's columns: frames dot lays out in order, left to right, never drawn
+    "wrap": "style=invis",
 }
 
 
@@ -860,9 +1135,11 @@ def cluster_lines(cluster: Cluster, depth: int) -> list[str]:
     if cluster.level in ("stage", "block"):
         tint = STAGE_TINT.get(cluster.kind, BLOCK_TINT) if cluster.level == "stage" else BLOCK_TINT
         look += f", color={quoted(PALETTE[cluster.kind].line)}, bgcolor={quoted(tint)}"
+    if cluster.rows:  # hovering a frame shows its description, not the subgraph's name
+        look += f", tooltip={quoted(note_tooltip(cluster))}"
     # label="": a subgraph would otherwise inherit the graph's title as its own label
     lines = [f"{pad}subgraph {quoted(cluster.id)} {{", f'{pad}  graph [label="", {look}];']
-    if cluster.level == "column":  # each compared network is a straight column of its own
+    if cluster.level in ("column", "wrap"):  # each column of the drawing is straight
         lines.append(f"{pad}  node [group={quoted(cluster.id)}];")
     lines += [f"{pad}  {line}" for line in note_lines(notes_drawn_in(cluster))]
     lines += item_lines(cluster.items, depth + 1)
@@ -883,25 +1160,37 @@ def notes_drawn_in(cluster: Cluster) -> list[Cluster]:
 
 
 def note_lines(clusters: Sequence[Cluster]) -> list[str]:
-    """Each cluster's description as a plain node on the rank of the cluster's first node.
+    """Each cluster's description as a plain node: a stage's above its first node, a block's
+    on the rank of its first node, to its left.
 
     Not a cluster label: that sits at the top of the frame, right where the incoming edge
     enters, and the edge would strike through the text. Each note has a group of its own, so
-    it does not bend the main path; notes on one rank are ordered stage first, then block.
+    it does not bend the main path. A stage's note takes a rank of its own rather than a place
+    beside its first block's: side by side, stage and block notes made every frame as wide as
+    both, and a layer-detail drawing twice as wide as its ops.
     """
     lines = []
     for cluster in clusters:
-        note_id = quoted(f"{cluster.id}__note")
-        lines += [
+        note_id = quoted(note_node(cluster))
+        lines.append(
             f"{note_id} [label={table(cluster.rows, 'LEFT')}, shape=plaintext, style=\"\", "
-            f"margin=0, group={note_id}, tooltip={quoted(cluster.id)}];",
-            f"{{rank=same; {note_id}; {quoted(cluster.anchor)};}}",
-        ]
-    for left, right in pairwise(clusters):
-        if left.anchor == right.anchor:
-            lines.append(f'{quoted(left.id + "__note")} -> {quoted(right.id + "__note")} '
-                         "[style=invis];")
+            f"margin=0, group={note_id}, tooltip={quoted(note_tooltip(cluster))}];"
+        )
+        if cluster.level == "stage":
+            lines.append(f"{note_id} -> {quoted(cluster.anchor)} [style=invis];")
+        else:
+            lines.append(f"{{rank=same; {note_id}; {quoted(cluster.anchor)};}}")
     return lines
+
+
+def note_node(cluster: Cluster) -> str:
+    """The id of the plain node that carries `cluster`'s description."""
+    return f"{cluster.id}__note"
+
+
+def note_tooltip(cluster: Cluster) -> str:
+    """A note's tooltip: its text, one row a line (hovering a caption repeats it in full)."""
+    return "\n".join("".join(run.text for run in row.runs) for row in cluster.rows)
 
 
 def item_lines(items: Iterable[Item], depth: int) -> list[str]:
@@ -923,10 +1212,23 @@ def arrow_line(arrow: Arrow) -> str:
         attributes += ["style=dashed", 'color="#888888"', "weight=0"]
     elif arrow.style == "invisible":
         attributes += ["style=invis"]
+    elif arrow.style == "wrap":
+        # from one column's foot to the next one's top: drawn, but it must not stack them
+        attributes += ["constraint=false"]
     if arrow.changed:
         attributes += [f"fontcolor={quoted(HIGHLIGHT)}"]
+    if arrow.style != "invisible":
+        # the label too: a thin line is hard to hover, its label is not
+        hover = quoted(edge_tooltip(arrow))
+        attributes += [f"tooltip={hover}"] + ([f"labeltooltip={hover}"] if arrow.label else [])
     suffix = f" [{', '.join(attributes)}]" if attributes else ""
     return f"  {quoted(arrow.tail)} -> {quoted(arrow.head)}{suffix};"
+
+
+def edge_tooltip(arrow: Arrow) -> str:
+    """What an edge carries and between which nodes (named by their ids)."""
+    what = "residual connection" if arrow.style == "skip" else f"tensor {arrow.label}"
+    return f"{what}\nfrom {arrow.tail}\nto {arrow.head}"
 
 
 def declaration_order(items: tuple[Item, ...], rankdir: str) -> tuple[Item, ...]:

@@ -142,7 +142,7 @@ def test_stage_detail_has_one_node_per_stage_with_costs_and_shapes() -> None:
     assert "4 blocks · 192 ch · 7×7" in dot
     assert "params 2.03M (38.3%)" in dot  # share of the network's parameters
     for shape in ("3×224×224", "32×112×112", "40×28×28", "320×7×7", "1280×7×7"):
-        assert f'[label=" {shape}"]' in dot
+        assert f'[label=" {shape}", tooltip="tensor {shape}' in dot
     assert "5.29M params · 385.81M MACs · 16 blocks" in dot  # title totals
     assert "MACs are multiply-adds" in dot
     assert "blocks_" not in dot  # blocks are summarised, not drawn
@@ -159,7 +159,7 @@ def test_block_detail_clusters_stages_and_draws_each_residual() -> None:
         assert f'"{block.path.replace(".", "_")}" [label=' in dot
     assert '"stages_5_blocks_3_fork" -> "stages_5_blocks_3_add" [style=dashed' in dot
     assert "drop-path 0.175" in dot  # rate·14/16 on the last residual add of stage 5
-    assert '[label=" 192×7×7"]' in dot
+    assert '[label=" 192×7×7", tooltip=' in dot
 
 
 def test_layer_detail_draws_every_op_clustered_by_block_within_stage() -> None:
@@ -182,7 +182,7 @@ def test_compare_aligns_stages_and_highlights_what_scaling_changed() -> None:
         assert change in highlighted(dot), change
     for key in ("stem", "stages_2", "head", "classifier"):
         assert f'{{rank=same; "base_{key}"; "scaled_{key}";}}' in dot
-    assert '"scaled_stages_2" -> "scaled_stages_3" [label=" 48×38×38", fontcolor="#c62828"]' in dot
+    assert '"scaled_stages_2" -> "scaled_stages_3" [label=" 48×38×38", fontcolor="#c62828"' in dot
     assert "unscaled vs preset b3" in dot
     assert "12.23M" in dot and "5.29M" in dot  # both totals
 
@@ -192,8 +192,17 @@ def highlighted(dot: str) -> list[str]:
     return re.findall(r'<FONT COLOR="#c62828"><B>([^<]*)</B></FONT>', dot)
 
 
-def test_compare_falls_back_to_stage_detail() -> None:
-    assert renderer.to_dot(b3(), base=b0(), detail="layer") == renderer.to_dot(b3(), base=b0())
+@pytest.mark.parametrize("detail", ["block", "layer"])
+def test_compare_draws_block_and_layer_detail_side_by_side(detail: str) -> None:
+    dot = renderer.to_dot(b3(), base=b0(), detail=detail)
+    for prefix, plan in (("base", b0()), ("scaled", b3())):
+        drawn = plan.blocks() if detail == "block" else plan.ops()
+        for item in drawn:
+            assert f'"{prefix}_{item.path.replace(".", "_")}" [label=' in dot
+    assert f"{detail} detail · " in dot
+    # only the tops are levelled: the stages hold different numbers of blocks
+    assert '{rank=same; "base_stem"; "scaled_stem";}' in dot
+    assert '"base_stages_2"' not in dot.split("{rank=same;", 1)[1]
 
 
 def test_compare_of_an_unscaled_net_highlights_nothing() -> None:
@@ -333,7 +342,13 @@ def test_b7_layer_detail_renders_in_reasonable_time_and_size(tmp_path: Path) -> 
     assert elapsed < 60, f"{elapsed:.1f} s"
     assert size < 10_000_000, f"{size:,} bytes"
     root = ET.parse(path).getroot()
-    clusters = [g for g in root.iter(f"{SVG}g") if g.get("class") == "cluster"]
+    clusters = [
+        g
+        for g in root.iter(f"{SVG}g")
+        if g.get("class") == "cluster" and not g.findtext(f"{SVG}title", "").startswith(
+            "cluster_column_"
+        )
+    ]
     assert len(clusters) == len(plan.stages) + plan.block_count
 
 
@@ -431,3 +446,128 @@ def test_public_api_names_the_functions() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=SPECS.parent,
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+# ---- pages: wrapping, raster size, tooltips --------------------------------------------------
+
+
+def mnasnet() -> Plan:
+    return scaled("mnasnet.eff")
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[16:24]
+    return int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
+
+
+def test_a_long_layer_drawing_wraps_into_columns_in_order() -> None:
+    dot = renderer.to_dot(mnasnet(), detail="layer")
+    columns = re.findall(r'subgraph "(cluster_column_\d+)"', dot)
+    assert columns == [f"cluster_column_{i}" for i in range(4)]
+    # stages appear column by column, in forward order
+    order = [int(i) for i in re.findall(r'subgraph "cluster_stages_(\d+)" \{', dot)]
+    assert order == sorted(order) == list(range(7))
+    assert dot.count("constraint=false") == 3  # one edge from each column's foot to the next
+    tops = re.search(r"\{rank=same; (\"input\"; [^}]*)\}", dot)
+    assert tops is not None and tops.group(1).count("__note") == 3
+
+
+@pytest.mark.parametrize(("detail", "rankdir"), [("stage", "TB"), ("layer", "TB")])
+def test_short_drawings_and_one_column_do_not_wrap(detail: str, rankdir: str) -> None:
+    assert "cluster_column" not in renderer.to_dot(b0(), detail=detail, rankdir=rankdir, columns=1)
+    assert "cluster_column" not in renderer.to_dot(b0(), rankdir="TB")
+
+
+def test_an_lr_strip_wraps_into_rows() -> None:
+    dot = renderer.to_dot(b0(), rankdir="LR")
+    assert dot.count('subgraph "cluster_column_') == 4
+    assert dot.index('"cluster_column_0"') < dot.index('"cluster_column_3"')  # input first
+
+
+@pytest.mark.parametrize("columns", [0, -1, 65, 2.5, True])
+def test_bad_columns_are_output_errors(columns: object) -> None:
+    with pytest.raises(OutputError, match="columns must be a whole number"):
+        renderer.to_dot(b0(), columns=columns)
+
+
+@needs_dot
+def test_mnasnet_layer_png_fits_a_page_at_a_legible_scale(tmp_path: Path) -> None:
+    fitted = png_size(renderer.render(mnasnet(), tmp_path / "fit.png", detail="layer"))
+    full = png_size(renderer.render(mnasnet(), tmp_path / "full.png", detail="layer", dpi=96))
+    assert max(fitted) <= 2500 < max(full)
+    # scaled down by at most a quarter: 11 pt text stays 11 px or more
+    assert fitted[1] / full[1] >= 0.74, (fitted, full)
+    small = png_size(renderer.render(b0(), tmp_path / "b0.png"))
+    assert small == png_size(renderer.render(b0(), tmp_path / "b0-96.png", dpi=96))  # not enlarged
+
+
+@needs_dot
+def test_dpi_and_size_set_the_png_resolution(tmp_path: Path) -> None:
+    base = png_size(renderer.render(b0(), tmp_path / "a.png", dpi=96))
+    double = png_size(renderer.render(b0(), tmp_path / "b.png", dpi=192))
+    assert abs(double[0] - 2 * base[0]) <= 2 and abs(double[1] - 2 * base[1]) <= 2
+    bounded = png_size(renderer.render(b0(), tmp_path / "c.png", size=800))
+    assert max(bounded) <= 800
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("x.svg", {"dpi": 150}, "dpi and size apply to .png output"),
+        ("x.dot", {"size": 900}, "dpi and size apply to .png output"),
+        ("x.png", {"dpi": 5}, "dpi must be a whole number from 24 to 1200"),
+        ("x.png", {"size": 10}, "size must be a whole number from 100"),
+    ],
+)
+def test_bad_raster_options_are_output_errors(
+    tmp_path: Path, name: str, options: dict[str, int], message: str
+) -> None:
+    with pytest.raises(OutputError, match=message):
+        renderer.render(b0(), tmp_path / name, **options)
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_dot
+@pytest.mark.parametrize("detail", ["stage", "block", "layer"])
+def test_every_node_and_edge_of_an_svg_has_a_tooltip(tmp_path: Path, detail: str) -> None:
+    network = effdsl.load(SPECS / "b0.eff")
+    path = renderer.render(lower(network), tmp_path / "b0.svg", detail=detail, spec=network)
+    root = ET.parse(path).getroot()
+    drawn = [g for g in root.iter(f"{SVG}g") if g.get("class") in ("node", "edge")]
+    assert len(drawn) > 20
+    for g in drawn:
+        titles = [a.get(f"{XLINK}title") for a in g.iter(f"{SVG}a")]
+        assert titles and all(titles), g.get("id")
+    nodes = {g.get("id"): g for g in drawn if g.get("class") == "node"}
+    stem = next(a.get(f"{XLINK}title") for a in nodes["stem"].iter(f"{SVG}a"))
+    assert stem.endswith(f"from {SPECS / 'b0.eff'}:21: stem conv k3 s2 c32")
+    assert "3×224×224 → 32×112×112" in stem
+    if detail == "layer":
+        expand = next(a.get(f"{XLINK}title") for a in nodes["stages_3_blocks_1_expand"].iter(
+            f"{SVG}a"))
+        assert expand.splitlines() == [
+            "stages.3.blocks.1.expand",
+            "expand 1×1 · 80 → 480 ch · SiLU",
+            "80×14×14 → 480×14×14",
+            "39,360 params",
+            "7,526,400 MACs",
+            f"from {SPECS / 'b0.eff'}:25: stage mbconv e6 k3 s2 c80 x3",
+        ]
+
+
+def test_render_cli_takes_columns_dpi_and_size(tmp_path: Path) -> None:
+    out = tmp_path / "m.dot"
+    result = subprocess.run(
+        [sys.executable, "-m", "effdsl", "render", str(SPECS / "mnasnet.eff"), "--detail",
+         "layer", "--columns", "2", "-o", str(out)],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.read_text().count('subgraph "cluster_column_') == 2
+    result = subprocess.run(
+        [sys.executable, "-m", "effdsl", "render", str(SPECS / "b0.eff"), "--dpi", "150",
+         "-o", str(tmp_path / "b0.svg")],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 1
+    assert "dpi and size apply to .png output" in result.stderr

@@ -15,6 +15,7 @@ need() {
 need dot graphviz  # render: graphviz's layout engine
 need node nodejs   # editors/vscode: the grammar tests run VS Code's tokenizer under node
 need npm npm
+need chromium chromium  # tests/test_render_browser.py: SVG tooltips in a real browser
 
 if ((${#missing[@]})); then
     sudo=""
