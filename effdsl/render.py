@@ -1227,7 +1227,7 @@ def arrow_line(arrow: Arrow) -> str:
 
 def edge_tooltip(arrow: Arrow) -> str:
     """What an edge carries and between which nodes (named by their ids)."""
-    what = "residual connection" if arrow.style == "skip" else f"tensor {arrow.label}"
+    what = "residual connection" if arrow.style == "skip" else f"tensor {arrow.label}".strip()
     return f"{what}\nfrom {arrow.tail}\nto {arrow.head}"
 
 
