@@ -19,6 +19,11 @@ CPU rows (fp32, `--batch` 8 at `--size` 224):
                     (module surgery, below) + channels_last, and torchvision eager beside them
   eval compiled     the same two under torch.compile (inductor), then with inductor's freezing
                     (weights prepacked for oneDNN, activations fused), torchvision eager beside
+  eval onnxruntime  ONNX Runtime (CPU provider, intra-op threads = torch's, spinning off) on
+                    effdsl's own `.onnx` export and on torchvision's export of the same
+                    weights, beside optimize_for_inference() and torchvision eager
+                    (`--onnx-only`: this row alone; `--no-onnx`: without it); run it
+                    with OMP_WAIT_POLICY=PASSIVE so that torch's threads do not spin either
   train memory      peak resident memory of a training step above the steady state, each model
                     in its own child process (glibc told to return freed blocks at once)
 
@@ -41,17 +46,22 @@ and models-NET-cuda.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import ctypes
 import gc
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import timm
@@ -270,6 +280,8 @@ def cpu_rows(net: Net, args: argparse.Namespace) -> list[Row]:
     y = torch.randint(0, 1000, (args.batch,))
     check_same_function(models, x[:2], "eager")
     label = f"cpu fp32 bs{args.batch} {args.size}px"
+    if args.onnx_only:
+        return onnx_rows(net, models, x, x_cl, args, label, clock)
     rows = timed_group(
         f"{label} eval eager",
         {name: evaluator(model, x) for name, model in models.items()},
@@ -297,6 +309,9 @@ def cpu_rows(net: Net, args: argparse.Namespace) -> list[Row]:
     cases["torchvision eager"] = evaluator(models["torchvision"], x)
     rows += timed_group(f"{label} eval optimised", cases, args.batch, args.rounds, clock=clock)
 
+    if args.onnx:
+        rows += onnx_rows(net, models, x, x_cl, args, label, clock)
+
     if args.compile:
         cases = {
             f"{name} + compile": evaluator(compile_module(model), x_cl)
@@ -323,6 +338,86 @@ def cpu_rows(net: Net, args: argparse.Namespace) -> list[Row]:
 
     for row in memory_rows(args, f"{label} train step peak RSS"):
         rows.append(row)
+    return rows
+
+
+def ort_session(path: Path, threads: int) -> Any:
+    """An ONNX Runtime CPU session with `threads` intra-op threads that do not spin.
+
+    ORT's worker threads busy-wait for work by default; on a shared or small machine the
+    spinning takes the cores the other case needs, so interleaved timings would measure the
+    spinning (either side can look 1.5–2.5× slower). Turned off, as a server sharing the
+    machine would.
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_rows(
+    net: Net,
+    models: dict[str, nn.Module],
+    x: torch.Tensor,
+    x_cl: torch.Tensor,
+    args: argparse.Namespace,
+    label: str,
+    clock: Callable[[], float],
+) -> list[Row]:
+    """ONNX Runtime on effdsl's own `.onnx` export and on torchvision's export of the same
+    weights, beside `optimize_for_inference` and torchvision eager."""
+    from effdsl.export import write_output
+
+    folder = Path(tempfile.mkdtemp(prefix="effdsl-bench-onnx-"))
+    weights = folder / "effdsl.pt"
+    torch.save(models["effdsl"].state_dict(), weights)
+    spec = network(net)
+    plan = effdsl.lower(effdsl.scale(spec, resolution=args.size))
+    write_output(folder / "effdsl.onnx", spec, plan, weights=weights)
+    with contextlib.redirect_stdout(io.StringIO()):
+        program = torch.onnx.export(
+            models["torchvision"],
+            (x[:2],),
+            dynamo=True,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            input_names=["image"],
+            output_names=["logits"],
+            verbose=False,
+        )
+    assert program is not None
+    program.save(folder / "torchvision.onnx", external_data=False)
+    threads = torch.get_num_threads()
+    sessions = {
+        name: ort_session(folder / f"{name}.onnx", threads) for name in ("effdsl", "torchvision")
+    }
+    image = x.numpy()
+    with torch.inference_mode():
+        reference = models["effdsl"](x).numpy()
+    for name, session in sessions.items():
+        (logits,) = session.run(["logits"], {"image": image})
+        worst = float(abs(logits - reference).max() / abs(reference).max())
+        if not worst < 1e-3:
+            raise SystemExit(f"onnxruntime on {name}.onnx differs by {worst:.2e}; not the same net")
+
+    def ort(session: Any) -> Callable[[], None]:
+        return lambda: session.run(["logits"], {"image": image})
+
+    cases: dict[str, Callable[[], None]] = {
+        "effdsl .onnx on onnxruntime": ort(sessions["effdsl"]),
+        "torchvision .onnx on onnxruntime": ort(sessions["torchvision"]),
+        "effdsl optimize_for_inference": evaluator(
+            effdsl.optimize_for_inference(models["effdsl"]), x_cl
+        ),
+        "torchvision eager": evaluator(models["torchvision"], x),
+    }
+    rows = timed_group(f"{label} eval onnxruntime", cases, args.batch, args.rounds, clock=clock)
+    shutil.rmtree(folder)
     return rows
 
 
@@ -665,6 +760,17 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="print torch.profiler's busiest ops per CPU case"
     )
+    parser.add_argument(
+        "--no-onnx",
+        dest="onnx",
+        action="store_false",
+        help="leave out the ONNX Runtime row (it needs `pip install 'effdsl[onnx]'`)",
+    )
+    parser.add_argument(
+        "--onnx-only",
+        action="store_true",
+        help="CPU: only the ONNX Runtime row (results to models-NET-cpu-onnx.json)",
+    )
     parser.add_argument("--no-json", dest="json", action="store_false")
     parser.add_argument("--memory-child", choices=("effdsl", "torchvision", "timm"))
     args = parser.parse_args(argv)
@@ -700,7 +806,13 @@ def main(argv: list[str] | None = None) -> None:
     net = NETS[args.net]
 
     def machine() -> dict[str, Any]:
-        return {**describe_machine(), "malloc": args.malloc}
+        # libgomp reads OMP_WAIT_POLICY when torch loads: PASSIVE stops torch's threads
+        # spinning, as ORT's are told to (see docs/benchmarks.md, "ONNX Runtime")
+        return {
+            **describe_machine(),
+            "malloc": args.malloc,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        }
 
     if args.gpu_path_on_cpu:
         started = machine()
@@ -712,6 +824,7 @@ def main(argv: list[str] | None = None) -> None:
         print_report(f"{args.net} on the CPU", rows, started)
         if args.json:
             suffix = "" if args.malloc == "reuse" else f"-{args.malloc}"
+            suffix += "-onnx" if args.onnx_only else ""
             save(f"models-{args.net}-cpu{suffix}", rows, args, started)
     if not args.cpu_only and torch.cuda.is_available():
         started = machine()
