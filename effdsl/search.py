@@ -2,8 +2,8 @@
 
     grid = parse_grid("alpha=1.0:1.4:0.05,beta=1.0:1.3:0.05,gamma=1.0:1.3:0.05")
     result = search(net, grid=grid)                                   # ranked by exact MACs
-    result = search(net, grid=grid, scorer="effdsl.proxy:train_score",
-                    workers=2, results=Path("b0-search.jsonl"))       # ranked by a scorer
+    result = search(net, grid=grid, data="textures/", storage="b0.db")  # trained and scored
+    result = search(net, grid=grid, scorer="my_scorers:accuracy")     # your own scorer
     write_spec("b0-searched.eff", net, result.best)                   # α, β, γ into the spec
 
 The paper (Tan & Le, 2019, §3.3) scales in two steps: fix φ = 1 and grid-search α (depth),
@@ -13,17 +13,18 @@ rules (channels to a multiple of 8, repeats rounded up, pixels to the nearest) a
 exactly, so the result shows the nominal α·β²·γ² next to the MACs ratio the rounding really
 gives, which is rarely 2: rounding every stage's repeats up makes small α expensive.
 
-Without a scorer, candidates are ranked by how close that real MACs ratio is to the target. With
-one (`MODULE:FUNCTION`, called as `function(model, resolution) -> float`, higher is better), each
-candidate is built with `effdsl.torch_build.build` and scored once, in spawned worker processes;
-every score is appended to a JSON-lines results file as it arrives, keyed by (α, β, γ), so an
-interrupted search resumes without recomputing what finished. Only scoring imports torch.
+Without a scorer, candidates are ranked by how close that real MACs ratio is to the target, and
+nothing imports torch or Optuna. With one — `--data DIR` trains each candidate on an image
+folder (`effdsl.train`), `--score MODULE:FUNCTION` calls `function(model, resolution) -> float`
+— each candidate is a trial of an Optuna study in a storage (an SQLite file by default, a
+PostgreSQL/MySQL URL or a journal file for many machines), so any number of processes share the
+grid, each candidate is scored once, a crashed worker's candidate is taken over, and rerunning
+resumes (`effdsl.study`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import importlib
 import itertools
@@ -31,14 +32,10 @@ import json
 import math
 import os
 import sys
-import time
 import traceback
-from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from functools import cache
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -48,8 +45,25 @@ from effdsl.errors import EffError, ScalingError
 from effdsl.files import atomic_write
 from effdsl.fmt import format as format_network
 from effdsl.plan import lower
+from effdsl.progress import Bars
 from effdsl.scaling import apply, multipliers
+from effdsl.study import (
+    DEFAULT_HEARTBEAT,
+    DEFAULT_STORAGE,
+    GRACE_BEATS,
+    Reporter,
+    Row,
+    StudyPlan,
+    load_study,
+    open_storage,
+    open_study,
+    parse_storage,
+    read_rows,
+    resolve_study_name,
+    work,
+)
 from effdsl.summary import human, table
+from effdsl.train import OPTIMIZERS, ImageData, Recipe
 
 AXES = ("alpha", "beta", "gamma")
 SYMBOLS = {"alpha": "α", "beta": "β", "gamma": "γ"}
@@ -58,6 +72,7 @@ DEFAULT_TARGET = 2.0
 DEFAULT_TOLERANCE = 0.1
 PROXY = "effdsl.proxy:train_score"
 SCORER_ALIASES = {"proxy": PROXY}
+DATA_SCORER = "data"  # the scorer's name in a study scored by --data
 MAX_AXIS_POINTS = 1_000
 MAX_GRID_POINTS = 1_000_000
 # Grid values are decimals (1.05); their floating-point products land a hair either side of a
@@ -66,7 +81,6 @@ SLACK = 1e-9
 SEED = 0  # every candidate's weights start from this seed, so scores are reproducible
 
 Key = tuple[float, float, float]
-Progress = Callable[[str], None]
 
 
 # ---- the grid --------------------------------------------------------------------------------
@@ -215,6 +229,7 @@ class Candidate:
     macs_ratio: float  # exact MACs at φ = 1 over φ = 0
     params_ratio: float
     score: float | None = None
+    state: str | None = None  # in a study: "scored", "running", "failed" or "pending"
 
     @property
     def key(self) -> Key:
@@ -262,17 +277,36 @@ def measure(network: ast.Network, point: Key, base: Baseline) -> Candidate:
 
 
 def rank(candidates: Iterable[Candidate], target: float) -> list[Candidate]:
-    """Best first: highest score, then MACs ratio closest to `target`, then nominal closest,
-    then smallest (α, β, γ), so that the order never depends on how the list came in."""
+    """Best first: highest score (unscored candidates of a study last), then MACs ratio closest
+    to `target`, then nominal closest, then smallest (α, β, γ), so that the order never depends
+    on how the list came in."""
 
     def order(c: Candidate) -> tuple[float, ...]:
+        unscored = float(c.score is None and c.state is not None)
         score = -c.score if c.score is not None else 0.0
-        return (score, abs(c.macs_ratio - target), abs(c.nominal - target), *c.key)
+        return (unscored, score, abs(c.macs_ratio - target), abs(c.nominal - target), *c.key)
 
     return sorted(candidates, key=order)
 
 
+
 # ---- the search ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """Where a scored search's results live, and how far the study is."""
+
+    name: str
+    storage: str
+    counts: dict[str, int]  # scored, running, failed, pending
+
+    def line(self) -> str:
+        total = sum(self.counts.values())
+        parts = [f"{self.counts['scored']} of {total} scored"]
+        parts += [f"{self.counts[s]} {s}" for s in ("running", "failed", "pending")
+                  if self.counts[s]]
+        return f"study {self.name} in {self.storage}: " + ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -287,6 +321,7 @@ class SearchResult:
     scorer: str | None
     base: Baseline
     ranked: tuple[Candidate, ...]
+    study: StudyInfo | None = None
 
     @property
     def best(self) -> Candidate:
@@ -305,17 +340,29 @@ def search(
     target: float = DEFAULT_TARGET,
     tolerance: float = DEFAULT_TOLERANCE,
     scorer: str | None = None,
-    workers: int | None = None,
-    results: Path | None = None,
-    progress: Progress | None = None,
+    data: str | Path | None = None,
+    recipe: Recipe | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+    heartbeat: int = DEFAULT_HEARTBEAT,
+    threads: int | None = None,
+    reporter: Reporter | None = None,
 ) -> SearchResult:
-    """Enumerate the candidates of `grid`, cost each at φ = 1, score them if asked, rank them."""
-    if results is not None and scorer is None:
-        raise EffError("--results records a scorer's results; it needs --score")
-    if scorer is not None:
-        scorer = SCORER_ALIASES.get(scorer, scorer)
-    if workers is not None and workers < 1:
-        raise EffError(f"--workers must be at least 1, got {workers}")
+    """Enumerate the candidates of `grid`, cost each at φ = 1, score them if asked, rank them.
+
+    With `scorer` (`MODULE:FUNCTION` or `proxy`) or `data` (an image-folder directory, trained
+    with `recipe`), candidates are scored as trials of the Optuna study `study` (default: the
+    network's name) in `storage` (default `effdsl-search.db`), shared with any other process
+    that runs the same search against it; see `effdsl.study`. `threads` caps torch's CPU
+    threads in this process (1 suits a shared machine, with one process per core).
+    """
+    if scorer is not None and data is not None:
+        raise EffError("--score and --data are two ways to score; give one")
+    scored = scorer is not None or data is not None
+    if not scored and (storage is not None or study is not None):
+        raise EffError("--storage and --study hold a scored search; they need --score or --data")
+    if recipe is not None and data is None:
+        raise EffError("a training recipe (--epochs, --batch, --lr, …) needs --data")
     grid = grid or parse_grid()
     points = enumerate_candidates(grid, target, tolerance)
     if not points:
@@ -325,21 +372,92 @@ def search(
         )
     base = baseline(network)
     candidates = [measure(network, point, base) for point in points]
-    if scorer is not None:
-        scores = score_candidates(
-            network, candidates, scorer, workers=workers, results=results, progress=progress
-        )
-        candidates = [replace(c, score=scores[c.key]) for c in candidates]
     spec = network.scaling
-    return SearchResult(
+    result = SearchResult(
         network=network.name,
         spec=(spec.alpha, spec.beta, spec.gamma),
         grid=grid,
         target=target,
         tolerance=tolerance,
-        scorer=scorer,
+        scorer=None,
         base=base,
         ranked=tuple(rank(candidates, target)),
+    )
+    if not scored:
+        return result
+    reporter = reporter or Reporter()
+    if data is not None:
+        recipe = recipe or Recipe()
+        images = ImageData.open(data, recipe)
+        name = DATA_SCORER
+        identity = {"recipe": recipe.identity(), "data": images.identity()}
+        score = _data_score(network, images, recipe, reporter)
+    else:
+        assert scorer is not None
+        name = SCORER_ALIASES.get(scorer, scorer)
+        identity = {}
+        score = _custom_score(network, name)
+    if threads is not None:
+        score = _with_threads(score, threads)
+    plan = _plan(result, candidates, spec_fingerprint(network), name, identity)
+    opened = open_storage(storage or DEFAULT_STORAGE, heartbeat=heartbeat)
+    shown = parse_storage(storage or DEFAULT_STORAGE).shown
+    running = open_study(opened, study or network.name, plan)
+    work(running, plan, score, reporter)
+    return study_result(running.study_name, shown, plan, read_rows(running, plan))
+
+
+def status(storage: str, study: str | None = None) -> SearchResult:
+    """The table so far of a scored search, from its storage alone (`effdsl search --status`)."""
+    opened = open_storage(storage, heartbeat=None, create=False)
+    shown = parse_storage(storage).shown
+    name = resolve_study_name(opened, study, shown)
+    loaded, plan = load_study(opened, name)
+    return study_result(name, shown, plan, read_rows(loaded, plan))
+
+
+def _plan(result: SearchResult, candidates: list[Candidate], fingerprint: str, scorer: str,
+          recipe: dict[str, Any]) -> StudyPlan:
+    base = result.base
+    return StudyPlan(
+        network=result.network,
+        fingerprint=fingerprint,
+        scorer=scorer,
+        grid=result.grid.text,
+        target=result.target,
+        tolerance=result.tolerance,
+        spec=result.spec,
+        base={"macs": base.macs, "params": base.params, "resolution": base.resolution},
+        candidates=tuple(_cost_json(c) for c in candidates),
+        recipe=recipe,
+    )
+
+
+def _cost_json(c: Candidate) -> dict[str, Any]:
+    return {
+        "alpha": c.alpha, "beta": c.beta, "gamma": c.gamma, "macs": c.macs, "params": c.params,
+        "resolution": c.resolution, "macs_ratio": c.macs_ratio, "params_ratio": c.params_ratio,
+    }
+
+
+def study_result(name: str, storage: str, plan: StudyPlan, rows: list[Row]) -> SearchResult:
+    """A study's candidates, ranked: the scored by score, then the rest."""
+    candidates = [
+        Candidate(**row.candidate, score=row.score, state=row.state) for row in rows
+    ]
+    counts = {state: sum(r.state == state for r in rows)
+              for state in ("scored", "running", "failed", "pending")}
+    base = plan.base
+    return SearchResult(
+        network=plan.network,
+        spec=plan.spec,
+        grid=parse_grid(plan.grid),
+        target=plan.target,
+        tolerance=plan.tolerance,
+        scorer=plan.scorer,
+        base=Baseline(macs=base["macs"], params=base["params"], resolution=base["resolution"]),
+        ranked=tuple(rank(candidates, plan.target)),
+        study=StudyInfo(name, storage, counts),
     )
 
 
@@ -377,59 +495,62 @@ def load_scorer(name: str) -> Scorer:
     return function  # type: ignore[no-any-return]
 
 
-@dataclass(frozen=True)
-class _Task:
-    """What a worker needs to score one candidate (pickled to the worker)."""
+def _custom_score(network: ast.Network, name: str) -> Callable[[Key], float]:
+    """Score a candidate with `MODULE:FUNCTION` on the module effdsl builds (seeded weights)."""
+    function = load_scorer(name)  # fail here, clearly, before the study is opened
 
-    scorer: str
-    network: ast.Network  # already scaled
-    key: Key
+    def score(key: Key) -> float:
+        import torch
 
+        from effdsl.torch_build import build
 
-@dataclass(frozen=True)
-class _Outcome:
-    """A worker's answer: a score, or why there is none."""
+        scaled = scaled_at_phi_one(network, *key)
+        try:
+            torch.manual_seed(SEED)
+            return _as_score(function(build(scaled), scaled.input.size))
+        except EffError as error:
+            raise _scorer_failed(name, key, error.message, None) from None
+        except Exception as error:  # a scorer's failure, reported as an EffError
+            frames = traceback.extract_tb(error.__traceback__)
+            where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else None
+            raise _scorer_failed(name, key, f"{type(error).__name__}: {error}", where) from None
 
-    key: Key
-    score: float | None
-    error: str | None
-    where: str | None
-    seconds: float
-
-
-@cache
-def _worker_scorer(name: str) -> Scorer:
-    return load_scorer(name)
+    return score
 
 
-def _init_worker(threads: int) -> None:
-    """Share the cores among the workers: each torch process would otherwise take them all."""
-    import torch
+def _with_threads(score: Callable[[Key], float], threads: int) -> Callable[[Key], float]:
+    if not 1 <= threads <= 1024:
+        raise EffError(f"--threads must be in [1, 1024], got {threads}")
 
-    torch.set_num_threads(threads)
+    def limited(key: Key) -> float:
+        import torch
+
+        torch.set_num_threads(threads)
+        return score(key)
+
+    return limited
 
 
-def score_one(task: _Task) -> _Outcome:
-    """Build the candidate and call the scorer on it (runs in a worker process)."""
-    import torch
+def _data_score(network: ast.Network, images: ImageData, recipe: Recipe,
+                reporter: Reporter) -> Callable[[Key], float]:
+    """Score a candidate by training it on `images` (`effdsl.train`)."""
+    from effdsl.train import train_score
 
-    from effdsl.torch_build import build
+    def score(key: Key) -> float:
+        return train_score(scaled_at_phi_one(network, *key), images, recipe,
+                           report=reporter.epoch)
 
-    start = time.perf_counter()
-    try:
-        function = _worker_scorer(task.scorer)
-        torch.manual_seed(SEED)
-        model = build(task.network)
-        value = function(model, task.network.input.size)
-        score = _as_score(value)
-    except EffError as error:
-        return _Outcome(task.key, None, error.message, None, time.perf_counter() - start)
-    except Exception as error:  # a scorer's failure becomes an EffError upstream
-        frames = traceback.extract_tb(error.__traceback__)
-        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else None
-        message = f"{type(error).__name__}: {error}"
-        return _Outcome(task.key, None, message, where, time.perf_counter() - start)
-    return _Outcome(task.key, score, None, None, time.perf_counter() - start)
+    return score
+
+
+def _scorer_failed(scorer: str, key: Key, message: str, where: str | None) -> EffError:
+    alpha, beta, gamma = key
+    hints = [f"raised at {where}"] if where else []
+    hints.append("scored candidates are kept in the study; rerun to resume")
+    return EffError(
+        f"scorer {scorer} failed on α={alpha:g}, β={beta:g}, γ={gamma:g}: {message}",
+        hint="; ".join(hints),
+    )
 
 
 def _as_score(value: object) -> float:
@@ -445,208 +566,15 @@ def _as_score(value: object) -> float:
     return score
 
 
-def score_candidates(
-    network: ast.Network,
-    candidates: list[Candidate],
-    scorer: str,
-    *,
-    workers: int | None = None,
-    results: Path | None = None,
-    progress: Progress | None = None,
-) -> dict[Key, float]:
-    """The score of every candidate: from `results` when recorded there, else computed now."""
-    scorer = SCORER_ALIASES.get(scorer, scorer)
-    load_scorer(scorer)  # fail here, clearly, before any worker starts
-    fingerprint = spec_fingerprint(network)
-    scores = read_results(results, fingerprint, scorer) if results is not None else {}
-    todo = [c for c in candidates if c.key not in scores]
-    say = progress or (lambda message: None)
-    if results is not None and scores:
-        kept = len(candidates) - len(todo)
-        say(f"resuming: {kept} of {len(candidates)} candidates already scored in {results}")
-    if not todo:
-        return scores
-    count = min(workers or os.cpu_count() or 1, len(todo))
-    say(f"scoring {_plural(len(todo), 'candidate')} with {scorer} in "
-        f"{_plural(count, 'worker process')}")
-    tasks = [
-        _Task(scorer, scaled_at_phi_one(network, c.alpha, c.beta, c.gamma), c.key) for c in todo
-    ]
-    log = ResultsLog(results, fingerprint, scorer) if results is not None else None
-    start = time.perf_counter()
-    # closing() stops the workers as soon as this loop ends early (a failure, Ctrl-C), not
-    # whenever the traceback that keeps the generator alive is freed
-    with contextlib.closing(_run_pool(tasks, count)) as outcomes:
-        for finished, outcome in enumerate(outcomes, 1):
-            if outcome.score is None:
-                raise _scorer_failed(scorer, outcome, results)
-            scores[outcome.key] = outcome.score
-            if log is not None:
-                log.append(outcome)
-            say(_progress_line(finished, len(todo), outcome, time.perf_counter() - start))
-    return scores
-
-
-def _plural(count: int, noun: str) -> str:
-    suffix = "" if count == 1 else "es" if noun.endswith("s") else "s"
-    return f"{count} {noun}{suffix}"
-
-
-def _run_pool(tasks: list[_Task], workers: int) -> Generator[_Outcome, None, None]:
-    """Outcomes as they finish, from `workers` spawned processes; stops them on early exit."""
-    import multiprocessing
-
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    executor = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),  # fork and torch's threads do not mix
-        initializer=_init_worker,
-        initargs=(threads,),
-    )
-    pending: set[Future[_Outcome]] = {executor.submit(score_one, task) for task in tasks}
-    finished = False
-    try:
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in sorted(done, key=lambda f: f.result().key):
-                yield future.result()
-        finished = True
-    except BrokenProcessPool:
-        raise EffError(
-            "a worker process died while scoring (out of memory?)",
-            hint="try fewer --workers; finished candidates are kept with --results",
-        ) from None
-    finally:
-        if not finished:
-            _stop(executor)
-        executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _stop(executor: ProcessPoolExecutor) -> None:
-    """Kill the workers now, rather than wait for the candidates they are training."""
-    terminate = getattr(executor, "terminate_workers", None)  # Python ≥ 3.14
-    if terminate is not None:
-        terminate()
-        return
-    for process in list(getattr(executor, "_processes", {}).values()):
-        process.terminate()
-
-
-def _scorer_failed(scorer: str, outcome: _Outcome, results: Path | None) -> EffError:
-    alpha, beta, gamma = outcome.key
-    hints = []
-    if outcome.where:
-        hints.append(f"raised at {outcome.where}")
-    if results is not None:
-        hints.append(f"finished candidates are kept in {results}; rerun to resume")
-    return EffError(
-        f"scorer {scorer} failed on α={alpha:g}, β={beta:g}, γ={gamma:g}: {outcome.error}",
-        hint="; ".join(hints) or None,
-    )
-
-
-def _progress_line(finished: int, total: int, outcome: _Outcome, elapsed: float) -> str:
-    alpha, beta, gamma = outcome.key
-    width = len(str(total))
-    left = elapsed / finished * (total - finished)
-    return (
-        f"[{finished:>{width}}/{total}] α={alpha:g} β={beta:g} γ={gamma:g} "
-        f"score={outcome.score:.6g} ({outcome.seconds:.1f} s; about {left:.0f} s left)"
-    )
-
-
-# ---- the results file ------------------------------------------------------------------------
-
-
 def spec_fingerprint(network: ast.Network) -> str:
     """What a score depends on besides (α, β, γ): the network without coefficients or presets.
 
     Comments and layout are not part of it, so reformatting the spec, or writing the chosen
-    coefficients back into it, keeps its results file valid.
+    coefficients back into it, keeps its study valid.
     """
     exclude: Any = {"presets": True, "scaling": {"alpha": True, "beta": True, "gamma": True}}
     data = network.model_dump_json(exclude=exclude)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
-
-
-def read_results(path: Path, fingerprint: str, scorer: str) -> dict[Key, float]:
-    """The scores recorded in a results file; a missing file has none.
-
-    A last line cut short by an interruption is ignored (it will be scored again); any other
-    malformed line, or a line from another spec or scorer, is an error rather than a guess.
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError) as error:
-        raise EffError(f"{path}: cannot read the results file: {error}") from None
-    lines = text.split("\n")
-    scores: dict[Key, float] = {}
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            key = result_key(float(row["alpha"]), float(row["beta"]), float(row["gamma"]))
-            score = _as_score(row["score"])
-        except (ValueError, KeyError, TypeError, EffError):
-            if number == len(lines):  # no newline after it: cut short while being written
-                continue
-            raise EffError(
-                f"{path}:{number}: not a line of effdsl search results",
-                hint="use another --results file, or delete this one",
-            ) from None
-        if row.get("spec") != fingerprint or row.get("scorer") != scorer:
-            raise EffError(
-                f"{path}:{number}: results of another spec or scorer "
-                f"({row.get('scorer')}), not of this search ({scorer})",
-                hint="use another --results file for this search",
-            )
-        scores[key] = score
-    return scores
-
-
-class ResultsLog:
-    """Appends one JSON line per scored candidate, each flushed to disk at once."""
-
-    def __init__(self, path: Path, fingerprint: str, scorer: str) -> None:
-        self.path = path
-        self.fingerprint = fingerprint
-        self.scorer = scorer
-        _drop_partial_line(path)
-
-    def append(self, outcome: _Outcome) -> None:
-        alpha, beta, gamma = outcome.key
-        row = {
-            "alpha": alpha,
-            "beta": beta,
-            "gamma": gamma,
-            "score": outcome.score,
-            "scorer": self.scorer,
-            "seconds": round(outcome.seconds, 3),
-            "spec": self.fingerprint,
-        }
-        try:
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row, sort_keys=True) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())  # a score may cost minutes; keep it through a crash
-        except OSError as error:
-            raise EffError(f"{self.path}: cannot write results: {error.strerror}") from None
-
-
-def _drop_partial_line(path: Path) -> None:
-    """Cut a last line that an interruption left without its newline, so appends stay valid."""
-    try:
-        with path.open("r+b") as handle:
-            data = handle.read()
-            if data and not data.endswith(b"\n"):
-                handle.truncate(data.rfind(b"\n") + 1)
-    except FileNotFoundError:
-        return
-    except OSError as error:
-        raise EffError(f"{path}: cannot write results: {error.strerror}") from None
 
 
 # ---- writing the chosen coefficients back ----------------------------------------------------
@@ -687,8 +615,10 @@ def to_text(result: SearchResult, top: int = 10) -> str:
         f"ranked by {ranked_by}",
         f"baseline (φ = 0): {human(base.macs)} MACs, {human(base.params)} params, "
         f"{base.resolution} px",
-        "",
     ]
+    if result.study is not None:
+        lines.append(result.study.line())
+    lines.append("")
     header = ["#", "α", "β", "γ", "α·β²·γ²", "MACs ratio", "MACs", "params", "px"]
     if result.scorer:
         header.append("score")
@@ -698,8 +628,8 @@ def to_text(result: SearchResult, top: int = 10) -> str:
             str(index), f"{c.alpha:g}", f"{c.beta:g}", f"{c.gamma:g}", f"{c.nominal:.4f}",
             f"{c.macs_ratio:.4f}", human(c.macs), human(c.params), str(c.resolution),
         ]
-        if c.score is not None:
-            row.append(f"{c.score:.6g}")
+        if result.scorer:
+            row.append(f"{c.score:.6g}" if c.score is not None else c.state or "")
         rows.append(row)
     lines += table(rows)
     lines.append("")
@@ -733,6 +663,7 @@ def _candidate_json(c: Candidate, rank_: int) -> dict[str, Any]:
         "params": c.params,
         "resolution": c.resolution,
         "score": c.score,
+        "state": c.state,
     }
 
 
@@ -755,8 +686,12 @@ def to_json(result: SearchResult, top: int = 10) -> dict[str, Any]:
             "resolution": result.base.resolution,
         },
         "spec": {"alpha": alpha, "beta": beta, "gamma": gamma, "rank": result.spec_rank()},
+        "study": None if result.study is None else {
+            "name": result.study.name, "storage": result.study.storage, **result.study.counts,
+        },
         "candidates": [_candidate_json(c, i) for i, c in enumerate(_shown(result, top), 1)],
     }
+
 
 
 # ---- the command -----------------------------------------------------------------------------
@@ -782,10 +717,12 @@ def register_search(subparsers: Any) -> None:
         "search",
         help="grid-search α, β, γ under α·β²·γ² ≈ 2 (step 1 of compound scaling)",
         description="Scale SPEC at φ = 1 with every (α, β, γ) of the grid that satisfies "
-        "|α·β²·γ² − T| ≤ E, cost each exactly, and rank them: by how close the "
-        "real MACs ratio is to T, or by a scorer (--score). See docs/search.md.",
+        "|α·β²·γ² − T| ≤ E, cost each exactly, and rank them: by how close the real MACs "
+        "ratio is to T, or by a score (--score, --data) computed as trials of an Optuna study "
+        "that several processes, on one machine or many, can share. See docs/search.md.",
     )
-    parser.add_argument("spec", metavar="SPEC")
+    parser.add_argument("spec", metavar="SPEC", nargs="?",
+                        help="the spec to search (not needed with --status)")
     parser.add_argument(
         "--grid", default=DEFAULT_GRID, metavar="AXES",
         help="NAME=START:STOP:STEP or NAME=VALUE for alpha, beta, gamma, comma-separated; "
@@ -799,27 +736,76 @@ def register_search(subparsers: Any) -> None:
         "--tolerance", type=_number, default=DEFAULT_TOLERANCE, metavar="E",
         help=f"keep |α·β²·γ² − T| ≤ E (default {DEFAULT_TOLERANCE:g})",
     )
-    parser.add_argument(
-        "--score", metavar="MODULE:FUNCTION",
-        help="rank by function(model, resolution) -> float, higher is better; `proxy` is the "
-        f"built-in smoke-level proxy ({PROXY}); imports torch",
-    )
-    parser.add_argument(
-        "--top", type=_count, default=10, metavar="N", help="show the best N (default 10; 0: all)"
-    )
+    parser.add_argument("--top", type=_count, default=10, metavar="N",
+                        help="show the best N (default 10; 0: all)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument(
-        "--workers", type=_count, metavar="N", help="scoring processes (default: one per core)"
-    )
-    parser.add_argument(
-        "--results", type=Path, metavar="FILE",
-        help="JSON-lines file of scores, appended as they come; rerun to resume (with --score)",
-    )
     parser.add_argument(
         "--write-spec", metavar="OUT",
         help="write SPEC with the best α, β, γ to OUT (.eff; may be SPEC itself)",
     )
+    scoring = parser.add_argument_group("scoring (needs effdsl[search])")
+    scoring.add_argument(
+        "--score", metavar="MODULE:FUNCTION",
+        help="rank by function(model, resolution) -> float, higher is better; `proxy` is the "
+        f"built-in smoke-level proxy ({PROXY})",
+    )
+    scoring.add_argument(
+        "--data", metavar="DIR",
+        help="rank by validation top-1 after training each candidate on the image folder DIR "
+        "(DIR/CLASS/* split with a fixed seed, or DIR/train/CLASS/* and DIR/val/CLASS/*)",
+    )
+    scoring.add_argument(
+        "--storage", metavar="URL",
+        help=f"the Optuna storage of the study: an SQLite file (default {DEFAULT_STORAGE}), "
+        "sqlite:///FILE, postgresql://… or mysql+pymysql://…, or journal:FILE",
+    )
+    scoring.add_argument("--study", metavar="NAME",
+                         help="the study's name (default: the network's name)")
+    scoring.add_argument(
+        "--heartbeat", type=_count, default=DEFAULT_HEARTBEAT, metavar="S",
+        help=f"seconds between a worker's heartbeats (default {DEFAULT_HEARTBEAT}); a trial "
+        f"silent for {GRACE_BEATS}×S is taken over by another worker",
+    )
+    scoring.add_argument(
+        "--threads", type=_count, metavar="N",
+        help="torch CPU threads of this process (default: torch's choice; on a shared or busy "
+        "machine use 1, and one process per core)",
+    )
+    scoring.add_argument(
+        "--status", action="store_true",
+        help="print the table so far of the study in --storage (no SPEC needed) and exit",
+    )
+    training = parser.add_argument_group("training recipe (with --data)")
+    training.add_argument("--epochs", type=_count, metavar="N",
+                          help=f"epochs per candidate (default {Recipe.epochs})")
+    training.add_argument("--batch", type=_count, metavar="N",
+                          help=f"images per step (default {Recipe.batch})")
+    training.add_argument("--lr", type=_number, metavar="LR",
+                          help="peak learning rate (default 0.1·batch/256 for SGD, "
+                          "0.016·batch/256 for RMSprop)")
+    training.add_argument("--optimizer", choices=OPTIMIZERS,
+                          help="sgd (Nesterov, default) or rmsprop (the paper's)")
+    training.add_argument("--val-fraction", type=_number, metavar="F",
+                          help="share of each class held out when DIR has no val/ "
+                          f"(default {Recipe.val_fraction:g})")
+    training.add_argument("--workers", type=_count, metavar="N",
+                          help=f"data-loading processes (default {Recipe.workers})")
+    parser.add_argument("--results", help=argparse.SUPPRESS)  # replaced by --storage
     parser.set_defaults(run=run_search)
+
+
+def _recipe(args: argparse.Namespace) -> Recipe | None:
+    given = {
+        "epochs": args.epochs, "batch": args.batch, "lr": args.lr, "optimizer": args.optimizer,
+        "val_fraction": args.val_fraction, "workers": args.workers,
+    }
+    given = {name: value for name, value in given.items() if value is not None}
+    if args.data is None:
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise EffError(f"{flags}: training options need --data")
+        return None
+    return Recipe(**given)
 
 
 def run_search(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
@@ -827,23 +813,46 @@ def run_search(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
     from effdsl.parser import load
 
     out = stdout or sys.stdout
-    network = load(args.spec)
-    result = search(
-        network,
-        grid=parse_grid(args.grid),
-        target=args.target,
-        tolerance=args.tolerance,
-        scorer=args.score,
-        workers=args.workers,
-        results=args.results,
-        progress=lambda message: print(message, file=sys.stderr, flush=True),
-    )
+    if args.results is not None:
+        raise EffError(
+            "--results is gone: scores now live in an Optuna study",
+            hint="use --storage FILE (an SQLite file) instead; see CHANGELOG.md",
+        )
+    if args.status:
+        if args.write_spec:
+            raise EffError("--status only reads the study; --write-spec needs a SPEC to search")
+        result = status(args.storage or DEFAULT_STORAGE, args.study)
+    else:
+        if args.spec is None:
+            raise EffError("no SPEC given", hint="effdsl search SPEC, or --status to read a study")
+        network = load(args.spec)
+        reporter = Bars(sys.stderr)
+        try:
+            result = search(
+                network,
+                grid=parse_grid(args.grid),
+                target=args.target,
+                tolerance=args.tolerance,
+                scorer=args.score,
+                data=args.data,
+                recipe=_recipe(args),
+                storage=args.storage,
+                study=args.study,
+                heartbeat=args.heartbeat,
+                threads=args.threads,
+                reporter=reporter,
+            )
+        finally:
+            reporter.close()
     if args.json:
         print(json.dumps(to_json(result, args.top), indent=2), file=out)
     else:
         out.write(to_text(result, args.top))
     if args.write_spec:
         best = result.best
+        if result.scorer and best.score is None:
+            raise EffError("no candidate is scored yet: nothing to write",
+                           hint="let the study finish, then rerun")
         write_spec(args.write_spec, network, best)
         print(
             f"wrote {args.write_spec} (α={best.alpha:g}, β={best.beta:g}, γ={best.gamma:g})",
