@@ -359,11 +359,18 @@ def register_plot(subparsers: Any) -> None:
         "resolution, exact and nominal, with the spec's presets marked at the φ of equal MACs.",
     )
     parser._negative_number_matcher = _NEGATIVE_ARGUMENT
-    parser.add_argument("spec", metavar="SPEC")
+    parser.add_argument("spec", metavar="SPEC", nargs="?", help="the spec (not with --study)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="the SVG file")
     parser.add_argument(
         "--phi-range", default="-2:8", metavar="LOW:HIGH", help="the φ axis (default -2:8)"
     )
+    parser.add_argument(
+        "--study", metavar="NAME",
+        help="instead of SPEC: a scored search's score against MACs, Pareto front and the "
+        "spec's own α, β, γ (see docs/search.md)",
+    )
+    parser.add_argument("--storage", metavar="URL",
+                        help="the study's storage (default effdsl-search.db)")
     parser.set_defaults(run=run_plot)
 
 
@@ -373,9 +380,29 @@ def run_plot(args: argparse.Namespace) -> int:
 
     if Path(args.output).suffix.lower() != ".svg":
         raise OutputError(f"{args.output}: the plot is SVG; name the output *.svg")
+    if args.study is not None or args.storage is not None:
+        return _run_study_plot(args)
+    if args.spec is None:
+        raise EffError("no SPEC given", hint="effdsl plot SPEC -o OUT.svg, or --study NAME")
     if same_file(args.output, args.spec):
         raise OutputError(f"{args.output}: refusing to overwrite the input spec")
     phi_range = parse_phi_range(args.phi_range)
     plot(load(args.spec), args.output, phi_range)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _run_study_plot(args: argparse.Namespace) -> int:
+    from effdsl.search import status
+    from effdsl.study import DEFAULT_STORAGE, parse_storage
+    from effdsl.study_plot import study_svg
+
+    if args.spec is not None:
+        raise EffError("give SPEC or --study, not both")
+    storage = args.storage or DEFAULT_STORAGE
+    ref = parse_storage(storage)
+    if ref.kind != "url" and same_file(args.output, ref.text):
+        raise OutputError(f"{args.output}: refusing to overwrite the study's storage")
+    atomic_write(args.output, study_svg(status(storage, args.study)))
     print(f"wrote {args.output}")
     return 0

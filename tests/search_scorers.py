@@ -42,5 +42,23 @@ def forward_loss(model: nn.Module, resolution: int) -> float:
     import torch
 
     _record(resolution)
-    logits = model.eval()(torch.zeros(1, 3, resolution, resolution))
+    with torch.no_grad():
+        logits = model.eval()(torch.zeros(1, 3, resolution, resolution))
     return -float(logits.abs().mean())
+
+
+def slow_params(model: nn.Module, resolution: int) -> float:
+    """Like `fewest_params`, after $EFFDSL_TEST_SLEEP seconds; it writes `PID PARAMS RESOLUTION`
+    to $EFFDSL_TEST_LOG when it starts, and hangs for ever on the parameter count named by
+    $EFFDSL_TEST_HANG_AT (for a worker to be killed mid-trial)."""
+    import time
+
+    params = sum(p.numel() for p in model.parameters())
+    log = os.environ.get("EFFDSL_TEST_LOG")
+    if log:
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(f"{os.getpid()} {params} {resolution}\n")
+    if str(params) == os.environ.get("EFFDSL_TEST_HANG_AT"):
+        time.sleep(3600)
+    time.sleep(float(os.environ.get("EFFDSL_TEST_SLEEP", "0")))
+    return -float(params)

@@ -187,86 +187,78 @@ def test_default_search_on_b0_ranks_by_the_real_macs_ratio() -> None:
     assert result.spec_rank() == 24
 
 
-# ---- scorers -------------------------------------------------------------------------------
+# ---- scorers (each search here is an Optuna study in a fresh SQLite file) --------------------
 
 
 def scored(
-    network: effdsl.Network, scorer: str, results: Path | None = None, workers: int = 2
+    network: effdsl.Network, scorer: str, storage: Path, study: str | None = None
 ) -> s.SearchResult:
     return s.search(
         network, grid=s.parse_grid(SMALL_GRID), target=1.5, tolerance=0.2,
-        scorer=scorer, workers=workers, results=results,
+        scorer=scorer, storage=str(storage), study=study,
     )
 
 
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "study.db"
+
+
 def test_a_scorer_is_called_once_per_candidate_and_its_ranking_respected(
-    tiny: effdsl.Network, calls: Callable[[], int]
+    tiny: effdsl.Network, calls: Callable[[], int], db: Path
 ) -> None:
-    result = scored(tiny, f"{SCORERS}:fewest_params")
+    result = scored(tiny, f"{SCORERS}:fewest_params", db)
     assert calls() == len(SMALL_CANDIDATES)
     scores = [c.score for c in result.ranked]
     assert scores == sorted(scores, reverse=True)  # type: ignore[type-var]
     # the scorer counted the built module's parameters: the cost model's figure, negated
     assert all(c.score == -c.params for c in result.ranked)
     assert result.best.params == min(c.params for c in result.ranked)
+    assert result.study is not None and result.study.counts["scored"] == len(SMALL_CANDIDATES)
+    assert result.study.name == "tiny"  # the network's name by default
 
 
 def test_an_interrupted_search_resumes_without_recomputing(
-    tiny: effdsl.Network, tmp_path: Path, calls: Callable[[], int],
-    monkeypatch: pytest.MonkeyPatch,
+    tiny: effdsl.Network, db: Path, calls: Callable[[], int], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    results = tmp_path / "results.jsonl"
     scorer = f"{SCORERS}:fails_on_size"
-    # only the eighth candidate (α=1.1, β=1.2, γ=1) has 21,474 parameters: the search stops there
+    # only α=1.1, β=1.2, γ=1 has 21,474 parameters: the search stops there
     monkeypatch.setenv("EFFDSL_TEST_FAIL_AT", "21474")
     with pytest.raises(EffError, match=r"failed on α=1\.1, β=1\.2, γ=1: ValueError: no score") as e:
-        scored(tiny, scorer, results, workers=1)
+        scored(tiny, scorer, db)
     assert "search_scorers.py:" in (e.value.hint or "")  # where the scorer raised
     assert "rerun to resume" in (e.value.hint or "")
-    kept = len(results.read_text().splitlines())
-    assert kept == 7  # one worker scores in order: all before the failure were recorded
-    before = calls()
+    kept = calls()
+    middle = s.status(str(db))
+    assert middle.study is not None and middle.study.counts["scored"] == kept
+    assert middle.study.counts["failed"] == 1
+    failed = next(c for c in middle.ranked if c.state == "failed")
+    assert failed.key == (1.1, 1.2, 1.0)
     monkeypatch.delenv("EFFDSL_TEST_FAIL_AT")
-    result = scored(tiny, scorer, results, workers=1)
-    assert calls() - before == len(SMALL_CANDIDATES) - kept  # the rest, and only the rest
-    assert len(results.read_text().splitlines()) == len(SMALL_CANDIDATES)
+    result = scored(tiny, scorer, db)
+    assert calls() - kept == len(SMALL_CANDIDATES) - kept  # the rest, and only the rest
     assert all(c.score == -c.params for c in result.ranked)
+    before = calls()
+    scored(tiny, scorer, db)  # all scored: a rerun only reads the study
+    assert calls() == before
 
 
-def test_recorded_scores_are_used_and_not_recomputed(
-    tiny: effdsl.Network, tmp_path: Path, calls: Callable[[], int]
+def test_a_study_of_another_spec_scorer_or_grid_is_refused(
+    tiny: effdsl.Network, db: Path
 ) -> None:
-    scorer = f"{SCORERS}:fewest_params"
-    results = tmp_path / "results.jsonl"
-    fingerprint = s.spec_fingerprint(tiny)
-    rows = [
-        {"alpha": 1.2, "beta": 1.1, "gamma": 1.0, "score": 1e9, "scorer": scorer,
-         "spec": fingerprint},
-        {"alpha": 1.0, "beta": 1.2, "gamma": 1.0, "score": 5e8, "scorer": scorer,
-         "spec": fingerprint},
-    ]
-    text = "".join(json.dumps(row) + "\n" for row in rows)
-    results.write_text(text + '{"alpha": 1.1, "beta"')  # a line cut short by an interruption
-    result = scored(tiny, scorer, results)
-    assert calls() == len(SMALL_CANDIDATES) - 2
-    assert [c.key for c in result.ranked[:2]] == [(1.2, 1.1, 1.0), (1.0, 1.2, 1.0)]
-    lines = results.read_text().splitlines()
-    assert len(lines) == len(SMALL_CANDIDATES)  # the cut line is gone, the new ones appended
-    assert all(json.loads(line)["scorer"] == scorer for line in lines)
-
-
-def test_results_of_another_spec_or_scorer_are_refused(
-    tiny: effdsl.Network, tmp_path: Path
-) -> None:
-    results = tmp_path / "results.jsonl"
-    row = {"alpha": 1.0, "beta": 1.0, "gamma": 1.2, "score": 1.0, "scorer": "other:scorer",
-           "spec": s.spec_fingerprint(tiny)}
-    results.write_text(json.dumps(row) + "\n")
-    with pytest.raises(EffError, match="results of another spec or scorer"):
-        scored(tiny, f"{SCORERS}:fewest_params", results)
-    results.write_text("not json\n")
-    with pytest.raises(EffError, match=r"results.jsonl:1: not a line of effdsl search results"):
-        scored(tiny, f"{SCORERS}:fewest_params", results)
+    scored(tiny, f"{SCORERS}:fewest_params", db)
+    with pytest.raises(EffError, match="holds a search of another scorer") as e:
+        scored(tiny, f"{SCORERS}:forward_loss", db)
+    assert "--study" in (e.value.hint or "")
+    wider = tiny.model_copy(update={"head": tiny.head.model_copy(update={"channels": 64})})
+    with pytest.raises(EffError, match="holds a search of another network"):
+        scored(wider, f"{SCORERS}:fewest_params", db)
+    with pytest.raises(EffError, match="holds a search of another grid"):
+        s.search(tiny, grid=s.parse_grid("alpha=1:1.2:0.1,beta=1,gamma=1:1.2:0.1"), target=1.5,
+                 tolerance=0.2, scorer=f"{SCORERS}:fewest_params", storage=str(db))
+    # under another name the same storage holds a second study
+    other = scored(tiny, f"{SCORERS}:forward_loss", db, study="by-loss")
+    assert other.study is not None and other.study.name == "by-loss"
 
 
 def test_fingerprint_ignores_coefficients_presets_and_comments(tiny: effdsl.Network) -> None:
@@ -285,19 +277,24 @@ def test_fingerprint_ignores_coefficients_presets_and_comments(tiny: effdsl.Netw
         (f"{SCORERS}:os_module", "is not callable"),
     ],
 )
-def test_bad_scorers_are_clear_errors(tiny: effdsl.Network, scorer: str, message: str) -> None:
+def test_bad_scorers_are_clear_errors(
+    tiny: effdsl.Network, scorer: str, message: str, db: Path
+) -> None:
     with pytest.raises(EffError, match=message):
-        scored(tiny, scorer)
+        scored(tiny, scorer, db)
+    assert not db.exists()  # refused before any storage was opened
 
 
-def test_a_scorer_returning_nonsense_is_an_error(tiny: effdsl.Network) -> None:
+def test_a_scorer_returning_nonsense_is_an_error(tiny: effdsl.Network, db: Path) -> None:
     with pytest.raises(EffError, match="returned 'excellent', not a number"):
-        scored(tiny, f"{SCORERS}:not_a_number", workers=1)
+        scored(tiny, f"{SCORERS}:not_a_number", db)
 
 
-def test_results_need_a_scorer(tiny: effdsl.Network, tmp_path: Path) -> None:
-    with pytest.raises(EffError, match="needs --score"):
-        s.search(tiny, results=tmp_path / "r.jsonl")
+def test_storage_and_study_need_a_scorer(tiny: effdsl.Network, db: Path) -> None:
+    with pytest.raises(EffError, match="need --score or --data"):
+        s.search(tiny, storage=str(db))
+    with pytest.raises(EffError, match="give one"):
+        s.search(tiny, scorer="proxy", data="somewhere")
 
 
 # ---- the proxy scorer ----------------------------------------------------------------------
@@ -330,14 +327,14 @@ def test_proxy_knobs_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_proxy_scores_candidates_through_the_search(
-    tiny: effdsl.Network, monkeypatch: pytest.MonkeyPatch
+    tiny: effdsl.Network, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("EFFDSL_PROXY_STEPS", "2")
     monkeypatch.setenv("EFFDSL_PROXY_RESOLUTION", "16")
     monkeypatch.setenv("EFFDSL_PROXY_BATCH", "4")
     result = s.search(
         tiny, grid=s.parse_grid("alpha=1:1.1:0.1,beta=1,gamma=1:1.1:0.1"), target=1.2,
-        tolerance=0.11, scorer="proxy", workers=2,
+        tolerance=0.11, scorer="proxy", storage=str(tmp_path / "proxy.db"),
     )
     assert result.scorer == s.PROXY
     assert len(result.ranked) == 2 and all(c.score is not None for c in result.ranked)
@@ -419,28 +416,29 @@ def test_json_output_and_write_spec(tmp_path: Path) -> None:
 
 
 
-def test_cli_progress_goes_to_stderr(tmp_path: Path) -> None:
+def test_cli_progress_goes_to_stderr_as_lines_without_a_terminal(tmp_path: Path) -> None:
     spec = tmp_path / "tiny.eff"
     spec.write_text(TINY)
-    code = (
-        "import argparse, sys\n"
-        "from effdsl.search import register_search\n"
-        "if __name__ == '__main__':\n"
-        "    p = argparse.ArgumentParser(); register_search(p.add_subparsers())\n"
-        "    a = p.parse_args(sys.argv[1:]); sys.exit(a.run(a))\n"
-    )
-    script = tmp_path / "cli.py"
-    script.write_text(code)
     result = subprocess.run(
-        [sys.executable, str(script), "search", str(spec), "--grid", "alpha=1:1.1:0.1,beta=1,"
+        [sys.executable, "-m", "effdsl", "search", str(spec), "--grid", "alpha=1:1.1:0.1,beta=1,"
          "gamma=1:1.1:0.1", "--target", "1.2", "--tolerance", "0.11", "--score",
-         f"{SCORERS}:fewest_params", "--workers", "1", "--results", str(tmp_path / "r.jsonl")],
+         f"{SCORERS}:fewest_params", "--storage", str(tmp_path / "r.db")],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert result.returncode == 0, result.stderr
-    assert "scoring 2 candidates with tests.search_scorers:fewest_params in 1 worker process" in (
-        result.stderr
-    )
-    assert "[1/2] α=1 β=1 γ=1.1" in result.stderr and "[2/2]" in result.stderr
-    assert "score" in result.stdout.splitlines()[4]
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("[1/2] α=") and "score=" in line for line in lines), lines
+    assert any(line.startswith("[2/2] α=") and "best " in line for line in lines), lines
+    assert "\r" not in result.stderr  # no bar redrawing into a log
+    assert "score" in result.stdout.splitlines()[5]
+    assert result.stdout.splitlines()[3] == f"study tiny in {tmp_path / 'r.db'}: 2 of 2 scored"
+
+
+def test_the_old_results_flag_says_what_replaced_it(tmp_path: Path) -> None:
+    spec = tmp_path / "tiny.eff"
+    spec.write_text(TINY)
+    args = parser().parse_args(["search", str(spec), "--score", "proxy", "--results", "r.jsonl"])
+    with pytest.raises(EffError, match="--results is gone") as e:
+        s.run_search(args)
+    assert "--storage" in (e.value.hint or "")
