@@ -56,6 +56,7 @@ GRACE_BEATS = 3
 SAMPLER_SEED = 0  # every worker shuffles the grid alike, so trial k means one candidate to all
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SQLITE_TIMEOUT = 60  # seconds a worker waits for another's write lock on a shared SQLite file
+CREATE_ATTEMPTS = 5
 INSTALL_HINT = "install it with: pip install 'effdsl[search]'"
 
 Key = tuple[float, float, float]
@@ -149,7 +150,7 @@ class StorageRef:
 
     kind: str  # "sqlite", "url" or "journal"
     text: str  # the path for sqlite and journal, the URL otherwise
-    shown: str  # how messages name it (a URL without its password)
+    shown: str  # how messages name it: the file, or the URL without its password
 
 
 def parse_storage(text: str) -> StorageRef:
@@ -160,10 +161,10 @@ def parse_storage(text: str) -> StorageRef:
         path = text.removeprefix("journal:")
         if not path:
             raise EffError("--storage journal: needs a file name", hint="e.g. journal:b0.log")
-        return StorageRef("journal", path, text)
+        return StorageRef("journal", path, path)
     if text.startswith("sqlite:///"):
         path = text.removeprefix("sqlite:///")
-        return StorageRef("sqlite", path, text)
+        return StorageRef("sqlite", path, path)
     if "://" in text:
         return StorageRef("url", text, _hide_password(text))
     return StorageRef("sqlite", text, text)
@@ -254,7 +255,7 @@ def open_storage(text: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT,
     creating an empty storage. A journal file has no heartbeats (Optuna supports them only on
     databases): a crashed worker's trial there stays running until the study is resumed.
     """
-    optuna = require_optuna()
+    require_optuna()
     ref = parse_storage(text)
     check_not_foreign(ref)
     if ref.kind != "url" and not create and not Path(ref.text).exists():
@@ -273,8 +274,7 @@ def open_storage(text: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT,
         if heartbeat is not None:
             kwargs["heartbeat_interval"] = heartbeat
             kwargs["grace_period"] = GRACE_BEATS * heartbeat
-        storage: BaseStorage = optuna.storages.RDBStorage(url, **kwargs)
-        return storage
+        return _rdb_storage(url, kwargs)
     except ModuleNotFoundError as error:
         raise EffError(
             f"{ref.shown}: the database driver `{error.name}` is not installed",
@@ -284,6 +284,23 @@ def open_storage(text: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT,
     except Exception as error:  # the driver's or SQLAlchemy's: unreachable server, bad URL…
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise EffError(f"{ref.shown}: cannot open the storage: {first}") from None
+
+
+def _rdb_storage(url: str, kwargs: dict[str, Any]) -> BaseStorage:
+    """An RDBStorage; workers that start together on a new database race to create its tables,
+    and the losers see a constraint or lock error: they try again, and find the tables made."""
+    optuna = require_optuna()
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            storage: BaseStorage = optuna.storages.RDBStorage(url, **kwargs)
+            return storage
+        except (IntegrityError, OperationalError):
+            if attempt == CREATE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def study_names(storage: BaseStorage) -> list[str]:
@@ -530,11 +547,9 @@ def work(
 
 
 def _heartbeat_of(storage: BaseStorage) -> int | None:
-    from optuna.storages import RDBStorage
-
-    if isinstance(storage, RDBStorage):
-        return storage.get_heartbeat_interval()
-    return None
+    """The storage's heartbeat interval; None where it has none (a journal file)."""
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    return int(interval) if interval else None
 
 
 def _best(board: Sequence[Row]) -> tuple[float, Key] | None:

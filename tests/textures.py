@@ -1,6 +1,6 @@
 """A synthetic image-folder data set for the `--data` scorer's tests: three texture classes.
 
-    make_textures(tmp_path / "textures", per_class=40)   # textures/{checks,horizontal,vertical}/*.png
+    make_textures(tmp_path / "textures", per_class=40)   # textures/CLASS/NNN.png
 
 Horizontal stripes, vertical stripes and checks, 32 px, each image with a random period
 (4–8 px), phase, contrast and colour, over noise. Colour and brightness say nothing about the

@@ -1,0 +1,338 @@
+"""Scored searches as Optuna studies: workers sharing a storage, crashes, resuming, `--status`,
+refusing foreign files, the `--data` scorer on a synthetic image folder, and `plot --study`."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import effdsl
+from effdsl import search as s
+from effdsl.errors import EffError
+from effdsl.study import open_storage, parse_storage
+from effdsl.study_plot import pareto_front, study_svg
+from effdsl.train import ImageData, Recipe, train_score
+
+from .conftest import ROOT
+from .test_search import TINY
+from .textures import CLASSES, make_textures
+
+pytest.importorskip("optuna")
+
+# five candidates: |α·β²·γ² − 1.45| ≤ 0.02 on this grid holds (1, 1, 1.2), (1, 1.1, 1.1),
+# (1, 1.2, 1), (1.2, 1, 1.1), (1.2, 1.1, 1); their (params, resolution) pairs are all distinct
+GRID = ["--grid", "alpha=1:1.2:0.1,beta=1:1.2:0.1,gamma=1:1.2:0.1", "--target", "1.45",
+        "--tolerance", "0.02"]
+FIVE = 5
+HANG_PARAMS = "13704"  # the parameters of (1, 1.2, 1), the candidate a worker hangs on
+SCORER = "tests.search_scorers:slow_params"
+
+
+@pytest.fixture
+def spec(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.eff"
+    path.write_text(TINY)
+    return path
+
+
+def worker(spec: Path, storage: Path, log: Path, *extra: str, env: dict[str, str] | None = None,
+           scorer: str = SCORER) -> subprocess.Popen[str]:
+    """An `effdsl search` process scoring with `slow_params`, sharing `storage`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "effdsl", "search", str(spec), *GRID, "--score", scorer,
+         "--storage", str(storage), "--study", "shared", "--heartbeat", "1", "--threads", "1",
+         *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "EFFDSL_TEST_LOG": str(log),
+             "EFFDSL_TEST_SLEEP": "0.5", **(env or {})},
+    )
+
+
+def started(log: Path) -> list[tuple[str, str]]:
+    """(pid, "params resolution") of every scoring that started, from the scorer's log."""
+    if not log.exists():
+        return []
+    return [(line.split()[0], " ".join(line.split()[1:])) for line in log.read_text().splitlines()]
+
+
+def wait_for(condition: object, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.2)
+
+
+def status_json(storage: Path) -> dict[str, object]:
+    args = ["search", "--status", "--storage", str(storage), "--json", "--top", "0"]
+    done = subprocess.run([sys.executable, "-m", "effdsl", *args], capture_output=True,
+                          text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+# ---- several workers on one storage ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_concurrent_workers_score_each_candidate_exactly_once(
+    spec: Path, tmp_path: Path
+) -> None:
+    storage, log = tmp_path / "shared.db", tmp_path / "log.txt"
+    first, second = worker(spec, storage, log), worker(spec, storage, log)
+    outputs = [p.communicate(timeout=300) for p in (first, second)]
+    for process, (out, err) in zip((first, second), outputs, strict=True):
+        assert process.returncode == 0, err
+        assert "study shared in" in out and f"{FIVE} of {FIVE} scored" in out
+    runs = Counter(candidate for _, candidate in started(log))
+    assert len(runs) == FIVE and set(runs.values()) == {1}, runs  # each once, the union whole
+    data = status_json(storage)
+    assert data["study"] == {"name": "shared", "storage": str(storage), "scored": FIVE,
+                             "running": 0, "failed": 0, "pending": 0}
+    scores = [c["score"] for c in data["candidates"]]  # type: ignore[attr-defined,index]
+    assert scores == sorted(scores, reverse=True)
+    # both processes print the same final ranking
+    assert outputs[0][0] == outputs[1][0]
+
+
+@pytest.mark.slow
+def test_a_killed_workers_candidate_is_finished_by_another(spec: Path, tmp_path: Path) -> None:
+    storage, log = tmp_path / "shared.db", tmp_path / "log.txt"
+    doomed = worker(spec, storage, log, env={"EFFDSL_TEST_HANG_AT": HANG_PARAMS})
+    wait_for(lambda: any(c.startswith(HANG_PARAMS) for _, c in started(log)))
+    survivor = worker(spec, storage, log)
+    doomed.send_signal(signal.SIGKILL)  # mid-trial: no chance to say anything to the storage
+    doomed.wait(timeout=60)
+    out, err = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, err
+    assert f"{FIVE} of {FIVE} scored" in out
+    runs = Counter(candidate for _, candidate in started(log))
+    assert len(runs) == FIVE
+    hung = next(c for c in runs if c.startswith(HANG_PARAMS))
+    assert runs[hung] == 2  # started by the killed worker, finished by the survivor
+    assert all(count == 1 for c, count in runs.items() if c != hung)
+    by_pid = {pid for pid, c in started(log) if c == hung}
+    assert by_pid == {str(doomed.pid), str(survivor.pid)}
+
+
+@pytest.mark.slow
+def test_an_interrupted_worker_resumes_where_it_stopped(spec: Path, tmp_path: Path) -> None:
+    storage, log = tmp_path / "alone.db", tmp_path / "log.txt"
+    first = worker(spec, storage, log, env={"EFFDSL_TEST_HANG_AT": HANG_PARAMS})
+    wait_for(lambda: any(c.startswith(HANG_PARAMS) for _, c in started(log)))
+    first.send_signal(signal.SIGINT)  # Ctrl-C
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 130 and err.strip().endswith("interrupted"), err
+    before = len(started(log))
+    data = status_json(storage)
+    study = data["study"]
+    assert study["failed"] == 1 and study["scored"] == before - 1  # type: ignore[index]
+    failed = [c for c in data["candidates"] if c["state"] == "failed"]  # type: ignore[attr-defined]
+    assert [(c["alpha"], c["beta"], c["gamma"]) for c in failed] == [(1.0, 1.2, 1.0)]
+    again = worker(spec, storage, log)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert f"{FIVE} of {FIVE} scored" in out
+    # the rerun scored only what was left: the interrupted candidate and the untouched ones
+    rerun = started(log)[before:]
+    assert len(rerun) == FIVE - (before - 1)
+    assert sum(c.startswith(HANG_PARAMS) for _, c in rerun) == 1
+
+
+def test_status_reads_the_storage_alone(spec: Path, tmp_path: Path) -> None:
+    storage = tmp_path / "s.db"
+    network = effdsl.load(spec)
+    s.search(network, grid=s.parse_grid("alpha=1:1.2:0.1,beta=1:1.2:0.1,gamma=1:1.2:0.1"),
+             target=1.45, tolerance=0.02, scorer="tests.search_scorers:fewest_params",
+             storage=str(storage), study="first")
+    text = s.to_text(s.status(str(storage)))
+    assert f"study first in {storage}: {FIVE} of {FIVE} scored" in text
+    assert "ranked by score (tests.search_scorers:fewest_params)" in text
+    with pytest.raises(EffError, match="no study 'other'") as e:
+        s.status(str(storage), "other")
+    assert "first" in (e.value.hint or "")
+    with pytest.raises(EffError, match="no such storage"):
+        s.status(str(tmp_path / "missing.db"))
+    assert not (tmp_path / "missing.db").exists()
+
+
+# ---- foreign files given as a storage are refused, untouched (issue 13, item 3) ----------------
+
+
+@pytest.mark.parametrize("prefix", ["", "sqlite:///", "journal:"])
+def test_a_file_that_is_not_a_storage_is_refused_untouched(
+    spec: Path, tmp_path: Path, prefix: str
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"notes")  # printf 'notes' > notes.txt
+    before = notes.stat()
+    done = subprocess.run(
+        [sys.executable, "-m", "effdsl", "search", str(spec), "--score", "proxy",
+         "--storage", prefix + str(notes)],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"error: {notes}: not ") and "left untouched" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert notes.read_bytes() == b"notes" and notes.stat().st_mtime_ns == before.st_mtime_ns
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "tiny.eff"]
+
+
+def test_an_old_results_log_and_a_foreign_database_are_refused(tmp_path: Path) -> None:
+    old = tmp_path / "b0.jsonl"
+    old.write_text('{"alpha": 1.0, "beta": 1.1, "gamma": 1.3, "score": -1.2, "scorer": "x", '
+                   '"spec": "3f9c"}\n')
+    with pytest.raises(EffError, match="a results log of an older effdsl search") as e:
+        open_storage(str(old))
+    assert "CHANGELOG" in (e.value.hint or "")
+    database = tmp_path / "other.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE accounts (name TEXT)")
+    data = database.read_bytes()
+    with pytest.raises(EffError, match="an SQLite database, but not an Optuna study storage"):
+        open_storage(str(database))
+    assert database.read_bytes() == data
+    directory = tmp_path / "folder"
+    directory.mkdir()
+    with pytest.raises(EffError, match="not a regular file"):
+        open_storage(str(directory))
+
+
+def test_storage_urls_are_parsed_and_passwords_kept_out_of_messages() -> None:
+    assert parse_storage("b0.db").kind == "sqlite"
+    assert parse_storage("sqlite:///b0.db").text == "b0.db"
+    assert parse_storage("journal:b0.log").kind == "journal"
+    url = parse_storage("postgresql://me:secret@db.example/effdsl")
+    assert url.kind == "url" and "secret" not in url.shown
+    with pytest.raises(EffError, match="cannot open the storage") as e:
+        open_storage("postgresql://me:secret@127.0.0.1:1/none")
+    assert "secret" not in str(e.value)
+
+
+def test_a_journal_file_holds_a_study_too(spec: Path, tmp_path: Path) -> None:
+    journal = tmp_path / "b0.log"
+    network = effdsl.load(spec)
+    grid = s.parse_grid("alpha=1:1.2:0.1,beta=1:1.2:0.1,gamma=1:1.2:0.1")
+    result = s.search(network, grid=grid, target=1.45, tolerance=0.02,
+                      scorer="tests.search_scorers:fewest_params", storage=f"journal:{journal}")
+    assert result.study is not None and result.study.counts["scored"] == FIVE
+    assert s.status(f"journal:{journal}").best.key == result.best.key
+    open_storage(f"journal:{journal}")  # ours: accepted again
+
+
+# ---- the --data scorer ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def textures(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_textures(tmp_path_factory.mktemp("data") / "textures", per_class=30)
+
+
+def test_an_image_folder_is_split_per_class_with_a_fixed_seed(
+    textures: Path, tmp_path: Path
+) -> None:
+    data = ImageData.open(textures, Recipe())
+    assert data.classes == CLASSES and data.split == "seeded"
+    assert len(data.val) == 3 * 6 and len(data.train) == 3 * 24  # 20% of each class
+    assert ImageData.open(textures, Recipe()) == data  # the same split every time
+    assert not set(data.train) & set(data.val)
+    given = make_textures(tmp_path / "given", per_class=4, val_per_class=2)
+    split = ImageData.open(given, Recipe())
+    assert split.split == "given" and (len(split.train), len(split.val)) == (12, 6)
+    (given / "val").rename(given / "elsewhere")
+    with pytest.raises(EffError, match="has train/ but no val/"):
+        ImageData.open(given, Recipe())
+    with pytest.raises(EffError, match="not a directory"):
+        ImageData.open(tmp_path / "nothing", Recipe())
+
+
+def test_training_scores_tell_a_good_candidate_from_a_clearly_bad_one(textures: Path) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    network = effdsl.parse(TINY)
+    recipe = Recipe(epochs=4, batch=16)
+    data = ImageData.open(textures, recipe)
+    epochs: list[tuple[int, float]] = []
+    good = train_score(network, data, recipe, report=lambda e, n, loss, top1: epochs.append(
+        (e, top1)))
+    # the same net looking at 2-pixel thumbnails: the stripes blur into grey
+    blind = network.model_copy(update={"input": network.input.model_copy(update={"size": 2})})
+    bad = train_score(blind, data, recipe)
+    assert [e for e, _ in epochs] == [1, 2, 3, 4]
+    assert good >= 0.9, good
+    assert bad <= 0.6, bad  # three classes: chance is 1/3
+    assert train_score(network, data, recipe) == good  # fixed seeds: the same score again
+
+
+@pytest.mark.slow
+def test_a_data_study_from_the_cli(spec: Path, textures: Path, tmp_path: Path) -> None:
+    storage = tmp_path / "data.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "effdsl", "search", str(spec), *GRID, "--data", str(textures),
+         "--epochs", "2", "--batch", "16", "--threads", "1", "--storage", str(storage),
+         "--write-spec", str(tmp_path / "best.eff")],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ranked by score (data)" in done.stdout and f"{FIVE} of {FIVE} scored" in done.stdout
+    assert "epoch 2/2: loss" in done.stderr  # plain progress lines: stderr is not a terminal
+    best = effdsl.load(tmp_path / "best.eff").scaling
+    top = s.status(str(storage)).best
+    assert (best.alpha, best.beta, best.gamma) == top.key
+    # the recipe is part of the study: another one is refused rather than mixed in
+    again = subprocess.run(
+        [sys.executable, "-m", "effdsl", "search", str(spec), *GRID, "--data", str(textures),
+         "--epochs", "3", "--storage", str(storage)],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
+    assert again.returncode == 1 and "another recipe or data set" in again.stderr
+
+
+def test_training_options_need_data(spec: Path) -> None:
+    from effdsl.cli import main
+
+    assert main(["search", str(spec), "--epochs", "3"]) == 1
+
+
+# ---- plot --study ----------------------------------------------------------------------------
+
+
+def test_plot_of_a_study_marks_the_front_and_is_deterministic(spec: Path, tmp_path: Path) -> None:
+    from effdsl.cli import main
+
+    storage = tmp_path / "s.db"
+    network = effdsl.load(spec)
+    result = s.search(network, grid=s.parse_grid("alpha=1:1.2:0.1,beta=1:1.2:0.1,"
+                                                 "gamma=1:1.2:0.1"),
+                      target=1.5, tolerance=0.2, scorer="tests.search_scorers:fewest_params",
+                      storage=str(storage))
+    front = pareto_front(result.ranked)
+    # fewest parameters is the score: the front runs from the cheapest candidate to the best
+    assert front[0].macs == min(c.macs for c in result.ranked)
+    pairs = itertools.pairwise(front)
+    assert all(a.macs < b.macs and a.score < b.score for a, b in pairs)  # type: ignore[operator]
+    out = tmp_path / "study.svg"
+    assert main(["plot", "--study", "tiny", "--storage", str(storage), "-o", str(out)]) == 0
+    svg = out.read_text()
+    assert svg == study_svg(s.status(str(storage)))
+    assert svg.count("<circle") == len(result.ranked) + 1 + 3  # dots, the spec's ring, legend
+    assert 'r="8" fill="none"' in svg  # the spec's own α, β, γ (1.1, 1.1, 1.1) is a candidate
+    assert main(["plot", "--study", "tiny", "--storage", str(storage), "-o",
+                 str(out)]) == 0 and out.read_text() == svg
+    assert main(["plot", "--study", "tiny", "--storage", str(storage), "-o",
+                 str(storage.with_suffix(".svg")), str(spec)]) == 1
