@@ -11,10 +11,17 @@ each epoch is one line, so a log reads as a record.
 
 from __future__ import annotations
 
+import shutil
 import time
 from typing import Any, TextIO
 
 from effdsl.study import Key, Reporter
+
+
+def _columns() -> int:
+    """The terminal's width; 100 where it reports none (a pseudo-terminal of size 0 × 0 would
+    make tqdm draw nothing)."""
+    return shutil.get_terminal_size((100, 24)).columns or 100
 
 
 def coefficients(key: Key) -> str:
@@ -46,9 +53,9 @@ class Bars(Reporter):
             from tqdm import tqdm
 
             self._outer = tqdm(total=total, initial=scored, desc="candidates", unit="cand",
-                               file=self.stream, dynamic_ncols=True, position=0)
-        self._outer.n = scored
-        self._outer.set_postfix_str(self._best_text(), refresh=True)
+                               file=self.stream, ncols=_columns(), position=0, mininterval=0)
+        self._outer.set_postfix_str(self._best_text(), refresh=False)
+        self._outer.update(scored - self._outer.n)
 
     def started(self, key: Key, trial: int) -> None:
         if not self.bars:
@@ -64,9 +71,10 @@ class Bars(Reporter):
             from tqdm import tqdm
 
             self._inner = tqdm(total=epochs, desc="  epochs", unit="ep", file=self.stream,
-                               dynamic_ncols=True, position=1, leave=False)
-        self._inner.n = done
-        self._inner.set_postfix_str(f"loss {loss:.3f} top-1 {top1:.3f}", refresh=True)
+                               ncols=_columns(), position=1, leave=False,
+                               mininterval=0)
+        self._inner.set_postfix_str(f"loss {loss:.3f} top-1 {top1:.3f}", refresh=False)
+        self._inner.update(done - self._inner.n)
 
     def finished(self, key: Key, score: float, seconds: float) -> None:
         self.mine += 1
@@ -77,8 +85,8 @@ class Bars(Reporter):
             self._inner.close()
             self._inner = None
         if self.bars:
-            self._outer.n = self.scored
-            self._outer.set_postfix_str(self._best_text(), refresh=True)
+            self._outer.set_postfix_str(self._best_text(), refresh=False)
+            self._outer.update(self.scored - self._outer.n)
             return
         elapsed = time.perf_counter() - self.start
         left = elapsed / self.mine * max(self.total - self.scored, 0)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,8 @@ def spec(tmp_path: Path) -> Path:
     return path
 
 
-def worker(spec: Path, storage: Path, log: Path, *extra: str, env: dict[str, str] | None = None,
-           scorer: str = SCORER) -> subprocess.Popen[str]:
+def worker(spec: Path, storage: Path | str, log: Path, *extra: str,
+           env: dict[str, str] | None = None, scorer: str = SCORER) -> subprocess.Popen[str]:
     """An `effdsl search` process scoring with `slow_params`, sharing `storage`."""
     return subprocess.Popen(
         [sys.executable, "-m", "effdsl", "search", str(spec), *GRID, "--score", scorer,
@@ -336,3 +337,84 @@ def test_plot_of_a_study_marks_the_front_and_is_deterministic(spec: Path, tmp_pa
                  str(out)]) == 0 and out.read_text() == svg
     assert main(["plot", "--study", "tiny", "--storage", str(storage), "-o",
                  str(storage.with_suffix(".svg")), str(spec)]) == 1
+
+
+# ---- PostgreSQL: a throwaway server from Debian's `postgresql` (tools/system-deps.sh) ----------
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a PostgreSQL server started for these tests on a Unix socket, stopped after."""
+    pytest.importorskip("psycopg2")
+    binaries = _postgres_bin()
+    if binaries is None:
+        pytest.skip("PostgreSQL is not installed (tools/system-deps.sh installs it)")
+    root = tmp_path_factory.mktemp("postgres")
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root: run it as Debian's `postgres`
+        os.chmod(root, 0o777)
+        as_user = ["su", "postgres", "-s", "/bin/sh", "-c"]
+
+    def run(*command: str) -> None:
+        line = " ".join(f"'{part}'" for part in command)
+        argv = [*as_user, line] if as_user else ["sh", "-c", line]
+        subprocess.run(argv, check=True, capture_output=True, timeout=120)
+
+    data, port = root / "data", "54329"
+    run(str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+    run(str(binaries / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
+        f"-k {root} -h '' -p {port}", "start")
+    try:
+        run(str(binaries / "createdb"), "-h", str(root), "-p", port, "-U", "postgres", "effdsl")
+        yield f"postgresql+psycopg2://postgres@/effdsl?host={root}&port={port}"
+    finally:
+        run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_study_in_postgresql(
+    spec: Path, tmp_path: Path, postgres: str
+) -> None:
+    log = tmp_path / "log.txt"
+    first, second = worker(spec, postgres, log), worker(spec, postgres, log)
+    for process in (first, second):
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+        assert f"{FIVE} of {FIVE} scored" in out
+    runs = Counter(candidate for _, candidate in started(log))
+    assert len(runs) == FIVE and set(runs.values()) == {1}, runs
+    assert s.status(postgres, "shared").study.counts["scored"] == FIVE  # type: ignore[union-attr]
+
+
+def test_progress_draws_bars_in_a_terminal_and_writes_lines_elsewhere() -> None:
+    import io
+
+    from effdsl.progress import Bars
+
+    def follow(bars: Bars) -> None:
+        bars.study(3, 1, (0.5, (1.0, 1.0, 1.2)))
+        bars.started((1.1, 1.0, 1.0), 4)
+        bars.epoch(1, 2, 0.9, 0.6)
+        bars.epoch(2, 2, 0.5, 0.8)
+        bars.finished((1.1, 1.0, 1.0), 0.8, 2.0)
+        bars.close()
+
+    terminal = io.StringIO()
+    follow(Bars(terminal, bars=True))
+    drawn = terminal.getvalue()
+    assert "\r" in drawn and "candidates" in drawn and "2/3" in drawn
+    assert "best 0.8 at α=1.1 β=1 γ=1" in drawn and "epochs" in drawn and "top-1" in drawn
+    log = io.StringIO()
+    follow(Bars(log, bars=False))
+    assert log.getvalue().splitlines()[:3] == [
+        "[2/3] α=1.1 β=1 γ=1: scoring (trial 4)",
+        "    epoch 1/2: loss 0.9000, val top-1 0.6000",
+        "    epoch 2/2: loss 0.5000, val top-1 0.8000",
+    ]
+    assert log.getvalue().splitlines()[3].startswith(
+        "[2/3] α=1.1 β=1 γ=1 score=0.8 (2.0 s; best 0.8 at α=1.1 β=1 γ=1; about ")

@@ -16,6 +16,7 @@ need dot graphviz  # render: graphviz's layout engine
 need node nodejs   # editors/vscode: the grammar tests run VS Code's tokenizer under node
 need npm npm
 need chromium chromium  # tests/test_render_browser.py: SVG tooltips in a real browser
+need pg_ctlcluster postgresql  # search: a throwaway PostgreSQL server for the study-storage test
 
 if ((${#missing[@]})); then
     sudo=""
