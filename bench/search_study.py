@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--per-class", type=int, default=100)
+    parser.add_argument("--plot", type=Path, help="also draw the study (effdsl plot --study)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -57,6 +58,9 @@ def main() -> None:
         if any(w.returncode for w in workers):
             sys.exit("a worker failed")
         print(outputs[0])
+        if args.plot is not None:
+            subprocess.run([sys.executable, "-m", "effdsl", "plot", "--study", "tiny", "--storage",
+                            str(root / "study.db"), "-o", str(args.plot)], env=env, check=True)
         print(f"{args.processes} processes, {args.epochs} epochs, {3 * args.per_class} images: "
               f"{wall:.1f} s wall, {usage.ru_utime + usage.ru_stime:.1f} s CPU (all workers, "
               f"imports included); load average before {load_before[0]:.1f}, after "
