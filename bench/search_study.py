@@ -37,15 +37,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--plot", type=Path, help="also draw the study (effdsl plot --study)")
+    parser.add_argument("--storage", type=Path,
+                        help="keep the study in this new SQLite file (default: a temporary one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         data = make_textures(root / "textures", per_class=args.per_class)
         spec = root / "tiny.eff"
         spec.write_text(TINY)
+        storage = args.storage or root / "study.db"
+        if storage.exists():
+            sys.exit(f"{storage} exists: the measurement needs a new study")
         command = [sys.executable, "-m", "effdsl", "search", str(spec), *GRID, "--data",
                    str(data), "--epochs", str(args.epochs), "--batch", "32", "--threads", "1",
-                   "--storage", str(root / "study.db")]
+                   "--storage", str(storage)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         load_before = os.getloadavg()
         start = time.perf_counter()
@@ -60,7 +65,7 @@ def main() -> None:
         print(outputs[0])
         if args.plot is not None:
             subprocess.run([sys.executable, "-m", "effdsl", "plot", "--study", "tiny", "--storage",
-                            str(root / "study.db"), "-o", str(args.plot)], env=env, check=True)
+                            str(storage), "-o", str(args.plot)], env=env, check=True)
         print(f"{args.processes} processes, {args.epochs} epochs, {3 * args.per_class} images: "
               f"{wall:.1f} s wall, {usage.ru_utime + usage.ru_stime:.1f} s CPU (all workers, "
               f"imports included); load average before {load_before[0]:.1f}, after "

@@ -2,7 +2,7 @@
 
     storage = open_storage("b0.search.db", heartbeat=20)     # SQLite file, PostgreSQL/MySQL URL,
     study = open_study(storage, "b0", plan)                   #   or journal:FILE
-    work(study, plan, scoring, network, progress)             # score what nobody has scored yet
+    work(study, plan, score, reporter)                        # score what nobody has scored yet
     rows = read_rows(study, plan)                             # every candidate, scored or not
 
 A study holds one trial per candidate of the constrained grid: Optuna's `GridSampler` over a

@@ -89,7 +89,8 @@ def study_svg(result: SearchResult) -> str:
     out.append(_text(LEFT, TOP - 8, "score (higher is better)", font_weight="bold"))
     points = " ".join(f"{_fmt(x(c.macs))},{_fmt(y(c.score))}" for c in front)  # type: ignore[arg-type]
     out.append(f'<polyline points="{points}" fill="none" stroke="{NOMINAL}" stroke-width="1.8"/>')
-    for c in scored:
+    # the best last, so that a candidate tying with it cannot hide its mark
+    for c in sorted(scored, key=lambda c: c.key == best.key):
         cx, cy = x(c.macs), y(c.score)  # type: ignore[arg-type]
         colour = MARK if c.key == best.key else EXACT
         out.append(f'<circle cx="{_fmt(cx)}" cy="{_fmt(cy)}" r="4" fill="{colour}" '

@@ -422,8 +422,8 @@ def test_cli_progress_goes_to_stderr_as_lines_without_a_terminal(tmp_path: Path)
     result = subprocess.run(
         [sys.executable, "-m", "effdsl", "search", str(spec), "--grid", "alpha=1:1.1:0.1,beta=1,"
          "gamma=1:1.1:0.1", "--target", "1.2", "--tolerance", "0.11", "--score",
-         f"{SCORERS}:fewest_params", "--storage", str(tmp_path / "r.db")],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
+         f"{SCORERS}:fewest_params", "--storage", str(tmp_path / "r.db"), "--threads", "1"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert result.returncode == 0, result.stderr

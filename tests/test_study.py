@@ -66,7 +66,7 @@ def started(log: Path) -> list[tuple[str, str]]:
     return [(line.split()[0], " ".join(line.split()[1:])) for line in log.read_text().splitlines()]
 
 
-def wait_for(condition: object, seconds: float = 180) -> None:
+def wait_for(condition: object, seconds: float = 600) -> None:
     deadline = time.monotonic() + seconds
     while not condition():  # type: ignore[operator]
         if time.monotonic() > deadline:
@@ -78,7 +78,7 @@ def status_json(storage: Path) -> dict[str, object]:
     args = ["search", "--status", "--storage", str(storage), "--json", "--top", "0"]
     done = subprocess.run([sys.executable, "-m", "effdsl", *args], capture_output=True,
                           text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          timeout=120)
+                          timeout=600)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
@@ -92,7 +92,7 @@ def test_two_concurrent_workers_score_each_candidate_exactly_once(
 ) -> None:
     storage, log = tmp_path / "shared.db", tmp_path / "log.txt"
     first, second = worker(spec, storage, log), worker(spec, storage, log)
-    outputs = [p.communicate(timeout=300) for p in (first, second)]
+    outputs = [p.communicate(timeout=600) for p in (first, second)]
     for process, (out, err) in zip((first, second), outputs, strict=True):
         assert process.returncode == 0, err
         assert "study shared in" in out and f"{FIVE} of {FIVE} scored" in out
@@ -115,7 +115,7 @@ def test_a_killed_workers_candidate_is_finished_by_another(spec: Path, tmp_path:
     survivor = worker(spec, storage, log)
     doomed.send_signal(signal.SIGKILL)  # mid-trial: no chance to say anything to the storage
     doomed.wait(timeout=60)
-    out, err = survivor.communicate(timeout=300)
+    out, err = survivor.communicate(timeout=600)
     assert survivor.returncode == 0, err
     assert f"{FIVE} of {FIVE} scored" in out
     runs = Counter(candidate for _, candidate in started(log))
@@ -142,7 +142,7 @@ def test_an_interrupted_worker_resumes_where_it_stopped(spec: Path, tmp_path: Pa
     failed = [c for c in data["candidates"] if c["state"] == "failed"]  # type: ignore[attr-defined]
     assert [(c["alpha"], c["beta"], c["gamma"]) for c in failed] == [(1.0, 1.2, 1.0)]
     again = worker(spec, storage, log)
-    out, err = again.communicate(timeout=300)
+    out, err = again.communicate(timeout=600)
     assert again.returncode == 0, err
     assert f"{FIVE} of {FIVE} scored" in out
     # the rerun scored only what was left: the interrupted candidate and the untouched ones
@@ -182,7 +182,7 @@ def test_a_file_that_is_not_a_storage_is_refused_untouched(
         [sys.executable, "-m", "effdsl", "search", str(spec), "--score", "proxy",
          "--storage", prefix + str(notes)],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=120,
+        timeout=600,
     )
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith(f"error: {notes}: not ") and "left untouched" in done.stderr
@@ -299,7 +299,7 @@ def test_a_data_study_from_the_cli(spec: Path, textures: Path, tmp_path: Path) -
         [sys.executable, "-m", "effdsl", "search", str(spec), *GRID, "--data", str(textures),
          "--epochs", "3", "--storage", str(storage)],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=300,
+        timeout=600,
     )
     assert again.returncode == 1 and "another recipe or data set" in again.stderr
 
@@ -363,7 +363,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     def run(*command: str) -> None:
         line = " ".join(f"'{part}'" for part in command)
         argv = [*as_user, line] if as_user else ["sh", "-c", line]
-        subprocess.run(argv, check=True, capture_output=True, timeout=120)
+        subprocess.run(argv, check=True, capture_output=True, timeout=600)
 
     data, port = root / "data", "54329"
     run(str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
@@ -383,7 +383,7 @@ def test_two_workers_share_a_study_in_postgresql(
     log = tmp_path / "log.txt"
     first, second = worker(spec, postgres, log), worker(spec, postgres, log)
     for process in (first, second):
-        out, err = process.communicate(timeout=300)
+        out, err = process.communicate(timeout=600)
         assert process.returncode == 0, err
         assert f"{FIVE} of {FIVE} scored" in out
     runs = Counter(candidate for _, candidate in started(log))
