@@ -8,15 +8,21 @@ Subcommands that do not produce PyTorch artefacts never import torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
+import signal
 import sys
 import traceback
-from collections.abc import Sequence
+import typing
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from effdsl.errors import EffError, OutputError
+from effdsl.files import command_scope, refuse_inputs
+from effdsl.text import printable
 from effdsl.version import __version__
 
 ISSUES_URL = "https://github.com/effdsl/effdsl/issues"
@@ -34,24 +40,41 @@ def _amount(text: str) -> float:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+#: A number as the language writes one: ASCII digits, no `_` separators (`float` takes `1_0`
+#: and `٣`, which a spec would refuse), `inf` and `nan` so that they get a clear refusal.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|nan)",
+                     re.IGNORECASE)
+#: What argparse must take for a value, not an option, after a flag: `-3`, `-.5`, `-inf`.
+_NEGATIVE_VALUE = re.compile(r"^-(?:[0-9]|\.[0-9]|inf|nan)", re.IGNORECASE)
+
+
 def _finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not _NUMBER.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"not a number: {printable(repr(text))}")
+    value = float(text)
     if value != value or value in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
     return value
 
 
+def _whole(text: str) -> int:
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
+        raise argparse.ArgumentTypeError(f"not a whole number: {printable(repr(text))}")
+    return int(text)
+
+
 def _add_scaling_flags(parser: argparse.ArgumentParser, *, budgets: bool = True) -> None:
+    parser._negative_number_matcher = _NEGATIVE_VALUE  # `--phi -inf` is a value, refused clearly
     group = parser.add_argument_group("scaling (choose one of --phi, --preset, --width/--depth)")
     group.add_argument("--phi", type=_finite_float, help="compound coefficient φ (any real)")
     group.add_argument("--preset", metavar="NAME", help="a preset of the spec, e.g. b3")
     group.add_argument("--width", type=_finite_float, metavar="W", help="width multiplier")
     group.add_argument("--depth", type=_finite_float, metavar="D", help="depth multiplier")
     group.add_argument(
-        "--resolution", type=int, metavar="PX", help="input resolution; overrides a preset's or φ's"
+        "--resolution",
+        type=_whole,
+        metavar="PX",
+        help="input resolution; overrides a preset's or φ's",
     )
     group.add_argument("--alpha", type=_finite_float, help="override the spec's depth base α")
     group.add_argument("--beta", type=_finite_float, help="override the spec's width base β")
@@ -155,7 +178,7 @@ def cmd_fmt(args: argparse.Namespace) -> int:
     status = 0
     for path in args.files:
         try:
-            text = sys.stdin.read() if path == "-" else read_spec(path)
+            text = read_spec(path)  # `-` is standard input, read up to the same limit
             formatted = format_network(parse(text, filename="<stdin>" if path == "-" else path))
         except EffError as error:
             print(error.render(), file=sys.stderr)
@@ -163,12 +186,12 @@ def cmd_fmt(args: argparse.Namespace) -> int:
             continue
         if args.check:
             if formatted != text:
-                print(f"{path}: not formatted", file=sys.stderr)
+                print(f"{printable(path)}: not formatted", file=sys.stderr)
                 status = max(status, 1)
         elif args.write and path != "-":
             if formatted != text:
-                atomic_write(path, formatted)
-                print(f"formatted {path}", file=sys.stderr)
+                atomic_write(path, formatted, replace_input=True)
+                print(f"formatted {printable(path)}", file=sys.stderr)
         else:
             sys.stdout.write(formatted)
     return status
@@ -215,13 +238,6 @@ def _limits(args: argparse.Namespace) -> Any:
     )
 
 
-def _refuse_overwriting_input(output: str, spec: str) -> None:
-    from effdsl.files import same_file
-
-    if same_file(output, spec):
-        raise OutputError(f"{output}: refusing to overwrite the input spec")
-
-
 def cmd_compile(args: argparse.Namespace) -> int:
     from effdsl.export import output_format
     from effdsl.limits import check_plan
@@ -231,7 +247,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     output = args.output
     if output is not None and output != "-":
         output_format(output)  # an unknown extension fails before any work is done
-        _refuse_overwriting_input(output, args.spec)
+        refuse_inputs(output, args.spec, args.weights)
     if (args.weights or args.inference) and output in (None, "-"):
         raise OutputError("--weights and --inference need an output file (-o)")
     network, factors, text = _load_scaled(args)
@@ -261,7 +277,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             spec_text=text,
             source_name=args.spec,
         )
-        print(f"wrote {written}", file=sys.stderr if args.json else sys.stdout)
+        print(f"wrote {printable(str(written))}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -271,7 +287,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from effdsl.render import render
     from effdsl.scaling import apply
 
-    _refuse_overwriting_input(args.output, args.spec)
+    refuse_inputs(args.output, args.spec)
     network, factors, _text = _load_scaled(args)
     scaled = lower(apply(network, factors), factors)
     check_plan(scaled, _limits(args))
@@ -288,7 +304,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         size=args.size,
         spec=network,
     )
-    print(f"wrote {written}")
+    print(f"wrote {printable(str(written))}")
     return 0
 
 
@@ -320,14 +336,24 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors quote the command line printably (an argument
+    can hold a terminal escape)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        super().error(printable(message, newlines=True))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="effdsl",
         description="A declarative architecture language for EfficientNet-family networks.",
         epilog="Run `effdsl COMMAND --help` for a command's options. Docs: docs/cli.md.",
     )
     parser.add_argument("--version", action="version", version=f"effdsl {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
 
     check = commands.add_parser(
         "check",
@@ -469,6 +495,47 @@ def _unknown_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> No
     parser.error(f"unknown command `{word}`{hint}")
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised where the program is, so that every clean-up runs."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(number)
+        self.signal = number
+
+
+def _raise_terminated(number: int, _frame: Any) -> None:
+    raise Terminated(number)
+
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into `Terminated` for the block: temporary files are removed and
+    child processes (graphviz's `dot`) killed on the way out, as for Ctrl-C."""
+    previous: dict[int, Any] = {}
+    try:
+        for number in (int(signal.SIGTERM), int(signal.SIGHUP)):
+            previous[number] = signal.signal(number, _raise_terminated)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        pass
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _out_of_memory(error: BaseException) -> str | None:
+    """A one-line message for an allocation that failed (Python's or torch's), else None."""
+    if isinstance(error, MemoryError):
+        return "out of memory" + (f": {error}" if str(error) else "")
+    text = str(error)
+    match = re.search(r"tried to allocate (\d+) bytes", text)
+    if "DefaultCPUAllocator" in text or "out of memory" in text.lower():
+        figure = f" ({int(match.group(1)):,} bytes in one allocation)" if match else ""
+        return f"out of memory{figure}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> int:
     """Run the CLI; return the exit code."""
     parser = build_parser()
@@ -478,19 +545,29 @@ def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> 
         _unrecognized(parser, args.command, extra)
     err = stderr or sys.stderr
     try:
-        return int(args.run(args))
+        with _terminate_cleanly(), command_scope():
+            return int(args.run(args))
     except EffError as error:
         print(error.render(), file=err)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=err)
         return 130
+    except Terminated as signalled:
+        print(f"terminated by signal {signalled.signal}", file=err)
+        return 128 + signalled.signal
     except BrokenPipeError:
         # the reader went away (e.g. `| head`); stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
     except Exception as error:
+        memory = _out_of_memory(error)
+        if memory is not None:
+            print(f"error: {memory}", file=err)
+            print("  hint: lower the resolution or the scaling, or use a machine with more "
+                  "memory", file=err)
+            return 1
         if os.environ.get("EFFDSL_DEBUG"):
             traceback.print_exc(file=err)
         print(

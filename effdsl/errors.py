@@ -12,7 +12,6 @@ Anything that is *not* an `EffError` reaching the CLI is a bug in effdsl, report
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -118,6 +117,10 @@ class OutputError(EffError):
     """An output path that cannot or must not be written."""
 
 
+class UsageError(EffError):
+    """A public function called with an argument of the wrong type (see `effdsl.arguments`)."""
+
+
 class ToolMissingError(EffError):
     """An external program (graphviz's `dot`) or optional package is not installed."""
 
@@ -140,7 +143,15 @@ class EffErrors(EffError):
         return super().with_source(source)
 
     def render(self) -> str:
-        return "\n".join(error.render() for error in self.errors)
+        shown = [error.render() for error in self.errors[:SHOWN_ERRORS]]
+        hidden = len(self.errors) - SHOWN_ERRORS
+        if hidden > 0:
+            shown.append(f"error: and {hidden:,} more error{'s' if hidden > 1 else ''} not shown")
+        return "\n".join(shown)
+
+
+#: The most errors printed for one file: after that a count (a garbage file has hundreds).
+SHOWN_ERRORS = 20
 
 
 def _flatten(errors: Iterable[EffError]) -> Iterable[EffError]:
@@ -163,18 +174,28 @@ def _line(source: str, number: int) -> str | None:
     return line.rstrip("\r")
 
 
+#: The widest excerpt shown: a longer line is cut to a window around the caret.
+EXCERPT_WIDTH = 120
+
+
 def _excerpt(source: str, span: Span) -> list[str]:
     """The offending line, indented, and carets under the span (clipped to that line).
 
-    Control characters in the line become `?`, one column each, so the caret stays aligned.
+    Non-printable characters in the line become `?`, one column each, so the caret stays
+    aligned; a line wider than `EXCERPT_WIDTH` is shown as a window around the span, with `…`
+    where it was cut, so a 255,000-character line prints 120 of them.
     """
     line = _line(source, span.line) if span.line >= 1 else None
     if line is None:
         return []
-    text = "".join(
-        "?" if unicodedata.category(c) in ("Cc", "Cs") else c for c in line.expandtabs(1)
-    )
     start = max(span.column, 1)
-    end = span.end_column if span.end_line == span.line else len(text) + 1
-    width = max(1, min(end, len(text) + 1) - start)
-    return [f"  {text}", "  " + " " * (start - 1) + "^" * width]
+    end = span.end_column if span.end_line == span.line else len(line) + 1
+    end = max(min(end, len(line) + 1), start + 1)
+    first = max(0, min(start - 1 - EXCERPT_WIDTH // 3, len(line) - EXCERPT_WIDTH))
+    shown = line[first : first + EXCERPT_WIDTH]
+    text = "".join(c if c.isprintable() else "?" for c in shown.replace("\t", " "))
+    lead = "…" if first > 0 else ""
+    tail = "…" if first + EXCERPT_WIDTH < len(line) else ""
+    column = start - first + len(lead)
+    width = max(1, min(end - start, len(text) + len(lead) + 1 - column + 1))
+    return [f"  {lead}{text}{tail}", "  " + " " * (column - 1) + "^" * width]

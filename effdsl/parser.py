@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import os
 import re
 import threading
 import types
@@ -23,10 +24,11 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import lark
-from pydantic import ValidationError
 
 from effdsl import ast
+from effdsl.arguments import checked
 from effdsl.errors import EffError, EffErrors, EffSemanticError, EffSyntaxError, Span
+from effdsl.files import read_input, read_stdin
 
 # ---- the Lark parser, built once ----------------------------------------------------------
 
@@ -190,9 +192,20 @@ def unescape(text: str) -> str:
     """The value of a STRING token: quotes removed, backslash escapes decoded."""
     body = text[1:-1]
     try:
-        return body.encode("latin-1", "backslashreplace").decode("unicode_escape")
+        value = body.encode("latin-1", "backslashreplace").decode("unicode_escape")
     except UnicodeDecodeError as error:
         raise _Bad(f"invalid escape in string: {error.reason}") from None
+    # `\ud83d\ude00` (a UTF-16 surrogate pair, as JSON writes it) is one character; a lone
+    # surrogate stays one and is refused as not a valid string
+    return _SURROGATE_PAIR.sub(lambda m: _join_pair(m.group()), value)
+
+
+_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def _join_pair(pair: str) -> str:
+    high, low = ord(pair[0]) - 0xD800, ord(pair[1]) - 0xDC00
+    return chr(0x10000 + (high << 10) + low)
 
 
 def _number(word: Word) -> float:
@@ -480,7 +493,7 @@ class _Reader:
             self.error(f"`{raw.keyword.text}` is missing {shown}", raw.span)
         try:
             node = node_type(**values, span=raw.span, attr_spans=tuple(spans.items()))
-        except ValidationError as error:
+        except ast.InvalidNode as error:
             for detail in error.errors():
                 if detail["type"] == "missing":
                     continue
@@ -641,7 +654,7 @@ def _assemble(
             **fields,
             **network_trivia,
         )
-    except ValidationError as error:
+    except ast.InvalidNode as error:
         for detail in error.errors():
             reader.error(_pydantic_message("name", detail), name.span)
         return None
@@ -747,10 +760,16 @@ def _at_most(errors: list[EffError]) -> list[EffError]:
     return [*errors[:MAX_ERRORS], more]
 
 
+@checked
 def parse(text: str, filename: str = "<string>") -> ast.Network:
     """Parse the text of a `.eff` spec into a `Network`; raise `EffError` on any problem."""
     from effdsl.validate import validate  # the global rules need the assembled network
 
+    if not isinstance(text, str):
+        raise EffError(f"parse() takes the spec's text as a str, not {type(text).__name__}")
+    if not isinstance(filename, str):
+        raise EffError(f"parse()'s filename must be a str, not {type(filename).__name__}")
+    text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
     try:
         _check_size(text, filename)
     except EffError as error:
@@ -782,31 +801,35 @@ def _closing_line(tree: lark.Tree[lark.Token]) -> int:
     return closing.line if isinstance(closing, lark.Token) and closing.line else 10**9
 
 
-MAX_SPEC_BYTES = 10 * 1024 * 1024
+#: The most bytes read from a spec file: a UTF-8 character is at most 4 bytes, so a longer
+#: file is certainly over `MAX_SPEC_CHARS`; nothing beyond this (and one byte) is ever read.
+MAX_SPEC_BYTES = 4 * MAX_SPEC_CHARS
 
 
 def read_spec(path: str | Path) -> str:
-    """The text of a spec file, as UTF-8; unreadable files become `EffError`."""
-    path = Path(path)
+    """The text of a spec file, as UTF-8; unreadable, odd or huge files become `EffError`.
+
+    Only a regular file is read (a FIFO, a device or a directory is refused without waiting),
+    and never more than `MAX_SPEC_BYTES` + 1 bytes of it. `-` reads standard input.
+    """
+    if str(path) == "-":
+        return decode_spec(read_stdin(MAX_SPEC_BYTES, "spec"), "<stdin>")
+    return decode_spec(read_input(path, MAX_SPEC_BYTES, "spec"), str(path))
+
+
+def decode_spec(data: bytes, filename: str) -> str:
+    """Spec bytes as text: UTF-8 (a leading byte-order mark is dropped), or a located error."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise EffError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise EffError(f"{path}: is a directory, not a spec file") from None
-    except OSError as error:
-        raise EffError(f"{path}: cannot read: {error.strerror}") from None
-    if len(data) > MAX_SPEC_BYTES:
-        raise EffError(f"{path}: {len(data)} bytes is too large for a spec (limit 10 MiB)")
-    try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
         column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
-        span = Span(str(path), line, column, line, column + 1)
+        span = Span(filename, line, column, line, column + 1)
         raise EffSyntaxError("the file is not valid UTF-8", span) from None
 
 
 def load(path: str | Path) -> ast.Network:
     """Read and parse a `.eff` file."""
+    if not isinstance(path, str | os.PathLike):
+        raise EffError(f"load() takes a path, not {type(path).__name__}")
     return parse(read_spec(path), filename=str(path))

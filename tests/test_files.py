@@ -260,7 +260,7 @@ def test_compile_refuses_to_overwrite_its_input(tmp_path: Path, spelling: str) -
     spec = tiny_spec(tmp_path, "tiny.eff")
     output = _same_path_spellings(spec)[spelling]
     code, stderr = cli("compile", str(spec), "-o", output)
-    assert code == 1 and "refusing to overwrite the input spec" in stderr, stderr
+    assert code == 1 and "refusing to overwrite the input" in stderr, stderr
     assert spec.read_text() == TINY
 
 
