@@ -23,10 +23,11 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from effdsl.arguments import checked
 from effdsl.ast import Network
 from effdsl.codegen import one_line, to_python
 from effdsl.errors import CheckpointError, EffError, OutputError, ToolMissingError
-from effdsl.files import atomic_path, atomic_write
+from effdsl.files import atomic_path, atomic_write, open_input
 from effdsl.fmt import format as format_spec
 from effdsl.parser import parse
 from effdsl.plan import Plan
@@ -75,6 +76,7 @@ def output_format(path: str | Path) -> str:
     return suffix
 
 
+@checked
 def write_output(
     path: str | Path,
     network: Network,
@@ -118,6 +120,7 @@ def _refuse_graph_options(target: Path, weights: str | Path | None, inference: b
         )
 
 
+@checked
 def scaled_spec(network: Network, factors: Multipliers, source_name: str | None = None) -> str:
     """The canonical text of `network`, after a comment saying how it was scaled.
 
@@ -146,8 +149,11 @@ def _write_graph(
         _require_onnx()
     import torch
 
+    from effdsl.limits import check_memory
     from effdsl.torch_build import build, optimize_for_inference
 
+    # the file is verified by running it beside the eager module, on one image
+    check_memory(plan, images=1, doing=f"export and verify {target.name}")
     model = build(plan)
     if weights is not None:
         load_weights(model, weights)
@@ -329,9 +335,10 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     import torch
 
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
+        with open_input(path, "checkpoint") as handle:
+            state = torch.load(handle, weights_only=True, map_location="cpu")
+    except EffError as error:
+        raise CheckpointError(error.message, hint=error.hint) from None
     except Exception as error:
         raise CheckpointError(
             f"{path}: torch.load(weights_only=True) cannot read it: {error}",
@@ -348,7 +355,12 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise CheckpointError(f"{path}: {problems[0]}{more}")
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except Exception as error:  # what the checks above did not foresee, still the file's fault
+        raise CheckpointError(
+            f"{path}: cannot load it: {type(error).__name__}: {str(error).splitlines()[0]}"
+        ) from None
 
 
 def _state_dict_problems(
@@ -365,4 +377,28 @@ def _state_dict_problems(
                 f"{tuple(tensor.shape)}"
             )
     problems += [f"unexpected key `{key}`" for key in given if key not in expected]
+    for key, tensor in expected.items():
+        if key in given and given[key].shape == tensor.shape:
+            problem = tensor_problem(given[key], tensor)
+            if problem is not None:
+                problems.append(f"`{key}` {problem}")
     return problems
+
+
+def tensor_problem(given: torch.Tensor, expected: torch.Tensor) -> str | None:
+    """Why `given` cannot stand in for `expected` (a dense, finite CPU tensor of its kind)."""
+    import torch
+
+    if given.is_meta or given.device.type != "cpu":
+        return f"is on the {given.device.type} device, not stored in the file"
+    if given.layout != torch.strided:
+        return f"is a {str(given.layout).removeprefix('torch.')} tensor, not a dense one"
+    if given.is_quantized:
+        return "is a quantized tensor; the network needs plain floating-point weights"
+    if given.is_complex() or given.dtype.is_floating_point != expected.dtype.is_floating_point:
+        return f"has dtype {str(given.dtype).removeprefix('torch.')}, the network's is " + str(
+            expected.dtype
+        ).removeprefix("torch.")
+    if given.dtype.is_floating_point and not bool(torch.isfinite(given).all()):
+        return "holds NaN or infinite values"
+    return None

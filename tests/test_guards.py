@@ -60,7 +60,7 @@ ABSURD = {
     "resolution": (
         SPEC.format(size=100_000, stem=8, stage="mbconv e1 k3 s1 c8 x1", head=16),
         r"needs 400,\d{3},\d{3},\d{3} bytes of activations per image, more than the limit of "
-        r"64,000,000,000",
+        r"16,000,000,000",
         "--max-activations",
     ),
     # repeats 10^5 (the language's bound): refused before a single block is lowered
