@@ -14,9 +14,9 @@ import re
 from collections.abc import Callable
 
 from effdsl import ast
-from effdsl.cost import cost
+from effdsl.arguments import checked
+from effdsl.cost import network_cost
 from effdsl.errors import EffError, ScalingError
-from effdsl.plan import lower
 from effdsl.scaling import Multipliers, apply, multipliers
 
 PHI_RANGE = (-10.0, 30.0)
@@ -30,8 +30,9 @@ def parse_amount(text: str) -> float:
     if match is None:
         raise ValueError(f"not an amount: {text!r} (write e.g. 2G, 385M, 10M, 5e6)")
     value = float(match.group(1)) * _SUFFIXES[match.group(2).lower()]
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"not a positive amount: {text!r}")
+    if not math.isfinite(value) or value < 1:
+        # parameters, MACs and bytes are counted whole: `1e-9` would read as a limit of 0
+        raise ValueError(f"not an amount of at least 1: {text!r}")
     return value
 
 
@@ -40,12 +41,13 @@ def _measure(
 ) -> float | None:
     """MACs or params of the φ-scaled net, or None when φ is out of the language's bounds."""
     try:
-        report = cost(lower(apply(network, factors(phi))))
+        report = network_cost(apply(network, factors(phi)))
     except EffError:
         return None
     return float(report.macs if what == "macs" else report.params)
 
 
+@checked
 def solve_phi(
     network: ast.Network,
     *,

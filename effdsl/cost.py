@@ -20,7 +20,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from effdsl.plan import ClassifierPlan, ConvOp, Op, Plan, SqueezeExciteOp, StagePlan
+from effdsl import ast
+from effdsl.arguments import checked
+from effdsl.plan import (
+    ClassifierPlan,
+    ConvOp,
+    Op,
+    Plan,
+    SqueezeExciteOp,
+    StagePlan,
+    check_blocks,
+    lower,
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,9 @@ class Cost:
             self.macs + other.macs,
             self.activation_bytes + other.activation_bytes,
         )
+
+    def times(self, count: int) -> Cost:
+        return Cost(self.params * count, self.macs * count, self.activation_bytes * count)
 
 
 def op_cost(op: Op, bytes_per_element: int = 4) -> Cost:
@@ -101,6 +115,7 @@ class CostReport:
         return self.total.activation_bytes
 
 
+@checked
 def cost(plan: Plan, bytes_per_element: int = 4) -> CostReport:
     """The cost of every part of `plan`."""
     return CostReport(
@@ -109,3 +124,42 @@ def cost(plan: Plan, bytes_per_element: int = 4) -> CostReport:
         head=op_cost(plan.head, bytes_per_element),
         classifier=classifier_cost(plan.classifier, bytes_per_element),
     )
+
+
+@checked
+def network_cost(network: ast.Network, bytes_per_element: int = 4) -> CostReport:
+    """`cost(lower(network))`, without lowering every block: what plots and budget searches need
+    for hundreds of scaled nets.
+
+    Blocks after the first of a stage are identical in cost (stride 1, the stage's channels in
+    and out, the same size), so a stage of r blocks costs its first block plus r - 1 times its
+    second. The network is lowered with at most three blocks a stage; where a stage's second
+    and third blocks differ (a construct for which the rule does not hold) the whole network
+    is lowered instead. The block limit is checked on the real count.
+    """
+    check_blocks(network)
+    short = network.model_copy(
+        update={"stages": tuple(s.model_copy(update={"repeats": min(s.repeats, 3)})
+                                for s in network.stages)}
+    )
+    plan = lower(short)
+    stages = []
+    for stage, planned in zip(network.stages, plan.stages, strict=True):
+        costs = [_block_cost(block.ops, bytes_per_element) for block in planned.blocks]
+        if len(costs) == 3 and costs[1] != costs[2]:
+            return cost(lower(network), bytes_per_element)
+        rest = costs[1].times(stage.repeats - 1) if len(costs) > 1 else Cost()
+        stages.append(costs[0] + rest)
+    return CostReport(
+        stem=op_cost(plan.stem, bytes_per_element),
+        stages=tuple(stages),
+        head=op_cost(plan.head, bytes_per_element),
+        classifier=classifier_cost(plan.classifier, bytes_per_element),
+    )
+
+
+def _block_cost(ops: tuple[Op, ...], bytes_per_element: int) -> Cost:
+    total = Cost()
+    for op in ops:
+        total += op_cost(op, bytes_per_element)
+    return total

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from effdsl import ast
-from effdsl.errors import LimitError
+from effdsl.errors import BuildError, LimitError
 from effdsl.scaling import Multipliers
 
 #: Lowering allocates per block; more than this many is refused (see `effdsl.limits`). Real
@@ -343,6 +343,19 @@ def _block_ops(
     return tuple(ops)
 
 
+def check_blocks(network: ast.Network, max_blocks: int = MAX_BLOCKS) -> int:
+    """The number of blocks of `network`; more than `max_blocks` is a `LimitError`."""
+    if isinstance(max_blocks, bool) or not isinstance(max_blocks, int | float):
+        raise LimitError(f"max_blocks must be a number, not {type(max_blocks).__name__}")
+    total = sum(stage.repeats for stage in network.stages)
+    if not total <= max_blocks:  # `not <=`: a NaN limit refuses rather than lets all through
+        raise LimitError(
+            f"network `{network.name}` has {total:,} blocks, more than the limit of {max_blocks:,}",
+            hint="lower the repeats or the depth multiplier",
+        )
+    return total
+
+
 def lower(
     network: ast.Network, scaling: Multipliers | None = None, *, max_blocks: int = MAX_BLOCKS
 ) -> Plan:
@@ -351,12 +364,11 @@ def lower(
     `scaling` only records how the network was scaled, for summaries and drawings. A network of
     more than `max_blocks` blocks is refused with `LimitError` before anything is allocated.
     """
-    total = sum(stage.repeats for stage in network.stages)
-    if not total <= max_blocks:  # `not <=`: a NaN limit refuses rather than lets all through
-        raise LimitError(
-            f"network `{network.name}` has {total:,} blocks, more than the limit of {max_blocks:,}",
-            hint="lower the repeats or the depth multiplier",
-        )
+    if not isinstance(network, ast.Network):
+        raise BuildError(f"lower() takes a Network, not {type(network).__name__}")
+    if scaling is not None and not isinstance(scaling, Multipliers):
+        raise BuildError(f"scaling must be Multipliers or None, not {type(scaling).__name__}")
+    total = check_blocks(network, max_blocks)
     defaults = network.defaults
     size = network.input.size
     stem_options = _options(network.stem, defaults)

@@ -7,9 +7,10 @@
 Three panels share the φ axis. The solid line is the φ-scaled net through the rounding rules
 (exact, hence steps); the dashed line is what the formulas promise without rounding:
 MACs · (α·β²·γ²)^φ, params · (α·β²)^φ, resolution · γ^φ. Each preset of the spec is a dot at the
-φ whose exact MACs match the preset's (`effdsl.budget.solve_phi`), so on the MACs panel the dots
-sit on the curve and the other two panels show how the preset spends those MACs differently
-from pure φ scaling: the official B1–B7 against φ = 1…7, at a glance.
+φ where the exact MACs curve reaches the preset's MACs (between the two samples around it, so
+the dot sits on the drawn curve), and the other two panels show how the preset spends those
+MACs differently from pure φ scaling: the official B1–B7 against φ = 1…7, at a glance. A
+preset beyond the range is named in a footnote with its φ (`effdsl.budget.solve_phi`).
 
 The SVG is written by hand (no plotting library): fixed layout, fixed number formatting.
 No torch.
@@ -22,18 +23,19 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from html import escape
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from effdsl import ast
+from effdsl.arguments import checked
 from effdsl.budget import solve_phi
-from effdsl.cost import cost
+from effdsl.cost import network_cost
 from effdsl.errors import EffError, OutputError, ScalingError
-from effdsl.files import atomic_write, same_file
-from effdsl.plan import lower
+from effdsl.files import atomic_write, refuse_inputs, same_file
 from effdsl.scaling import apply, multipliers, scale
 from effdsl.summary import human
+from effdsl.text import markup, printable
 
 DEFAULT_RANGE = (-2.0, 8.0)
 SAMPLES = 201  # points per curve, whatever the range: the cost of a plot stays bounded
@@ -55,7 +57,8 @@ class Sample:
 
 @dataclass(frozen=True)
 class PresetMark:
-    """A preset of the spec, placed at the φ of equal MACs (`phi` None: it could not be)."""
+    """A preset of the spec, placed at the φ of equal MACs (`phi` None: it could not be;
+    ±inf: beyond the range, not searched for)."""
 
     name: str
     phi: float | None
@@ -107,38 +110,78 @@ def parse_phi_range(text: str) -> tuple[float, float]:
 def _sample(network: ast.Network, phi: float) -> Sample:
     try:
         scaled = apply(network, multipliers(network, phi=phi))
-        report = cost(lower(scaled))
+        report = network_cost(scaled)
     except EffError as error:
         raise ScalingError(f"at φ={phi:g}: {error.message}", hint="narrow --phi-range") from None
     return Sample(phi, report.params, report.macs, scaled.input.size)
 
 
-def _preset_mark(network: ast.Network, preset: ast.Preset) -> PresetMark:
-    report = cost(lower(scale(network, preset=preset.name)))
+#: Presets outside the φ range whose φ is still found exactly, for the footnote; each costs a
+#: budget search, and a spec may have hundreds of presets.
+MAX_SOLVED_OUTSIDE = 10
+
+
+def _preset_mark(
+    network: ast.Network, preset: ast.Preset, samples: Sequence[Sample], solve: bool
+) -> PresetMark:
+    report = network_cost(scale(network, preset=preset.name))
     resolution = preset.resolution or network.input.size
+    return PresetMark(
+        preset.name, _phi_of(network, report.macs, samples, solve), report.params, report.macs,
+        resolution,
+    )
+
+
+def _phi_of(
+    network: ast.Network, macs: int, samples: Sequence[Sample], solve: bool
+) -> float | None:
+    """Where the MACs curve reaches `macs`: between the two samples around it, on the drawn
+    line (log-linear), at no extra cost; outside the samples, by `solve_phi` when `solve`."""
+    scaling = network.scaling
+    if min(scaling.alpha, scaling.beta, scaling.gamma) < 1.0:
+        return None  # the curve may fall as φ grows: no single φ matches
+    for left, right in pairwise(samples):
+        if left.macs <= macs <= right.macs:
+            if right.macs == left.macs:
+                return left.phi
+            share = math.log(macs / left.macs) / math.log(right.macs / left.macs)
+            return round(left.phi + share * (right.phi - left.phi), 4)
+    if not solve:
+        return math.inf if macs > samples[-1].macs else -math.inf
     try:
-        phi = solve_phi(network, macs=report.macs).phi
+        return solve_phi(network, macs=macs).phi
     except EffError:
-        phi = None  # coefficients below 1, or MACs beyond what φ in solve_phi's range reaches
-    return PresetMark(preset.name, phi, report.params, report.macs, resolution)
+        return None  # MACs beyond what φ in solve_phi's range reaches
 
 
+@checked
 def scaling_curves(
     network: ast.Network, phi_range: tuple[float, float] = DEFAULT_RANGE
 ) -> ScalingCurves:
-    """Sample the φ-scaled network across `phi_range` and place the spec's presets."""
+    """Sample the φ-scaled network across `phi_range` and place the spec's presets.
+
+    The cost grows with the samples and the presets, not with blocks × presets: each net is
+    costed by `network_cost`, and a preset is placed on the sampled curve.
+    """
     low, high = phi_range
     phis = [round(low + (high - low) * i / (SAMPLES - 1), 6) for i in range(SAMPLES)]
     scaling = network.scaling
+    samples = tuple(_sample(network, phi) for phi in phis)
+    presets = []
+    solved = 0
+    for preset in network.presets:
+        mark = _preset_mark(network, preset, samples, solve=solved < MAX_SOLVED_OUTSIDE)
+        solved += mark.phi is not None and not low <= mark.phi <= high
+        presets.append(mark)
     return ScalingCurves(
         network=network.name,
         alpha=scaling.alpha,
         beta=scaling.beta,
         gamma=scaling.gamma,
         phi_range=phi_range,
-        samples=tuple(_sample(network, phi) for phi in phis),
+        samples=samples,
         base=_sample(network, 0.0),
-        presets=tuple(_preset_mark(network, p) for p in network.presets),
+        presets=tuple(presets),
     )
 
 
@@ -230,7 +273,7 @@ def _polyline(points: Sequence[tuple[float, float]], colour: str, dashed: bool =
 def _text(x: float, y: float, text: str, anchor: str = "start", **attributes: str) -> str:
     extra = "".join(f' {name.replace("_", "-")}="{value}"' for name, value in attributes.items())
     return (
-        f'<text x="{_fmt(x)}" y="{_fmt(y)}" text-anchor="{anchor}"{extra}>{escape(text)}</text>'
+        f'<text x="{_fmt(x)}" y="{_fmt(y)}" text-anchor="{anchor}"{extra}>{markup(text)}</text>'
     )
 
 
@@ -294,11 +337,15 @@ def _footnote(curves: ScalingCurves) -> str:
     for mark in curves.presets:
         if mark.phi is None:
             parts.append(f"{mark.name} (no φ matches its MACs)")
+        elif math.isinf(mark.phi):
+            side = "above" if mark.phi > 0 else "below"
+            parts.append(f"{mark.name} (φ {side} the range)")
         elif not curves.phi_range[0] <= mark.phi <= curves.phi_range[1]:
             parts.append(f"{mark.name} (φ ≈ {_phi_label(round(mark.phi, 2))})")
     return "not shown, outside the range: " + ", ".join(parts) if parts else ""
 
 
+@checked
 def to_svg(curves: ScalingCurves) -> str:
     """The plot as an SVG document (deterministic text)."""
     panels = (
@@ -317,7 +364,7 @@ def to_svg(curves: ScalingCurves) -> str:
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
         f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="11" fill="{INK}">',
-        f"<title>{escape(title)}</title>",
+        f"<title>{markup(title)}</title>",
         f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
         _text(LEFT, 24, title, font_size="14", font_weight="bold"),
         *_legend(50),
@@ -336,6 +383,7 @@ def to_svg(curves: ScalingCurves) -> str:
     return "\n".join(out) + "\n"
 
 
+@checked
 def plot(
     network: ast.Network, path: str | Path, phi_range: tuple[float, float] = DEFAULT_RANGE
 ) -> None:
@@ -384,11 +432,10 @@ def run_plot(args: argparse.Namespace) -> int:
         return _run_study_plot(args)
     if args.spec is None:
         raise EffError("no SPEC given", hint="effdsl plot SPEC -o OUT.svg, or --study NAME")
-    if same_file(args.output, args.spec):
-        raise OutputError(f"{args.output}: refusing to overwrite the input spec")
+    refuse_inputs(args.output, args.spec)
     phi_range = parse_phi_range(args.phi_range)
     plot(load(args.spec), args.output, phi_range)
-    print(f"wrote {args.output}")
+    print(f"wrote {printable(args.output)}")
     return 0
 
 
@@ -404,5 +451,5 @@ def _run_study_plot(args: argparse.Namespace) -> int:
     if ref.kind != "url" and same_file(args.output, ref.text):
         raise OutputError(f"{args.output}: refusing to overwrite the study's storage")
     atomic_write(args.output, study_svg(status(storage, args.study)))
-    print(f"wrote {args.output}")
+    print(f"wrote {printable(args.output)}")
     return 0

@@ -27,10 +27,12 @@ from pathlib import Path
 
 from effdsl.ast import Network
 from effdsl.ast import Node as NetworkNode
+from effdsl.arguments import checked
 from effdsl.cost import Cost, classifier_cost, cost, op_cost
-from effdsl.errors import OutputError, ToolMissingError
+from effdsl.errors import LimitError, OutputError, ToolMissingError
 from effdsl.files import atomic_path, atomic_write
 from effdsl.plan import BlockPlan, ConvOp, Op, Plan, SqueezeExciteOp, StagePlan
+from effdsl.text import markup
 from effdsl.text import printable as safe_text
 
 DETAILS = ("stage", "block", "layer")
@@ -40,7 +42,11 @@ FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
 #: Suffixes written as DOT text, which needs no graphviz at all.
 DOT_SUFFIXES = (".dot", ".gv")
 #: Seconds `dot` may take; a layer-detail EfficientNet-B7 takes a few.
-DOT_TIMEOUT = 300
+DOT_TIMEOUT = 60
+#: The most nodes handed to `dot`: its layout time grows faster than the node count (1,200
+#: nodes take about 4 s, 2,400 took 81 s), and a layer-detail drawing of 2,000 blocks would
+#: take minutes and gigabytes. EfficientNet-L2 at layer detail has about 600.
+MAX_DRAWN_NODES = 1_000
 
 INSTALL_HINT = "install graphviz (`apt-get install graphviz` or `brew install graphviz`)"
 
@@ -829,6 +835,7 @@ def with_origins(graph: Graph, spec: Network | None) -> Graph:
     return replace(graph, items=visit(graph.items))
 
 
+@checked
 def graph_of(
     plan: Plan,
     *,
@@ -868,6 +875,7 @@ def graph_of(
 MAX_COLUMNS = 64
 
 
+@checked
 def to_dot(
     plan: Plan,
     *,
@@ -890,6 +898,7 @@ def to_dot(
     return emit(graph, rankdir)
 
 
+@checked
 def render(
     plan: Plan,
     path: str | Path,
@@ -925,10 +934,26 @@ def render(
     if suffix in DOT_SUFFIXES:
         atomic_write(target, source)
         return target
+    nodes = _node_count(source)
+    if nodes > MAX_DRAWN_NODES:
+        raise LimitError(
+            f"the drawing has {nodes:,} nodes, more than graphviz lays out in seconds "
+            f"(the limit is {MAX_DRAWN_NODES:,})",
+            hint="draw with less detail (--detail stage or block), or write .dot and run dot "
+            "yourself",
+        )
     program = shutil.which("dot")
     if program is None:
         fallback = target.with_suffix(".dot")
-        atomic_write(fallback, source)
+        try:
+            # a file nobody named: never over an existing one (the spec may be `net.dot`)
+            atomic_write(fallback, source, replace=False)
+        except OutputError as error:
+            raise ToolMissingError(
+                f"graphviz's `dot` was not found, so {target} was not drawn, and the DOT text "
+                f"was not written either: {error.message}",
+                hint=f"{INSTALL_HINT}, or write the DOT text with -o NAME.dot",
+            ) from None
         raise ToolMissingError(
             f"graphviz's `dot` was not found, so {target} was not drawn; wrote {fallback} "
             f"instead; {INSTALL_HINT} and run `dot -T{FORMATS[suffix]} {fallback} -o {target}`"
@@ -976,31 +1001,48 @@ def raster_options(suffix: str, dpi: int | None, size: int | None) -> list[str]:
     return options
 
 
+def _node_count(source: str) -> int:
+    """The nodes of DOT text as `emit` writes it: one `"id" [` statement per node."""
+    return len(_NODE.findall(source))
+
+
+_NODE = re.compile(r'^\s*"(?:[^"\\]|\\.)*" \[', re.MULTILINE)  # `"id" [`, not `"a" -> "b" [`
+
+
 def run_dot(
     program: str, source: str, fmt: str, output: Path, options: Sequence[str] = ()
 ) -> None:
-    """Lay out and draw `source` with graphviz, as an `EffError` when it fails."""
+    """Lay out and draw `source` with graphviz, as an `EffError` when it fails.
+
+    The child is killed on every way out (a time-out, Ctrl-C, SIGTERM, an error), so no
+    `dot` outlives effdsl.
+    """
     try:
-        result = subprocess.run(
+        child = subprocess.Popen(
             [program, f"-T{fmt}", *options, "-o", str(output)],
-            input=source.encode("utf-8"),
-            capture_output=True,
-            timeout=DOT_TIMEOUT,
-            check=False,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
+    except OSError as error:
+        raise ToolMissingError(f"cannot run graphviz's `dot` ({program}): {error.strerror}; "
+                               f"{INSTALL_HINT}") from None
+    try:
+        _, errors = child.communicate(source.encode("utf-8"), timeout=DOT_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise OutputError(
             f"graphviz's `dot` took more than {DOT_TIMEOUT} s to lay out the graph",
             hint="draw with less detail (--detail stage or block), or write .dot and run dot "
             "yourself",
         ) from None
-    except OSError as error:
-        raise ToolMissingError(f"cannot run graphviz's `dot` ({program}): {error.strerror}; "
-                               f"{INSTALL_HINT}") from None
-    if result.returncode != 0:
-        reason = result.stderr.decode("utf-8", "replace").strip().splitlines()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    if child.returncode != 0:
+        reason = errors.decode("utf-8", "replace").strip().splitlines()
         raise OutputError(
-            f"graphviz's `dot` failed with exit status {result.returncode}"
+            f"graphviz's `dot` failed with exit status {child.returncode}"
             + (f": {reason[0]}" if reason else "")
         )
 
@@ -1021,11 +1063,7 @@ def html(text: str) -> str:
     backslash does, whatever graphviz's version. Newlines become line breaks.
     """
     escaped = (
-        printable(text)
-        .replace("&", "&amp;")
-        .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace('"', "&quot;")
+        markup(text, newlines=True)
         .replace("]", "&#93;")  # graphviz 2.43 rejects a text of only `]` (`<B>]</B>`)
         .replace("\\", "\\&#8288;")
     )

@@ -57,7 +57,8 @@ def test_presets_sit_at_the_phi_of_equal_macs(b0_curves: p.ScalingCurves) -> Non
     b3 = marks["b3"]
     assert b3.macs == cost(lower(effdsl.scale(network, preset="b3"))).macs
     assert b3.resolution == 300
-    assert b3.phi == solve_phi(network, macs=b3.macs).phi
+    step = (p.DEFAULT_RANGE[1] - p.DEFAULT_RANGE[0]) / (p.SAMPLES - 1)
+    assert b3.phi is not None and abs(b3.phi - solve_phi(network, macs=b3.macs).phi) <= step
     assert 1.9 < b3.phi < 2.2  # type: ignore[operator]
     assert marks["b0"].phi == 0.0
     assert marks["l2"].phi is not None and marks["l2"].phi > 8  # off the default range
@@ -162,7 +163,7 @@ def test_command_refuses_bad_outputs(tmp_path: Path) -> None:
     spec = tmp_path / "b0.svg"
     spec.write_text(B0.read_text())
     args = parse_args(str(spec), "-o", str(spec))
-    with pytest.raises(OutputError, match="refusing to overwrite the input spec"):
+    with pytest.raises(OutputError, match="refusing to overwrite the input"):
         args.run(args)
 
 
