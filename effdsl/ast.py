@@ -8,18 +8,27 @@ Source positions and comments are *trivia*: they ride along on every statement (
 `attr_spans`, `comments`, `trailing_comment`) so that errors can point at text and `fmt` can
 keep comments, but they take no part in equality or hashing. So `parse(format(net)) == net`.
 
-An update returns a new node: `stage.model_copy(update={"channels": 48})`.
+An update returns a new node, validated like any new node (a bad update raises
+`EffSemanticError`): `stage.model_copy(update={"channels": 48})`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
-from effdsl.errors import Span
+from effdsl.errors import EffSemanticError, Span
 
 Activation = Literal["silu", "relu", "relu6", "hardswish", "gelu"]
 BlockKind = Literal["conv", "mbconv", "fused_mbconv"]
@@ -47,6 +56,23 @@ PositiveInt = Annotated[int, Field(ge=1)]
 Rate = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
+_Node = TypeVar("_Node", bound="Node")
+
+
+class InvalidNode(EffSemanticError):
+    """A node built with values that break a local rule; `errors()` lists them as pydantic's
+    `ValidationError.errors()` does (the parser turns each into a located error)."""
+
+    def __init__(self, node_type: str, error: ValidationError) -> None:
+        detail = error.errors()[0]
+        where = ".".join(str(part) for part in detail["loc"])
+        super().__init__(f"invalid {node_type}: {where + ': ' if where else ''}{detail['msg']}")
+        self.validation = error
+
+    def errors(self) -> list[Any]:
+        return list(self.validation.errors())
+
+
 class Node(BaseModel):
     """Base of all nodes: frozen, strict, no extra fields; trivia ignored by `==` and `hash`."""
 
@@ -64,6 +90,12 @@ class Node(BaseModel):
     # `Statement.keyword` in the source, used by the formatter and in messages.
     keyword: ClassVar[str] = ""
 
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as error:  # an `EffError`, like every error effdsl raises
+            raise InvalidNode(type(self).__name__, error) from None
+
     def _semantic(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in type(self).model_fields if name not in TRIVIA)
 
@@ -75,6 +107,23 @@ class Node(BaseModel):
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self._semantic()))
+
+    def model_copy(
+        self: _Node, *, update: Mapping[str, Any] | None = None, deep: bool = False
+    ) -> _Node:
+        """A copy with `update` applied, validated as a new node would be, whatever its fields
+        (an invalid node cannot exist); an invalid update raises `EffSemanticError`."""
+        if update is None or (isinstance(update, Mapping) and not update):
+            return super().model_copy(deep=deep)
+        if not isinstance(update, Mapping) or not all(isinstance(k, str) for k in update):
+            raise EffSemanticError("model_copy(update=...) takes a mapping of field names")
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        values.update(update)
+        try:
+            copy = type(self).model_validate(values)
+        except ValidationError as error:
+            raise InvalidNode(type(self).__name__, error) from None
+        return copy.model_copy(deep=True) if deep else copy
 
     def span_of(self, attribute: str) -> Span | None:
         """The span of one attribute's value in the source, else the statement's span."""

@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from effdsl.arguments import checked
 from effdsl.cost import cost
 from effdsl.errors import BuildError
 from effdsl.plan import BlockPlan, ConvOp, Plan, SqueezeExciteOp, StagePlan
@@ -625,6 +626,7 @@ if __name__ == "__main__":
     main()"""
 
 
+@checked
 def to_python(plan: Plan, *, source_name: str | None = None, spec_text: str | None = None) -> str:
     """The standalone PyTorch source of `plan`: deterministic, needs only torch to run.
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from effdsl import ast
+from effdsl.arguments import checked
 from effdsl.errors import CheckpointError
 from effdsl.plan import BlockPlan, ConvOp, Op, Plan, SqueezeExciteOp, lower
 
@@ -156,6 +157,7 @@ def layout(plan: Plan, library: str) -> tuple[Entry, ...]:
 # ---- conversion -----------------------------------------------------------------------------
 
 
+@checked
 def convert_state_dict(
     state_dict: Mapping[str, Any],
     *,

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from effdsl import ast
+from effdsl.arguments import checked
 
 INDENT = "  "
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*\Z")
@@ -152,6 +153,7 @@ def _emit(nodes: Sequence[ast.Node], rows: Sequence[list[str]], out: list[str]) 
         out.append(INDENT + line + trailing)
 
 
+@checked
 def format(network: ast.Network) -> str:
     """The canonical text of `network`, ending with a newline."""
     out: list[str] = list(network.comments)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from effdsl import ast
+from effdsl.arguments import checked
 from effdsl.errors import ScalingError
 
 # ---- the reference rounding rules ----------------------------------------------------------
@@ -69,6 +70,25 @@ class Multipliers:
     beta: float | None = None
     gamma: float | None = None
 
+    def __post_init__(self) -> None:
+        # built by hand (not by `multipliers`), the factors must still make sense
+        for name in ("width", "depth"):
+            value = _real(name, getattr(self, name))
+            if not 0 < value <= ast.MAX_MULTIPLIER:
+                raise ScalingError(f"{name} must be in (0, {ast.MAX_MULTIPLIER:g}], got {value}")
+        for name in ("alpha", "beta", "gamma"):
+            value = getattr(self, name)
+            if value is not None and not 0 < _real(name, value) <= ast.MAX_MULTIPLIER:
+                raise ScalingError(f"{name} must be in (0, {ast.MAX_MULTIPLIER:g}], got {value}")
+        if self.phi is not None:
+            _real("phi", self.phi)
+        if self.resolution is not None:
+            _pixels(self.resolution)
+        if self.dropout is not None and not 0 <= _real("dropout", self.dropout) < 1:
+            raise ScalingError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.preset is not None and not isinstance(self.preset, str):
+            raise ScalingError(f"preset must be a name, got {self.preset!r}")
+
     @property
     def is_identity(self) -> bool:
         return self.width == 1.0 and self.depth == 1.0 and self.resolution is None
@@ -100,6 +120,9 @@ def multipliers(
     gamma: float | None = None,
 ) -> Multipliers:
     """Resolve a scaling request against `network` into concrete multipliers."""
+    _require(network, ast.Network, "network")
+    if preset is not None and not isinstance(preset, str):
+        raise ScalingError(f"preset must be a name, got {preset!r}")
     chosen = [n for n, v in (("phi", phi), ("preset", preset)) if v is not None]
     if width is not None or depth is not None:
         chosen.append("width/depth")
@@ -147,6 +170,11 @@ def multipliers(
         depth=1.0 if depth is None else depth,
         resolution=resolution,
     )
+
+
+def _require(value: object, kind: type, name: str) -> None:
+    if not isinstance(value, kind):
+        raise ScalingError(f"{name} must be a {kind.__name__}, not {type(value).__name__}")
 
 
 def _real(name: str, value: object) -> float:
@@ -235,6 +263,8 @@ def scale_block(block: Any, factors: Multipliers, divisor: int) -> Any:
 
 def apply(network: ast.Network, factors: Multipliers) -> ast.Network:
     """The network with `factors` baked in: channels, repeats, input size, dropout."""
+    _require(network, ast.Network, "network")
+    _require(factors, Multipliers, "factors")
     divisor = network.scaling.divisor
     update: dict[str, Any] = {
         "stem": scale_block(network.stem, factors, divisor),
@@ -249,6 +279,7 @@ def apply(network: ast.Network, factors: Multipliers) -> ast.Network:
     return network.model_copy(update=update)
 
 
+@checked
 def scale(
     network: ast.Network,
     *,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from effdsl import ast
+from effdsl.arguments import checked
 from effdsl.cost import CostReport, cost
 from effdsl.plan import Plan, StagePlan, lower
 from effdsl.scaling import Multipliers, apply
@@ -45,6 +46,7 @@ class Summary:
         return self.alpha * self.beta**2 * self.gamma**2
 
 
+@checked
 def summarize(network: ast.Network, factors: Multipliers) -> Summary:
     """Lower `network` before and after `factors` and cost both."""
     base = lower(network)
@@ -102,6 +104,7 @@ def table(rows: list[list[str]]) -> list[str]:
     ]
 
 
+@checked
 def to_text(summary: Summary) -> str:
     """The human summary: a stage table and the totals."""
     factors = summary.factors
@@ -143,6 +146,7 @@ def to_text(summary: Summary) -> str:
     return "\n".join(lines) + "\n"
 
 
+@checked
 def to_json(summary: Summary) -> dict[str, Any]:
     """The summary as JSON-ready data (`effdsl compile --json`)."""
     factors = summary.factors

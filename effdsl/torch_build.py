@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from effdsl import ast
+from effdsl.arguments import checked
 from effdsl.errors import BuildError
 from effdsl.limits import Limits, check_plan
 from effdsl.plan import BlockPlan, ConvOp, Op, Plan, SqueezeExciteOp, StagePlan, lower
@@ -292,6 +293,7 @@ class FeatureExtractor(nn.Module):
 DEFAULT_LIMITS = Limits()
 
 
+@checked
 def build(
     network: ast.Network | Plan,
     *,
@@ -446,6 +448,7 @@ class PooledSqueezeExcite(nn.Module):
         return x * torch.sigmoid(scale)[:, :, None, None]  # N, C, H, W
 
 
+@checked
 def optimize_for_inference(model: nn.Module) -> nn.Module:
     """An eval-mode copy of an effdsl-built `model` for inference: every batch norm folded into
     its conv (`ConvAct`), squeeze-and-excitation on the pooled vector (`PooledSqueezeExcite`),
