@@ -13,7 +13,12 @@ as `effdsl check FILE` would). Cases come from two sources:
 - **generation** of random specs that follow the grammar (`random_spec`), with random layout,
   random names (any text, quoted), and numbers at and beyond the language's bounds.
 
-Every case goes through what the CLI does with a spec (`pipeline`): parse, the formatter's
+Besides spec text, a share of the cases (`SURFACE_SHARE`) are **command lines** over every
+subcommand, flag and kind of file (a FIFO, a device, a directory, a symlink, a 2 GB sparse file,
+a read-only output; some run in a child under a memory cap) and **calls of the public API**
+with odd arguments: see `effdsl.fuzz_surface` for what they check.
+
+Every spec case goes through what the CLI does with a spec (`pipeline`): parse, the formatter's
 round trip (`parse(format(net)) == net`, `format` idempotent), the compile summary and its JSON,
 the resource limits, the DOT drawing and the generated Python (which must compile). The outcome
 is **ok**, **error** (an `EffError`; those from reading the text must carry a source span), or
@@ -39,6 +44,8 @@ import tempfile
 import threading
 import time
 import traceback
+import types
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +56,19 @@ from effdsl.codegen import to_python
 from effdsl.errors import EffError, EffErrors
 from effdsl.fmt import format as format_network
 from effdsl.fmt import quote
+from effdsl.fuzz_surface import (
+    CHILD_TIMEOUT,
+    ApiCase,
+    CliCase,
+    Fixture,
+    api_case,
+    api_functions,
+    cli_case,
+    make_fixture,
+    run_api_case,
+    run_cli_case,
+    value_pool,
+)
 from effdsl.limits import check_plan
 from effdsl.parser import load, parse
 from effdsl.plan import Plan
@@ -62,6 +82,10 @@ SLOW_SECONDS = 1.0
 HANG_SECONDS = 10.0
 
 Case = str | bytes
+#: Any case: spec text or bytes, a command line, an API call.
+AnyCase = str | bytes | CliCase | ApiCase
+#: The share of command-line and of API cases among all cases.
+SURFACE_SHARE = {"cli": 0.1, "api": 0.1}
 
 #: Used when no corpus is given and `specs/` is not beside the package.
 SEED_SPEC = """\
@@ -369,13 +393,61 @@ def _pick(rng: random.Random, usual: Sequence[object], edge: Sequence[object]) -
     return str(value)
 
 
+def _bounds(metadata: Sequence[object]) -> list[float]:
+    """The numbers a field's constraints name (`ge=1, le=99` → 1, 99), and one beyond each."""
+    found: list[float] = []
+    for constraint in metadata:
+        for name in ("ge", "gt", "le", "lt"):
+            bound = getattr(constraint, name, None)
+            if isinstance(bound, int | float) and not isinstance(bound, bool):
+                found += [bound, bound + 1 if name in ("le", "lt") else bound - 1]
+    return found
+
+
+def random_value(rng: random.Random, annotation: object, metadata: Sequence[object] = ()) -> str:
+    """A value for an AST field, read from its type: a `Literal`'s choices (or a near miss),
+    yes/no, numbers at and beyond its bounds, any name. New fields get values unasked."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return random_value(rng, rng.choice(options), metadata) if options else "none"
+    if origin is typing.Annotated:
+        inner, *extra = typing.get_args(annotation)
+        return random_value(rng, inner, [*metadata, *extra])
+    if origin is typing.Literal:
+        choices = [str(c) for c in typing.get_args(annotation)]
+        return rng.choice(choices) if rng.random() < 0.9 else rng.choice(choices) + "x"
+    if annotation is bool:
+        return rng.choice(("yes", "no", "on", "off", "maybe"))
+    if annotation in (int, float):
+        edges = _bounds(metadata) or [0, -1, 10**9]
+        usual = [1, 2, 3] if annotation is int else [0.1, 0.5, 1.5]
+        return str(rng.choice(edges) if rng.random() < 0.3 else rng.choice(usual))
+    if annotation is str:
+        return random_name(rng)
+    return rng.choice(("1", "x", '"x"', "1,2", "[1]"))  # a type the language may add later
+
+
+def random_attribute(rng: random.Random, node_type: type[ast.Node]) -> str:
+    """`name=value` for any attribute the statement accepts, from the AST itself."""
+    from effdsl.parser import attributes
+
+    name = rng.choice(attributes(node_type))
+    field_info = node_type.model_fields[name]
+    return f"{name}={random_value(rng, field_info.annotation, field_info.metadata)}"
+
+
+_BLOCK_TYPES: dict[str, type[ast.Node]] = {"stem": ast.Stem, "stage": ast.Stage, "head": ast.Head}
+
+
 def random_block(rng: random.Random, keyword: str) -> str:
-    """A stem, stage or head line, with shorthands or attributes in any order."""
-    kind = (
-        "conv"
-        if keyword != "stage" or rng.random() < 0.2
-        else rng.choice(("mbconv", "fused_mbconv"))
-    )
+    """A stem, stage or head line, with shorthands or attributes in any order.
+
+    The kind is any of the language's block kinds, and now and then an attribute is drawn
+    from the AST's fields, so that kinds and attributes added to the language are fuzzed too.
+    """
+    others = [k for k in ast.BLOCK_KINDS if k != "conv"]
+    kind = "conv" if keyword != "stage" or rng.random() < 0.2 or not others else rng.choice(others)
     shape = [kind]
     if kind != "conv":
         shape.append("e" + _pick(rng, (1, 1.5, 4, 6), (0.5, 1000, 1001)))
@@ -397,6 +469,8 @@ def random_block(rng: random.Random, keyword: str) -> str:
         extra.append("skip=" + rng.choice(("no", "yes", "off")))
     if rng.random() < 0.1:
         extra.append("drop_path=" + _pick(rng, (0.1, 0.2), (1, -0.1)))
+    if rng.random() < 0.15:
+        extra.append(random_attribute(rng, _BLOCK_TYPES[keyword]))
     words = [shape[0], *rng.sample(shape[1:], len(shape) - 1), *extra]
     return " ".join([keyword, *words])
 
@@ -449,6 +523,15 @@ def _spec(rng: random.Random) -> str:
             + rng.choice(("", " resolution=" + _pick(rng, (32, 48), (8, 100_000))))
             + rng.choice(("", " dropout=0.3"))
         )
+    from effdsl.parser import STATEMENTS, attributes
+
+    # statements the language has beyond these (a newer construct): a line of random attributes
+    for keyword, node_type in STATEMENTS.items():
+        known = keyword in ("input", "scaling", "defaults", "preset", *_BLOCK_TYPES, "classifier")
+        if not known and attributes(node_type) and rng.random() < 0.3:
+            count = rng.randint(1, 3)
+            header.append(" ".join([keyword, *(random_attribute(rng, node_type)
+                                               for _ in range(count))]))
     body = [random_block(rng, "stem")]
     body += [random_block(rng, "stage") for _ in range(rng.randint(1, 6))]
     body += [random_block(rng, "head"), "classifier classes=" + _pick(rng, (10, 1000), (10**7,))]
@@ -554,8 +637,8 @@ def _backends(plan: Plan, text: str) -> None:
 class Failure:
     """A case that ended in something other than success or an `EffError`."""
 
-    source: str  # how the case was made: `b0.eff:truncate+tabs` or `generated`
-    data: Case
+    source: str  # how the case was made: `b0.eff:truncate+tabs`, `generated`, `cli`, `api`
+    data: AnyCase
     error: str  # `TypeError: ...`, the last lines of the traceback
     seconds: float
 
@@ -615,27 +698,48 @@ def default_corpus() -> dict[str, str]:
 
 
 def generate(
-    cases: int, seed: int, corpus: dict[str, str] | None = None
-) -> Iterator[tuple[str, Case]]:
-    """`cases` inputs: a quarter generated specs, the rest mutations of the corpus or of those."""
+    cases: int, seed: int, corpus: dict[str, str] | None = None, fixture: Fixture | None = None
+) -> Iterator[tuple[str, AnyCase]]:
+    """`cases` inputs: with a `fixture`, a share of command lines and API calls; of the rest a
+    quarter generated specs, the others mutations of the corpus or of generated specs."""
     rng = random.Random(seed)
     corpus = corpus or default_corpus()
     names = sorted(corpus)
     texts = [corpus[n] for n in names]
-    for _ in range(cases):
+    functions = api_functions() if fixture is not None else {}
+    pool = value_pool(fixture) if fixture is not None else []
+    made = 0
+    while made < cases:
         roll = rng.random()
-        if roll < 0.25:
-            yield "generated", random_spec(rng)
-        elif roll < 0.4:
-            data, how = mutate(random_spec(rng), rng, texts)
-            yield f"generated:{how}", data
+        if fixture is not None and roll < SURFACE_SHARE["cli"]:
+            yield "cli", cli_case(rng, fixture)
+        elif fixture is not None and roll < SURFACE_SHARE["cli"] + SURFACE_SHARE["api"]:
+            call = api_case(rng, functions, pool)
+            if call is None:
+                continue
+            yield "api", call
         else:
-            name = rng.choice(names)
-            data, how = mutate(corpus[name], rng, texts)
-            yield f"{name}:{how}", data
+            roll = rng.random()
+            if roll < 0.25:
+                yield "generated", random_spec(rng)
+            elif roll < 0.4:
+                data, how = mutate(random_spec(rng), rng, texts)
+                yield f"generated:{how}", data
+            else:
+                name = rng.choice(names)
+                data, how = mutate(corpus[name], rng, texts)
+                yield f"{name}:{how}", data
+        made += 1
 
 
-def run_case(source: str, data: Case, report: Report, rng: random.Random, workdir: Path) -> None:
+def run_case(
+    source: str,
+    data: AnyCase,
+    report: Report,
+    rng: random.Random,
+    workdir: Path,
+    fixture: Fixture | None = None,
+) -> None:
     """Run one case through `pipeline` and record its outcome and time in `report`.
 
     The garbage collector waits while the case runs: a collection walks the whole process's
@@ -648,8 +752,16 @@ def run_case(source: str, data: Case, report: Report, rng: random.Random, workdi
     outcome = "ok"
     detail = ""
     try:
-        with _alarm(HANG_SECONDS):
-            pipeline(data, rng, workdir=workdir)
+        # a child process starts a Python of its own; it has its own time-out
+        with _alarm(CHILD_TIMEOUT + HANG_SECONDS if isinstance(data, CliCase) else HANG_SECONDS):
+            if isinstance(data, CliCase):
+                assert fixture is not None
+                if run_cli_case(data, fixture) != 0:
+                    raise EffError("the command failed cleanly (exit 1 or 2)")
+            elif isinstance(data, ApiCase):
+                run_api_case(data, workdir)
+            else:
+                pipeline(data, rng, workdir=workdir)
     except EffError:
         outcome = "error"
     except Exception as error:  # every other exception is what we look for
@@ -683,19 +795,28 @@ def run(
     corpus: dict[str, str] | None = None,
     *,
     progress: Callable[[Report], None] | None = None,
+    surface: bool = True,
 ) -> Report:
-    """Fuzz `cases` inputs from `seed`; `progress` is called every 1,000 cases."""
+    """Fuzz `cases` inputs from `seed`; `progress` is called every 1,000 cases.
+
+    `surface=False` leaves out the command-line and API cases (spec text only).
+    """
     report = Report()
     rng = random.Random(seed ^ 0x5EED)
     with tempfile.TemporaryDirectory(prefix="effdsl-fuzz-") as workdir:
-        for index, (source, data) in enumerate(generate(cases, seed, corpus), 1):
-            run_case(source, data, report, rng, Path(workdir))
+        fixture = make_fixture(Path(workdir) / "fixture") if surface else None
+        scratch = Path(workdir) / "scratch"
+        scratch.mkdir()
+        for index, (source, data) in enumerate(generate(cases, seed, corpus, fixture), 1):
+            run_case(source, data, report, rng, scratch, fixture)
             if progress is not None and index % 1000 == 0:
                 progress(report)
     return report
 
 
-def _size(data: Case) -> str:
+def _size(data: AnyCase) -> str:
+    if isinstance(data, CliCase | ApiCase):
+        return str(data)[:200]
     unit = "bytes" if isinstance(data, bytes) else "chars"
     return f"{len(data):,} {unit}"
 
@@ -707,6 +828,8 @@ def save_failures(report: Report, directory: Path) -> list[Path]:
     for number, failure in enumerate(report.failures):
         path = directory / f"case-{number}.eff"
         data = failure.data
+        if isinstance(data, CliCase | ApiCase):
+            data = str(data)  # the command line or the call, to run by hand
         path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass"))
         path.with_suffix(".txt").write_text(
             f"{failure.source}\n{failure.seconds:.3f} s\n{failure.error}\n", encoding="utf-8"
@@ -741,6 +864,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--save", metavar="DIR", help="write failing cases to DIR")
     parser.add_argument(
+        "--specs-only", action="store_true", help="spec text only: no command lines, no API calls"
+    )
+    parser.add_argument(
         "--max-memory",
         type=float,
         default=8.0,
@@ -759,11 +885,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     def progress(report: Report) -> None:
         print(f"... {report.summary()}", file=sys.stderr, flush=True)
 
-    report = run(args.cases, args.seed, corpus, progress=progress)
+    report = run(args.cases, args.seed, corpus, progress=progress, surface=not args.specs_only)
     print(f"seed {args.seed}: {report.summary()}")
     for failure in report.failures[:20]:
         print(f"\n--- {failure.source} ({_size(failure.data)}, {failure.seconds:.3f} s)")
-        print(repr(failure.data[:300]))
+        data = failure.data
+        print(str(data) if isinstance(data, CliCase | ApiCase) else repr(data[:300]))
         print(failure.error)
     if args.save and report.failures:
         written = save_failures(report, Path(args.save))

@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from effdsl import ast, fuzz
+from effdsl import fuzz_surface as surface
 from effdsl.codegen import to_python
 from effdsl.errors import EffError, EffErrors, LimitError, ScalingError
 from effdsl.fmt import format as format_network
@@ -84,7 +86,8 @@ def test_generated_specs_survive_the_fuzz_pipeline(network: ast.Network) -> None
 def test_mutated_and_generated_specs_never_crash_or_hang() -> None:
     report = fuzz.run(MUTATED_CASES, SEED)
     shown = "\n\n".join(
-        f"{f.source} ({f.seconds:.2f} s): {f.data[:200]!r}\n{f.error}" for f in report.failures[:5]
+        f"{f.source} ({f.seconds:.2f} s): {fuzz._size(f.data)}\n{f.error}"
+        for f in report.failures[:5]
     )
     assert report.other == 0, f"{report.summary()}\n{shown}"
     assert report.slow == 0, f"{report.summary()}\n{shown}"
@@ -133,9 +136,69 @@ def test_a_bug_is_counted_as_other(monkeypatch: pytest.MonkeyPatch) -> None:
         raise KeyError("boom")
 
     monkeypatch.setattr(fuzz, "_read", broken)
-    report = fuzz.run(5, 0)
+    report = fuzz.run(5, 0, surface=False)
     assert report.other == 5 and len(report.failures) == 5
     assert "KeyError" in report.failures[0].error
+
+
+# ---- the command line and the API -----------------------------------------------------------
+
+
+def _surface_report(cases: int, seed: int, kind: str) -> fuzz.Report:
+    """`cases` command lines or API calls only, through the fuzzer's driver."""
+    report = fuzz.Report()
+    with tempfile.TemporaryDirectory() as workdir:
+        fixture = surface.make_fixture(Path(workdir) / "fixture")
+        scratch = Path(workdir) / "scratch"
+        scratch.mkdir()
+        rng = random.Random(seed)
+        functions, pool = surface.api_functions(), surface.value_pool(fixture)
+        made = 0
+        while made < cases:
+            case = (surface.cli_case(rng, fixture) if kind == "cli"
+                    else surface.api_case(rng, functions, pool))
+            if case is None:
+                continue
+            fuzz.run_case(kind, case, report, rng, scratch, fixture)
+            made += 1
+    return report
+
+
+@pytest.mark.parametrize(("kind", "cases"), [("cli", 200), ("api", 400)])
+def test_command_lines_and_api_calls_give_a_result_or_an_eff_error(kind: str, cases: int) -> None:
+    report = _surface_report(cases * (10 if LONG else 1), SEED, kind)
+    shown = "\n\n".join(f"{f.data}\n{f.error}" for f in report.failures[:5])
+    assert report.other == 0 and report.slow == 0, f"{report.summary()}\n{shown}"
+    assert report.ok and report.errors
+
+
+def test_the_surface_fuzzer_finds_a_planted_bug(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Broken on purpose (errors printed raw; a function that raises KeyError), it reports."""
+    import effdsl.errors
+
+    monkeypatch.setattr(effdsl.errors, "printable", lambda text, newlines=False: text)
+    cli_report = _surface_report(200, 1, "cli")
+    assert cli_report.other and any("non-printable" in f.error for f in cli_report.failures)
+    monkeypatch.undo()
+
+    def boom(plan: object) -> None:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(effdsl, "cost", boom)
+    api_report = _surface_report(400, 1, "api")
+    assert any("KeyError" in f.error for f in api_report.failures)
+
+
+def test_generated_specs_draw_kinds_and_attributes_from_the_ast() -> None:
+    """A kind or attribute added to the AST is fuzzed without touching the fuzzer."""
+    rng = random.Random(0)
+    lines = [fuzz.random_block(rng, "stage") for _ in range(400)]
+    for kind in ast.BLOCK_KINDS:
+        assert any(line.split()[1] == kind for line in lines), kind
+    from effdsl.parser import attributes
+
+    drawn = {fuzz.random_attribute(rng, ast.Stage).split("=")[0] for _ in range(2000)}
+    assert drawn == set(attributes(ast.Stage))
 
 
 # ---- inputs that were slow or broke something before (see docs/reliability.md) -------------
