@@ -117,7 +117,9 @@ class Node(BaseModel):
             return super().model_copy(deep=deep)
         if not isinstance(update, Mapping) or not all(isinstance(k, str) for k in update):
             raise EffSemanticError("model_copy(update=...) takes a mapping of field names")
-        values = {name: getattr(self, name) for name in type(self).model_fields}
+        # the fields set so far and the update: a field left at its default stays unset, so
+        # the formatter still leaves it out
+        values = {name: getattr(self, name) for name in self.model_fields_set}
         values.update(update)
         try:
             copy = type(self).model_validate(values)
