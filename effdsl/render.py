@@ -25,9 +25,9 @@ from dataclasses import dataclass, replace
 from itertools import pairwise
 from pathlib import Path
 
+from effdsl.arguments import checked
 from effdsl.ast import Network
 from effdsl.ast import Node as NetworkNode
-from effdsl.arguments import checked
 from effdsl.cost import Cost, classifier_cost, cost, op_cost
 from effdsl.errors import LimitError, OutputError, ToolMissingError
 from effdsl.files import atomic_path, atomic_write

@@ -162,7 +162,7 @@ def test_nodes_are_immutable_and_validated() -> None:
         network.stages[0].channels = 3  # type: ignore[misc]
     with pytest.raises(EffError, match="kernel must be odd"):  # an EffError, like all others
         ast.Stage(kind="mbconv", kernel=4, channels=8)
-    with pytest.raises(EffError, match="(?i)extra"):
+    with pytest.raises(EffError, match=r"(?i)extra"):
         ast.Input(size=32, colour="red")  # type: ignore[call-arg]
 
 
