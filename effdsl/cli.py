@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from effdsl.errors import EffError, OutputError
+from effdsl.errors import SHOWN_ERRORS, EffError, OutputError
 from effdsl.files import command_scope, refuse_inputs
 from effdsl.text import printable
 from effdsl.version import __version__
@@ -143,8 +143,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     failed = errors = warnings = 0
     for path in files:
         problems = check_file(path)
-        for problem in problems:
+        for problem in problems[:SHOWN_ERRORS]:
             print(problem.render(), file=sys.stderr)
+        hidden = len(problems) - SHOWN_ERRORS
+        if hidden > 0:  # a garbage file has hundreds: the first ones say what is wrong
+            print(f"{printable(path)}: and {hidden:,} more not shown", file=sys.stderr)
         found = sum(1 for p in problems if not isinstance(p, EffWarning))
         warnings += len(problems) - found
         errors += found

@@ -87,7 +87,11 @@ def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
 
 
 def test_a_directory_and_a_symlink(tmp_path: Path) -> None:
-    code, stderr = cli("check", str(tmp_path))
+    with pytest.raises(EffError, match="is a directory, not a spec"):
+        effdsl.load(tmp_path)
+    directory = tmp_path / "dir.eff"
+    directory.mkdir()
+    code, stderr = cli("compile", str(directory), "-n")
     assert code == 1 and "is a directory, not a spec" in stderr
     link = tmp_path / "link.eff"
     link.symlink_to(B0)
