@@ -6,10 +6,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -348,13 +350,16 @@ def _postgres_bin() -> Path | None:
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres() -> Iterator[str]:
     """The URL of a PostgreSQL server started for these tests on a Unix socket, stopped after."""
     pytest.importorskip("psycopg2")
     binaries = _postgres_bin()
     if binaries is None:
         pytest.skip("PostgreSQL is not installed (tools/system-deps.sh installs it)")
-    root = tmp_path_factory.mktemp("postgres")
+    # not under pytest's temporary root: that is private to this user, and the server (run as
+    # `postgres` when we are root) must reach its directory; a short path also keeps the
+    # socket's name within the 107 characters Unix sockets allow
+    root = Path(tempfile.mkdtemp(prefix="effdsl-pg-"))
     as_user: list[str] = []
     if os.geteuid() == 0:  # the server refuses to run as root: run it as Debian's `postgres`
         os.chmod(root, 0o777)
@@ -365,15 +370,19 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         argv = [*as_user, line] if as_user else ["sh", "-c", line]
         subprocess.run(argv, check=True, capture_output=True, timeout=600)
 
-    data, port = root / "data", "54329"
-    run(str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
-    run(str(binaries / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
-        f"-k {root} -h '' -p {port}", "start")
+    data, port = root / "data", "54329"  # the port only names the socket, in our directory
     try:
-        run(str(binaries / "createdb"), "-h", str(root), "-p", port, "-U", "postgres", "effdsl")
-        yield f"postgresql+psycopg2://postgres@/effdsl?host={root}&port={port}"
+        run(str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+        run(str(binaries / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
+            f"-k {root} -c listen_addresses= -p {port}", "start")
+        try:
+            run(str(binaries / "createdb"), "-h", str(root), "-p", port, "-U", "postgres",
+                "effdsl")
+            yield f"postgresql+psycopg2://postgres@/effdsl?host={root}&port={port}"
+        finally:
+            run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
     finally:
-        run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.slow
