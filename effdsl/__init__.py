@@ -33,11 +33,14 @@ _LAZY = {
     "optimize_for_inference": "effdsl.torch_build",
     "convert_state_dict": "effdsl.convert",
     "to_python": "effdsl.codegen",
+    "import_model": "effdsl.importers",
+    "import_family": "effdsl.importers",
 }
 
 if TYPE_CHECKING:
     from effdsl.codegen import to_python
     from effdsl.convert import convert_state_dict
+    from effdsl.importers import import_family, import_model
     from effdsl.torch_build import build, optimize_for_inference
 
 
@@ -62,6 +65,8 @@ __all__ = [
     "convert_state_dict",
     "cost",
     "format",
+    "import_family",
+    "import_model",
     "load",
     "lower",
     "multipliers",

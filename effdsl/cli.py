@@ -460,11 +460,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_limit_flags(render)
     render.set_defaults(run=cmd_render)
 
+    from effdsl.importers.command import register_import
     from effdsl.plot import register_plot
     from effdsl.search import register_search
 
     register_search(commands)
     register_plot(commands)
+    register_import(commands)
     return parser
 
 

@@ -121,6 +121,17 @@ class UsageError(EffError):
     """A public function called with an argument of the wrong type (see `effdsl.arguments`)."""
 
 
+class ImportRefused(EffError):
+    """A model the importer cannot write exactly: names the model, the module and the feature.
+
+    `feature` is the missing feature alone (no model, path or widths), for grouping refusals.
+    """
+
+    def __init__(self, message: str, *, feature: str | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.feature = feature or message
+
+
 class ToolMissingError(EffError):
     """An external program (graphviz's `dot`) or optional package is not installed."""
 

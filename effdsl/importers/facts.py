@@ -1,0 +1,229 @@
+"""What an importer reads off a live module tree, before any language decision is made.
+
+A reader (timm, torchvision, effdsl's own modules) walks a model and records *facts*: each
+convolution with its norm and activation, each squeeze-and-excitation, each block's layers in
+forward order and its residual, grouped into the model's own stages. `effdsl.importers.compose`
+then decides how the language says them, or refuses. Keeping the two apart means a reader never
+knows what the language can say, and a new language feature changes the composer only.
+
+The helpers here read the torch modules every library shares (`Conv2d`, batch norm,
+activations); the readers call them. Torch is only touched through the modules passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from effdsl.errors import ImportRefused
+
+#: Activation modules by class name (any class in the module's MRO), to the language's names.
+#: timm's `Swish` and `HardSwish` and effdsl's own in-place subclasses resolve through the MRO.
+ACTIVATION_CLASSES = {
+    "SiLU": "silu",
+    "Swish": "silu",
+    "SwishMe": "silu",
+    "ReLU": "relu",
+    "ReLU6": "relu6",
+    "Hardswish": "hardswish",
+    "HardSwish": "hardswish",
+    "HardSwishMe": "hardswish",
+    "GELU": "gelu",
+    "Sigmoid": "sigmoid",
+    "Hardsigmoid": "hard_sigmoid",
+    "HardSigmoid": "hard_sigmoid",
+    "HardSigmoidMe": "hard_sigmoid",
+    "Identity": "none",
+}
+
+
+@dataclass(frozen=True)
+class ConvFact:
+    """One convolution and the norm and activation that follow it."""
+
+    path: str  # the conv's module path in the source model
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    groups: int
+    padding: str  # "symmetric" (k-1)/2 on every side, or "same" (TensorFlow's SAME)
+    bias: bool
+    norm: str | None  # "batchnorm", another norm's class name, or None (no norm)
+    bn_eps: float
+    bn_momentum: float
+    act: str | None  # a language activation name, or None
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups == self.in_channels == self.out_channels and self.groups > 1
+
+
+@dataclass(frozen=True)
+class SEFact:
+    """Squeeze-and-excitation: pool, 1×1 conv to `squeeze` with `act`, 1×1 conv back, `gate`."""
+
+    path: str
+    channels: int
+    squeeze: int
+    act: str
+    gate: str
+
+
+@dataclass(frozen=True)
+class BlockFact:
+    """One block: `kind` names its structure, `convs` its convolutions in forward order.
+
+    kinds: `conv` (one conv), `ds` (depthwise, SE?, pointwise), `ir` (1×1 expansion,
+    depthwise, SE?, 1×1 projection), `er` (k×k expansion, SE?, 1×1 projection).
+    """
+
+    path: str
+    kind: str
+    convs: tuple[ConvFact, ...]
+    se: SEFact | None
+    residual: bool
+    drop_path: float  # this block's own rate (0: none)
+
+    @property
+    def in_channels(self) -> int:
+        return self.convs[0].in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.convs[-1].out_channels
+
+    @property
+    def stride(self) -> int:
+        return max(conv.stride for conv in self.convs)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """A whole model as read: stem, the model's own stages of blocks, head, classifier."""
+
+    source: str  # "timm:efficientnet_b0"
+    name: str  # the network name to write
+    library: str  # "timm 1.0.31"
+    resolution: int
+    in_channels: int
+    stem: ConvFact
+    stages: tuple[tuple[BlockFact, ...], ...]
+    head: ConvFact | None
+    head_style: str  # "conv": conv-BN-act before the pool; "post_pool": a 1×1 conv after it
+    dropout: float
+    classes: int
+    params: int  # the model's parameter count, which the written spec must equal
+
+
+def parameter_count(model: Any) -> int:
+    return sum(int(p.numel()) for p in model.parameters())
+
+
+# ---- reading torch modules every library shares ---------------------------------------------
+
+
+class Reader:
+    """Reading helpers bound to one model, so every refusal names the model."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def refuse(self, path: str, module: Any, feature: str) -> ImportRefused:
+        kind = type(module).__name__ if module is not None else "missing"
+        where = path or "(model)"
+        return ImportRefused(f"{self.source}: {where} ({kind}): {feature}", feature=feature)
+
+    def activation(self, path: str, module: Any) -> str | None:
+        """The language name of an activation module; `None` for the identity."""
+        for cls in type(module).__mro__:
+            name = ACTIVATION_CLASSES.get(cls.__name__)
+            if name is not None:
+                return None if name == "none" else name
+        raise self.refuse(path, module, "activation not in the language")
+
+    def conv(
+        self,
+        path: str,
+        conv: Any,
+        norm: Any = None,
+        act: Any = None,
+        *,
+        padding: str | None = None,
+    ) -> ConvFact:
+        """A `Conv2d` with its norm (batch norm, or timm's norm+act in one) and activation."""
+        if type(conv).__name__ not in ("Conv2d", "Conv2dSame"):
+            raise self.refuse(path, conv, _feature_of(conv))
+        kernel_h, kernel_w = conv.kernel_size
+        stride_h, stride_w = conv.stride
+        if kernel_h != kernel_w or stride_h != stride_w:
+            raise self.refuse(path, conv, "non-square kernel or stride")
+        if tuple(conv.dilation) != (1, 1):
+            raise self.refuse(path, conv, "dilated convolution")
+        if padding is None:
+            padding = self._padding(path, conv)
+        norm_name: str | None = None
+        eps, momentum = 1e-5, 0.1
+        activation: str | None = None
+        if norm is not None and type(norm).__name__ != "Identity":
+            norm_name = "batchnorm" if _is_batch_norm(norm) else type(norm).__name__
+            eps = float(getattr(norm, "eps", 1e-5))
+            momentum = float(getattr(norm, "momentum", 0.1) or 0.1)
+            inner = getattr(norm, "act", None)  # timm's BatchNormAct2d carries its activation
+            if inner is not None:
+                activation = self.activation(f"{path}.act", inner)
+            drop = getattr(norm, "drop", None)
+            if drop is not None and type(drop).__name__ != "Identity":
+                raise self.refuse(path, drop, "dropout inside the norm layer")
+        if act is not None:
+            outer = self.activation(f"{path}.act", act)
+            if outer is not None:
+                if activation is not None:
+                    raise self.refuse(path, act, "two activations after one convolution")
+                activation = outer
+        return ConvFact(
+            path=path,
+            in_channels=int(conv.in_channels),
+            out_channels=int(conv.out_channels),
+            kernel=int(kernel_h),
+            stride=int(stride_h),
+            groups=int(conv.groups),
+            padding=padding,
+            bias=conv.bias is not None,
+            norm=norm_name,
+            bn_eps=_short(eps),
+            bn_momentum=_short(momentum),
+            act=activation,
+        )
+
+    def _padding(self, path: str, conv: Any) -> str:
+        if type(conv).__name__ == "Conv2dSame":  # timm: SAME padding computed per input size
+            return "same"
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise self.refuse(path, conv, f"padding {conv.padding!r} ({conv.padding_mode})")
+        half = (conv.kernel_size[0] - 1) // 2
+        if tuple(conv.padding) != (half, half):
+            raise self.refuse(path, conv, f"padding {tuple(conv.padding)} for a k{half * 2 + 1}")
+        return "symmetric"
+
+
+def _is_batch_norm(module: Any) -> bool:
+    return any(cls.__name__ == "BatchNorm2d" for cls in type(module).__mro__)
+
+
+def _feature_of(module: Any) -> str:
+    """The language feature a convolution-like module would need."""
+    known = {
+        "MixedConv2d": "MixConv (a conv split into channel groups, each its own kernel)",
+        "CondConv2d": "CondConv (per-sample expert kernels)",
+    }
+    return known.get(type(module).__name__, "convolution type not in the language")
+
+
+def _short(value: float) -> float:
+    """A float read back from a module, rounded to 10 significant digits.
+
+    torchvision writes MnasNet's momentum as `1 - 0.9997`, which is 0.00029999999999996696 in
+    binary; a person writes 0.0003, and so does the spec.
+    """
+    return float(f"{value:.10g}")

@@ -1,0 +1,195 @@
+"""Read a timm model of the EfficientNet builder (`efficientnet.py`, `mobilenetv3.py`,
+HardCoReNAS) into `ModelFacts`.
+
+timm builds every such model from block strings (`ir_r2_k3_s2_e6_c24_se0.25`) into a handful of
+block classes: `ConvBnAct` (cn), `DepthwiseSeparableConv` (ds, dsa), `InvertedResidual` (ir),
+`EdgeResidual` (er), plus `CondConvResidual`, `UniversalInvertedResidual` and `MobileAttention`.
+`model.blocks` holds one `Sequential` per stage, so the model's stages are read as they are.
+Every submodule a block has is read or refused: an anti-aliasing layer, a space-to-depth conv
+or a layer scale that the reader does not know is a refusal naming its path, never ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from effdsl.errors import ImportRefused
+from effdsl.importers.facts import (
+    BlockFact,
+    ConvFact,
+    ModelFacts,
+    Reader,
+    SEFact,
+    parameter_count,
+)
+
+#: timm's modules whose models use the EfficientNet builder.
+MODULES = ("efficientnet", "mobilenetv3", "hardcorenas")
+
+#: Block classes that need language features the reader cannot express, by timm class name.
+_UNSUPPORTED_BLOCKS = {
+    "CondConvResidual": "CondConv (per-sample expert kernels and routing)",
+    "UniversalInvertedResidual": "MobileNetV4 universal inverted bottleneck (UIR)",
+    "MobileAttention": "MobileNetV4 attention block (MQA/MHA)",
+}
+
+
+def names() -> list[str]:
+    """Every model name of timm's EfficientNet builder, sorted."""
+    import timm
+
+    return sorted(timm.list_models(module=list(MODULES)))
+
+
+def version() -> str:
+    import timm
+
+    return f"timm {timm.__version__}"
+
+
+def create(name: str) -> Any:
+    """The model `name`, instantiated on the meta device: no weights, nothing downloaded."""
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        return timm.create_model(name, pretrained=False)
+
+
+class TimmReader(Reader):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"timm:{name}")
+        self.name = name
+
+    def model(self, model: Any) -> ModelFacts:
+        kind = type(model).__name__
+        if kind not in ("EfficientNet", "MobileNetV3"):
+            raise self.refuse(
+                "", model, f"model class {kind} is not built by the EfficientNet builder"
+            )
+        stem = self.conv("conv_stem", model.conv_stem, model.bn1)
+        stages = tuple(
+            tuple(self.block(f"blocks.{i}.{j}", block) for j, block in enumerate(stage))
+            for i, stage in enumerate(model.blocks)
+        )
+        head: ConvFact | None
+        if kind == "EfficientNet":
+            head_style = "conv"
+            head = (
+                None
+                if type(model.conv_head).__name__ == "Identity"
+                else self.conv("conv_head", model.conv_head, model.bn2)
+            )
+        else:
+            head_style = "post_pool"
+            head = (
+                None
+                if type(model.conv_head).__name__ == "Identity"
+                else self.conv("conv_head", model.conv_head, model.norm_head, model.act2)
+            )
+        pool = model.global_pool
+        if getattr(pool, "pool_type", "avg") != "avg":
+            raise self.refuse("global_pool", pool, f"global pool `{pool.pool_type}`")
+        classifier = model.classifier
+        if type(classifier).__name__ != "Linear":
+            raise self.refuse("classifier", classifier, "classifier that is not one linear layer")
+        size = model.pretrained_cfg.get("input_size", (3, 224, 224))
+        return ModelFacts(
+            source=self.source,
+            name=self.name,
+            library=version(),
+            resolution=int(size[-1]),
+            in_channels=int(model.conv_stem.in_channels),
+            stem=stem,
+            stages=stages,
+            head=head,
+            head_style=head_style,
+            dropout=float(model.drop_rate),
+            classes=int(classifier.out_features),
+            params=parameter_count(model),
+        )
+
+    def _absent(self, path: str, block: Any, *names: str) -> None:
+        """Refuse optional parts a block may carry that the reader does not translate."""
+        features = {
+            "aa": "anti-aliased downsampling (blur pool)",
+            "conv_s2d": "space-to-depth",
+            "layer_scale": "layer scale",
+        }
+        for name in names:
+            part = getattr(block, name, None)
+            if part is not None and type(part).__name__ != "Identity":
+                raise self.refuse(f"{path}.{name}", part, features[name])
+
+    def se(self, path: str, se: Any) -> SEFact | None:
+        if type(se).__name__ == "Identity":
+            return None
+        if type(se).__name__ != "SqueezeExcite":
+            raise self.refuse(path, se, "attention module in place of squeeze-and-excitation")
+        act = self.activation(f"{path}.act1", se.act1)
+        gate = self.activation(f"{path}.gate", se.gate)
+        if act is None or gate is None:
+            raise self.refuse(path, se, "squeeze-and-excitation without an activation or gate")
+        return SEFact(
+            path=path,
+            channels=int(se.conv_reduce.in_channels),
+            squeeze=int(se.conv_reduce.out_channels),
+            act=act,
+            gate=gate,
+        )
+
+    def block(self, path: str, block: Any) -> BlockFact:
+        kind = type(block).__name__
+        if kind in _UNSUPPORTED_BLOCKS:
+            raise self.refuse(path, block, _UNSUPPORTED_BLOCKS[kind])
+        self._absent(path, block, "aa", "conv_s2d", "layer_scale")
+        se: SEFact | None = None
+        convs: tuple[ConvFact, ...]
+        if kind == "ConvBnAct":
+            fact_kind = "conv"
+            convs = (self.conv(f"{path}.conv", block.conv, block.bn1),)
+        elif kind == "DepthwiseSeparableConv":
+            fact_kind = "ds"
+            convs = (
+                self.conv(f"{path}.conv_dw", block.conv_dw, block.bn1),
+                self.conv(f"{path}.conv_pw", block.conv_pw, block.bn2),
+            )
+            se = self.se(f"{path}.se", block.se)
+        elif kind == "InvertedResidual":
+            fact_kind = "ir"
+            convs = (
+                self.conv(f"{path}.conv_pw", block.conv_pw, block.bn1),
+                self.conv(f"{path}.conv_dw", block.conv_dw, block.bn2),
+                self.conv(f"{path}.conv_pwl", block.conv_pwl, block.bn3),
+            )
+            se = self.se(f"{path}.se", block.se)
+        elif kind == "EdgeResidual":
+            fact_kind = "er"
+            convs = (
+                self.conv(f"{path}.conv_exp", block.conv_exp, block.bn1),
+                self.conv(f"{path}.conv_pwl", block.conv_pwl, block.bn2),
+            )
+            se = self.se(f"{path}.se", block.se)
+        else:
+            raise self.refuse(path, block, "block class not in the EfficientNet builder")
+        drop = block.drop_path
+        rate = 0.0 if type(drop).__name__ == "Identity" else float(drop.drop_prob)
+        return BlockFact(
+            path=path,
+            kind=fact_kind,
+            convs=convs,
+            se=se,
+            residual=bool(block.has_skip),
+            drop_path=rate,
+        )
+
+
+def read(name: str) -> ModelFacts:
+    """The facts of timm's model `name` (instantiated on the meta device)."""
+    try:
+        model = create(name)
+    except ImportRefused:
+        raise
+    except Exception as error:  # timm raises plain exceptions for models it cannot build
+        raise ImportRefused(f"timm:{name}: timm could not build it: {error}") from None
+    return TimmReader(name).model(model)

@@ -1,0 +1,246 @@
+"""`effdsl import`: specs read off timm, torchvision and effdsl's own modules.
+
+Checked against the hand-written specs (the importer must write what a person wrote), by round
+trips (every shipped spec, built and imported back, is the same AST), by the chain
+import → params/MACs → convert → logits on small models, and by its refusals' messages.
+The whole zoo (docs/zoo.md) is re-measured by the slow tests at the end.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import effdsl
+from effdsl import ast
+from effdsl.errors import ImportRefused
+from effdsl.importers import import_family, import_model
+from effdsl.importers.zoo import measure
+
+from .conftest import ROOT, SPECS
+from .test_cli import effdsl as run_cli
+
+SHIPPED = sorted(SPECS.glob("*.eff"))
+
+
+def structure(network: ast.Network) -> ast.Network:
+    """What a built module carries: no name, presets, scaling coefficients, stage names or
+    opt-outs of scaling (none of which is in the modules), comments aside."""
+
+    def plain(block: ast.Block) -> ast.Block:
+        update: dict[str, object] = {"fix": "none"}
+        if isinstance(block, ast.Stage):
+            update["name"] = None
+        return block.model_copy(update=update)
+
+    return network.model_copy(
+        update={
+            "name": "_",
+            "presets": (),
+            "scaling": ast.Scaling(),
+            "stem": plain(network.stem),
+            "stages": tuple(plain(stage) for stage in network.stages),  # type: ignore[misc]
+            "head": plain(network.head),
+        }
+    )
+
+
+def canonical(network: ast.Network) -> ast.Network:
+    """The AST after `fmt`: the round trip compares what a reader sees."""
+    return structure(effdsl.parse(effdsl.format(network)))
+
+
+# ---- what a person wrote --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "spec"),
+    [
+        ("torchvision:efficientnet_b0", "b0.eff"),
+        ("torchvision:efficientnet_v2_s", "efficientnetv2-s.eff"),
+        ("torchvision:efficientnet_v2_m", "efficientnetv2-m.eff"),
+        ("torchvision:efficientnet_v2_l", "efficientnetv2-l.eff"),
+        ("torchvision:mobilenet_v2", "mobilenetv2.eff"),
+        ("torchvision:mnasnet1_0", "mnasnet.eff"),
+    ],
+)
+def test_import_writes_the_hand_written_spec(source: str, spec: str) -> None:
+    imported = import_model(source)
+    assert canonical(imported) == canonical(effdsl.load(SPECS / spec))
+
+
+def test_import_names_its_source_and_library_in_a_header_comment() -> None:
+    text = effdsl.format(import_model("timm:mobilenetv2_100"))
+    assert text.startswith("# timm:mobilenetv2_100, imported from timm 1.")
+    assert "3,504,872 parameters" in text
+    assert "stage mbconv e6 k3 s2 c24   x2" in text  # repeats collapsed
+    assert "defaults act=relu6" in text  # options factored out
+
+
+# ---- round trips -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_spec_round_trips_through_a_built_module(spec: Path) -> None:
+    network = effdsl.load(spec)
+    with torch.device("meta"):
+        model = effdsl.build(network)
+    assert canonical(import_model(model)) == canonical(network)
+
+
+def test_generated_python_round_trips_through_the_cli(tmp_path: Path) -> None:
+    generated = tmp_path / "v2s.py"
+    out = tmp_path / "v2s.eff"
+    assert (
+        run_cli("compile", str(SPECS / "efficientnetv2-s.eff"), "-o", str(generated)).returncode
+        == 0
+    )
+    result = run_cli("import", f"module:{generated}", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert canonical(effdsl.load(out)) == canonical(effdsl.load(SPECS / "efficientnetv2-s.eff"))
+
+
+# ---- presets ---------------------------------------------------------------------------------
+
+
+def test_b0_and_b3_are_one_spec_up_to_a_preset() -> None:
+    family = import_family("timm:efficientnet_b[03]")
+    assert family.network is not None and family.misfits == ()
+    b0, b3 = import_model("timm:efficientnet_b0"), import_model("timm:efficientnet_b3")
+    assert family.network.model_copy(update={"presets": ()}) == b0
+    scaled = effdsl.scale(family.network, preset="b3")
+    assert scaled.model_copy(update={"name": b3.name}) == b3.model_copy(update={"presets": ()})
+
+
+def test_family_says_which_variants_do_not_share_the_structure() -> None:
+    family = import_family("timm:mobilenetv2_1*")
+    assert family.network is not None
+    assert [p.name for p in family.network.presets] == ["mobilenetv2_100"] or len(
+        family.network.presets
+    ) >= 1
+    misfits = dict(family.misfits)
+    assert "mobilenetv2_110d" in misfits and "does not share" in misfits["mobilenetv2_110d"]
+
+
+# ---- the chain: import → counts → convert → logits ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "timm:mobilenetv2_050",
+        "timm:tf_efficientnet_lite0",
+        "timm:mnasnet_small",
+        "timm:tinynet_e",
+        "timm:tf_efficientnetv2_b0",
+        "torchvision:efficientnet_b0",
+    ],
+)
+def test_import_is_exact_in_params_macs_and_logits(source: str) -> None:
+    torch.set_num_threads(1)
+    row = measure(source)
+    assert row.exact, row
+    assert row.spec_params == row.params and row.spec_macs == row.macs
+    assert row.logits is not None and row.logits <= 1e-9
+
+
+# ---- refusals --------------------------------------------------------------------------------
+
+
+def test_a_module_the_language_cannot_say_is_refused_naming_path_and_feature() -> None:
+    network = effdsl.load(SPECS / "b0.eff")
+    with torch.device("meta"):
+        model = effdsl.build(network)
+    model.stages[2].blocks[1].depthwise.act = nn.Tanh()
+    with pytest.raises(ImportRefused) as caught:
+        import_model(model)
+    message = caught.value.message
+    assert message == (
+        "module:efficientnet_b0: stages.2.blocks.1.depthwise.conv.act (Tanh): "
+        "activation not in the language"
+    )
+
+
+def test_refusals_name_the_model_the_module_and_the_feature() -> None:
+    with pytest.raises(ImportRefused) as caught:
+        import_model("timm:efficientnet_blur_b0")
+    assert caught.value.message == (
+        "timm:efficientnet_blur_b0: blocks.1.0.aa (BlurPool2d): anti-aliased downsampling "
+        "(blur pool)"
+    )
+
+
+def test_cli_refusal_is_one_line_without_traceback() -> None:
+    result = run_cli("import", "timm:efficientnet_blur_b0")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_unknown_name_suggests_close_names() -> None:
+    result = run_cli("import", "timm:mobilenetv3_larg_100")
+    assert result.returncode == 1
+    assert "timm has no mobile CNN `mobilenetv3_larg_100`" in result.stderr
+    assert "did you mean mobilenetv3_large_100" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_writes_the_spec_and_it_compiles(tmp_path: Path) -> None:
+    out = tmp_path / "mnv2.eff"
+    result = run_cli("import", "timm:mobilenetv2_100", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    summary = run_cli("compile", str(out), "--json")
+    assert '"params": 3504872' in summary.stdout
+
+
+# ---- the zoo table ---------------------------------------------------------------------------
+
+ZOO = ROOT / "docs" / "zoo.md"
+_ROW = re.compile(r"^\| `([^`]+)` \| (\w+) \| ([\d,]*) \| ([\d,]*) \| ([\d,]*) \| ([\d,]*) \|")
+
+
+def zoo_rows() -> list[tuple[str, str, str, str, str, str]]:
+    """(source, status, params, effdsl params, MACs, effdsl MACs) of every row of docs/zoo.md."""
+    rows = []
+    library = "timm"
+    if not ZOO.exists():
+        return []
+    for line in ZOO.read_text().splitlines():
+        if line.startswith("## torchvision"):
+            library = "torchvision"
+        match = _ROW.match(line)
+        if match:
+            name, *rest = match.groups()
+            rows.append((f"{library}:{name}", *rest))  # type: ignore[arg-type]
+    return rows
+
+
+def test_zoo_headline_counts_its_rows() -> None:
+    text = ZOO.read_text()
+    rows = zoo_rows()
+    timm_main = rows[:148]
+    exact = sum(1 for row in timm_main if row[1] == "exact")
+    assert f"{exact} / 148 exact" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", zoo_rows(), ids=lambda row: row[0])
+def test_zoo_row_is_what_a_fresh_measurement_gives(row: tuple[str, ...]) -> None:
+    """Each row of docs/zoo.md re-measured: status and counts (logits up to 30M parameters;
+    `python docs/zoo.py --check` regenerates the whole table, logits included)."""
+    torch.set_num_threads(1)
+    source, status, params, spec_params, macs, spec_macs = row
+    small = int(params.replace(",", "")) <= 30_000_000
+    fresh = measure(source, logits=small)
+    shown = (
+        fresh.status if small or fresh.status != "exact" else status,
+        f"{fresh.params:,}",
+        "" if fresh.spec_params is None else f"{fresh.spec_params:,}",
+        f"{fresh.macs:,}",
+        "" if fresh.spec_macs is None else f"{fresh.spec_macs:,}",
+    )
+    assert shown == (status, params, spec_params, macs, spec_macs)
