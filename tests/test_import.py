@@ -9,6 +9,8 @@ The whole zoo (docs/zoo.md) is re-measured by the slow tests at the end.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,18 @@ from effdsl.importers import import_family, import_model
 from effdsl.importers.zoo import measure
 
 from .conftest import ROOT, SPECS
-from .test_cli import effdsl as run_cli
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real `effdsl` command; importing timm in a fresh process is slow on a busy machine."""
+    return subprocess.run(
+        [sys.executable, "-m", "effdsl", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+
 
 SHIPPED = sorted(SPECS.glob("*.eff"))
 
