@@ -271,12 +271,13 @@ def test_training_scores_tell_a_good_candidate_from_a_clearly_bad_one(textures: 
     epochs: list[tuple[int, float]] = []
     good = train_score(network, data, recipe, report=lambda e, n, loss, top1: epochs.append(
         (e, top1)))
-    # the same net looking at 2-pixel thumbnails: the stripes blur into grey
-    blind = network.model_copy(update={"input": network.input.model_copy(update={"size": 2})})
+    # the same net looking at 8-pixel thumbnails (the smallest input a spec allows): most
+    # stripes blur into grey
+    blind = network.model_copy(update={"input": network.input.model_copy(update={"size": 8})})
     bad = train_score(blind, data, recipe)
     assert [e for e, _ in epochs] == [1, 2, 3, 4]
     assert good >= 0.9, good
-    assert bad <= 0.6, bad  # three classes: chance is 1/3
+    assert bad <= 0.7 and good - bad >= 0.3, (good, bad)  # three classes: chance is 1/3
     assert train_score(network, data, recipe) == good  # fixed seeds: the same score again
 
 
