@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -31,7 +32,7 @@ from pydantic.json_schema import SkipJsonSchema
 from effdsl.errors import EffSemanticError, Span
 
 Activation = Literal["silu", "relu", "relu6", "hardswish", "gelu"]
-BlockKind = Literal["conv", "mbconv", "fused_mbconv"]
+BlockKind = Literal["conv", "mbconv", "fused_mbconv", "mixconv", "condconv"]
 Padding = Literal["symmetric", "same"]
 Fix = Literal["none", "depth", "width", "all"]
 
@@ -49,6 +50,22 @@ MAX_KERNEL = 99
 MAX_CLASSES = 10_000_000
 MAX_EXPAND = 1_000.0
 MAX_MULTIPLIER = 1_000.0
+MAX_MIXED_KERNELS = 16  # MixNet uses up to 5 (k3.5.7.9.11)
+MAX_SPLITS = 64
+MAX_EXPERTS = 64
+
+#: A kernel size, or a mixconv's list of kernel sizes (`k3.5.7`), one per channel slice.
+Kernel = int | tuple[int, ...]
+
+
+def kernel_text(kernel: Kernel) -> str:
+    """`3`, or `3.5.7` for a list of kernels: how the `k` shorthand writes it."""
+    return str(kernel) if isinstance(kernel, int) else ".".join(map(str, kernel))
+
+
+def kernel_sizes(kernel: Kernel) -> tuple[int, ...]:
+    """Every kernel size of `kernel`, in channel-slice order."""
+    return (kernel,) if isinstance(kernel, int) else kernel
 
 TRIVIA = frozenset({"span", "attr_spans", "comments", "trailing_comment", "closing_comments"})
 
@@ -229,11 +246,37 @@ class BlockOptions(Node):
 class Block(BlockOptions):
     """What the stem, every stage and the head share: a block kind and its shape."""
 
-    kind: BlockKind = Field(description="`conv`, `mbconv` or `fused_mbconv`.")
+    kind: BlockKind = Field(
+        description="`conv`, `mbconv`, `fused_mbconv`, `mixconv` (mixed-kernel depthwise) or "
+        "`condconv` (per-sample expert kernels)."
+    )
     expand: float = Field(default=1.0, ge=1.0, le=MAX_EXPAND, description="Expansion ratio (e).")
-    kernel: int = Field(ge=1, le=MAX_KERNEL, description="Kernel size (k), odd.")
+    kernel: Kernel = Field(
+        description="Kernel size (k), odd; a `mixconv` may list one per channel slice (`k3.5.7`)."
+    )
     stride: int = Field(default=1, ge=1, le=2, description="Stride (s) of the first block: 1 or 2.")
     channels: int = Field(ge=1, le=MAX_CHANNELS, description="Output channels (c).")
+    expand_groups: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_SPLITS,
+        description="`mixconv`: the 1×1 expansion as this many convs, each over its own slice "
+        "of the channels (MixNet's grouped pointwise).",
+    )
+    project_groups: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_SPLITS,
+        description="`mixconv`: the 1×1 projection as this many convs over channel slices.",
+    )
+    experts: int | None = Field(
+        default=None,
+        validate_default=True,
+        ge=2,
+        le=MAX_EXPERTS,
+        description="`condconv`: expert kernels per conv, mixed per sample by a routing "
+        "function of the block's pooled input.",
+    )
     fix: Fix = Field(
         default="none",
         description="Opt out of scaling: `width` keeps the channels, `depth` the repeats, "
@@ -242,9 +285,17 @@ class Block(BlockOptions):
 
     @field_validator("kernel")
     @classmethod
-    def _odd_kernel(cls, kernel: int) -> int:
-        if kernel % 2 == 0:
-            raise ValueError(f"kernel must be odd, got {kernel}")
+    def _odd_kernel(cls, kernel: Kernel) -> Kernel:
+        sizes = kernel_sizes(kernel)
+        if isinstance(kernel, tuple) and not 2 <= len(kernel) <= MAX_MIXED_KERNELS:
+            raise ValueError(f"a kernel list has 2 to {MAX_MIXED_KERNELS} sizes, got {len(kernel)}")
+        for size in sizes:
+            if size < 1:
+                raise ValueError(f"kernel must be ≥ 1, got {size}")
+            if size > MAX_KERNEL:
+                raise ValueError(f"kernel must be ≤ {MAX_KERNEL}, got {size}")
+            if size % 2 == 0:
+                raise ValueError(f"kernel must be odd, got {size}")
         return kernel
 
     _finite_expand = field_validator("expand")(_finite)
@@ -254,6 +305,42 @@ class Block(BlockOptions):
         if self.kind == "conv" and self.expand != 1.0:
             raise ValueError("a `conv` block has no expansion ratio; use mbconv or fused_mbconv")
         return self
+
+    # Options of one block kind: checked per field (the kind comes first), so that an error
+    # points at the option.
+
+    @field_validator("kernel")
+    @classmethod
+    def _kernel_list_is_mixconv(cls, kernel: Kernel, info: ValidationInfo) -> Kernel:
+        kind = info.data.get("kind")
+        if isinstance(kernel, tuple) and kind not in (None, "mixconv"):
+            raise ValueError(
+                f"only a `mixconv` block takes a kernel list; a `{kind}` block has one kernel"
+            )
+        return kernel
+
+    @field_validator("expand_groups", "project_groups")
+    @classmethod
+    def _groups_are_mixconv(cls, groups: int, info: ValidationInfo) -> int:
+        kind = info.data.get("kind")
+        if groups != 1 and kind not in (None, "mixconv"):
+            raise ValueError(f"{info.field_name} applies to `mixconv` blocks, not `{kind}`")
+        return groups
+
+    @field_validator("experts")
+    @classmethod
+    def _experts_are_condconv(cls, experts: int | None, info: ValidationInfo) -> int | None:
+        kind = info.data.get("kind")
+        if experts is not None and kind not in (None, "condconv"):
+            raise ValueError(f"experts applies to `condconv` blocks, not `{kind}`")
+        if experts is None and kind == "condconv":
+            raise ValueError("a `condconv` block needs its number of experts, e.g. `experts=4`")
+        return experts
+
+    @property
+    def kernels(self) -> tuple[int, ...]:
+        """The kernel sizes, one per channel slice (one for all but a mixconv's list)."""
+        return kernel_sizes(self.kernel)
 
     @property
     def scales_width(self) -> bool:

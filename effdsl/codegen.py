@@ -25,9 +25,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from effdsl.arguments import checked
+from effdsl.ast import kernel_text
 from effdsl.cost import cost
 from effdsl.errors import BuildError
-from effdsl.plan import BlockPlan, ConvOp, Plan, SqueezeExciteOp, StagePlan
+from effdsl.plan import BlockPlan, ConvOp, MixedConvOp, Plan, RoutingOp, SqueezeExciteOp, StagePlan
 from effdsl.scaling import Multipliers
 from effdsl.version import __version__
 
@@ -47,11 +48,19 @@ BLOCK_CLASSES = {
     ("fused_mbconv", ("expand", "se", "project")): "FusedMBConv",
     ("fused_mbconv", ("expand", "project")): "FusedMBConv",
     **{
-        ("mbconv", (*expand, "depthwise", *se, "project")): "MBConv"
+        (kind, (*routing, *expand, "depthwise", *se, "project")): name
+        for kind, name, routing in (
+            ("mbconv", "MBConv", ()),
+            ("mixconv", "MixConv", ()),
+            ("condconv", "CondConv", ("routing",)),
+        )
         for expand in ((), ("expand",))
         for se in ((), ("se",))
     },
 }
+
+#: The block classes in the order they are defined.
+BLOCK_ORDER = ("ConvBlock", "MBConv", "FusedMBConv", "MixConv", "CondConv")
 
 # Names the generated module may define besides the model class.
 _FIXED_NAMES = (
@@ -64,7 +73,9 @@ _FIXED_NAMES = (
     "Stage",
     "main",
 )
-_OPTIONAL_NAMES = ("SqueezeExcite", "ConvBlock", "MBConv", "FusedMBConv")
+_OPTIONAL_NAMES = (
+    "SqueezeExcite", "MixedConvBNAct", "mixed_conv", "Routing", "CondConvBNAct", *BLOCK_ORDER
+)
 
 
 # ---- names ----------------------------------------------------------------------------------
@@ -114,7 +125,11 @@ def top_level_names(plan: Plan) -> frozenset[str]:
     used = _Used.of(plan)
     optional = {
         "SqueezeExcite": used.squeeze_excite,
-        **{block: block in used.blocks for block in ("ConvBlock", "MBConv", "FusedMBConv")},
+        "MixedConvBNAct": "MixConv" in used.blocks,
+        "mixed_conv": "MixConv" in used.blocks,
+        "Routing": "CondConv" in used.blocks,
+        "CondConvBNAct": "CondConv" in used.blocks,
+        **{block: block in used.blocks for block in BLOCK_ORDER},
     }
     return frozenset(
         (*_FIXED_NAMES, class_name(plan), *(name for name, on in optional.items() if on))
@@ -153,7 +168,7 @@ class _Used:
     @classmethod
     def of(cls, plan: Plan) -> _Used:
         ops = list(plan.ops())
-        acts = {op.act for op in ops if op.act is not None}
+        acts = {op.act for op in ops if not isinstance(op, RoutingOp) and op.act is not None}
         unknown = sorted(acts - ACTIVATION_MODULES.keys())
         if unknown:
             raise BuildError(f"code generation does not know the activation `{unknown[0]}`")
@@ -161,10 +176,11 @@ class _Used:
         return cls(
             activations=tuple(name for name in ACTIVATION_MODULES if name in acts),
             asymmetric_padding=any(
-                isinstance(op, ConvOp) and op.symmetric_padding is None for op in ops
+                isinstance(op, ConvOp) and not op.experts and op.symmetric_padding is None
+                for op in ops
             ),
             squeeze_excite=any(isinstance(op, SqueezeExciteOp) for op in ops),
-            blocks=tuple(name for name in ("ConvBlock", "MBConv", "FusedMBConv") if name in blocks),
+            blocks=tuple(name for name in BLOCK_ORDER if name in blocks),
         )
 
 
@@ -393,6 +409,197 @@ class {name}(nn.Module):
 {_RESIDUAL}'''
 
 
+_MIXED_CONV = '''\
+Padding = int | tuple[int, int, int, int]
+
+
+def split_channels(channels: int, slices: int) -> list[int]:
+    """Near-equal slices, the remainder to the first: 80 into 3 is [28, 26, 26]."""
+    share = channels // slices
+    return [channels - share * (slices - 1)] + [share] * (slices - 1)
+
+
+class MixedConvBNAct(nn.Module):
+    """MixConv: the channels cut into slices, each convolved by its own kernel size, the
+    outputs concatenated, then batch norm and the activation."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernels: list[int],
+        stride: int = 1,
+        paddings: list[Padding] | None = None,
+        depthwise: bool = False,
+        act: str | None = None,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.splits = split_channels(cin, len(kernels))
+        outs = split_channels(cout, len(kernels))
+        paddings = paddings or [0] * len(kernels)
+        # a tuple is (left, right, top, bottom): TF "same" padding, done by F.pad
+        self.pads = [pad if isinstance(pad, tuple) else None for pad in paddings]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(
+                i, o, k, stride, 0 if isinstance(p, tuple) else p,
+                groups=i if depthwise else 1, bias=False,
+            )
+            for k, i, o, p in zip(kernels, self.splits, outs, paddings, strict=True)
+        )
+        self.bn = nn.BatchNorm2d(cout, eps=eps, momentum=momentum)
+        self.act = ACTIVATIONS[act]() if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        slices = torch.split(x, self.splits, 1)
+        outs = [
+            conv(part if pad is None else nn.functional.pad(part, pad))
+            for conv, pad, part in zip(self.convs, self.pads, slices, strict=True)
+        ]
+        return self.act(self.bn(torch.cat(outs, 1)))
+
+
+def mixed_conv(
+    cin: int, cout: int, kernels: list[int], stride: int, paddings: list[Padding], **options
+) -> nn.Module:
+    """A MixConv, or a plain conv where there is a single kernel."""
+    if len(kernels) == 1:
+        groups = cin if options.pop("depthwise", False) else 1
+        return ConvBNAct(cin, cout, kernels[0], stride, paddings[0], groups=groups, **options)
+    return MixedConvBNAct(cin, cout, kernels, stride, paddings, **options)'''
+
+_MIX_CONV_BLOCK = f'''\
+class MixConv(nn.Module):
+    """Inverted residual with mixed kernels: 1×1 expand (maybe in groups), depthwise convs of
+    several kernel sizes over slices of the channels, squeeze-and-excitation, 1×1 project."""
+
+    def __init__(
+        self,
+        cin: int,
+        mid: int,
+        cout: int,
+        kernels: list[int],
+        stride: int,
+        paddings: list[Padding],
+        expand_groups: int,
+        project_groups: int,{{squeeze_arg}}
+        act: str,
+        eps: float,
+        momentum: float,
+        drop_rate: float,
+        residual: bool,
+    ) -> None:
+        super().__init__()
+        bn = dict(eps=eps, momentum=momentum)
+        # expansion ratio 1: no expand conv, the depthwise convs read the input itself
+        self.expand = nn.Identity()
+        if mid != cin:
+            ones = [1] * expand_groups
+            self.expand = mixed_conv(cin, mid, ones, 1, [0] * expand_groups, act=act, **bn)
+        self.depthwise = mixed_conv(mid, mid, kernels, stride, paddings, depthwise=True, act=act, **bn){{se_layer}}
+        # linear bottleneck: no activation after the projection
+        self.project = mixed_conv(mid, cout, [1] * project_groups, 1, [0] * project_groups, **bn)
+        self.drop_rate = drop_rate
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.expand(x)
+        out = self.depthwise(out){{se_step}}
+        out = self.project(out)
+{_RESIDUAL}'''
+
+_COND_CONV = '''\
+class Routing(nn.Linear):
+    """CondConv's routing: a weight per expert kernel, per sample, from the pooled input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(super().forward(x.mean((2, 3))))  # (N, experts)
+
+
+class CondConvBNAct(nn.Module):
+    """CondConv: per sample, the routing-weighted sum of `experts` kernels (the rows of
+    `weight`) convolves the input; then batch norm and the activation. The samples of a
+    batch run as one grouped convolution."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int,
+        padding: {padding},
+        groups: int,
+        experts: int,
+        act: str | None = None,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.shape = (cout, cin // groups, kernel, kernel)
+        self.weight = nn.Parameter(torch.empty(experts, math.prod(self.shape)))
+        for expert in range(experts):
+            nn.init.kaiming_normal_(self.weight.data[expert].view(self.shape), mode="fan_out")
+        self.stride, self.groups = stride, groups
+        # a tuple is (left, right, top, bottom): TF "same" padding, done by F.pad
+        self.pad = padding if isinstance(padding, tuple) else None
+        self.padding = 0 if isinstance(padding, tuple) else padding
+        self.bn = nn.BatchNorm2d(cout, eps=eps, momentum=momentum)
+        self.act = ACTIVATIONS[act]() if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor, routing: torch.Tensor) -> torch.Tensor:
+        if self.pad is not None:
+            x = nn.functional.pad(x, self.pad)
+        n, c, h, w = x.shape
+        weight = torch.matmul(routing, self.weight)  # (N, cout·cin/groups·k·k)
+        weight = weight.reshape(n * self.shape[0], *self.shape[1:])
+        out = nn.functional.conv2d(
+            x.reshape(1, n * c, h, w), weight, None, self.stride, self.padding,
+            groups=self.groups * n,
+        )
+        return self.act(self.bn(out.reshape(n, self.shape[0], *out.shape[-2:])))'''
+
+_COND_CONV_BLOCK = f'''\
+class CondConv(nn.Module):
+    """Inverted residual whose convs each mix `experts` kernels per sample, weighted by a
+    routing function of the block's input: 1×1 expand, depthwise, squeeze-and-excitation,
+    1×1 project."""
+
+    def __init__(
+        self,
+        cin: int,
+        mid: int,
+        cout: int,
+        kernel: int,
+        stride: int,
+        padding: {{padding}},
+        experts: int,{{squeeze_arg}}
+        act: str,
+        eps: float,
+        momentum: float,
+        drop_rate: float,
+        residual: bool,
+    ) -> None:
+        super().__init__()
+        bn = dict(eps=eps, momentum=momentum)
+        self.routing = Routing(cin, experts)
+        # expansion ratio 1: no expand conv, the depthwise conv reads the input itself
+        self.expand = None
+        if mid != cin:
+            self.expand = CondConvBNAct(cin, mid, 1, 1, 0, 1, experts, act=act, **bn)
+        self.depthwise = CondConvBNAct(mid, mid, kernel, stride, padding, mid, experts, act=act, **bn){{se_layer}}
+        # linear bottleneck: no activation after the projection
+        self.project = CondConvBNAct(mid, cout, 1, 1, 0, 1, experts, **bn)
+        self.drop_rate = drop_rate
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        routing = self.routing(x)  # (N, experts)
+        out = x if self.expand is None else self.expand(x, routing)
+        out = self.depthwise(out, routing){{se_step}}
+        out = self.project(out, routing)
+{_RESIDUAL}'''
+
 _STAGE = '''\
 class Stage(nn.Module):
     """A stage: blocks in sequence; only the first may change the stride or the width."""
@@ -407,12 +614,36 @@ class Stage(nn.Module):
         return x'''
 
 
+def _se_parts(used: _Used) -> dict[str, str]:
+    """The squeeze-and-excitation argument, layer and step of an inverted residual's source."""
+    if not used.squeeze_excite:
+        return {"{squeeze_arg}": "", "{se_layer}": "", "{se_step}": ""}
+    return {
+        "{squeeze_arg}": "\n        squeeze: int,",
+        "{se_layer}": "\n        self.se = SqueezeExcite(mid, squeeze, act) if squeeze else "
+        "nn.Identity()",
+        "{se_step}": "\n        out = self.se(out)",
+    }
+
+
+def _filled(template: str, parts: dict[str, str]) -> str:
+    for key, value in parts.items():
+        template = template.replace(key, value)
+    return template
+
+
 def _block_classes(used: _Used) -> list[str]:
     padding = "int | tuple[int, int, int, int]" if used.asymmetric_padding else "int"
+    parts = {"{padding}": padding, **_se_parts(used)}
     classes = []
     for name in used.blocks:
         if name == "ConvBlock":
             classes.append(_CONV_BLOCK.replace("{padding}", padding))
+        elif name == "MixConv":
+            classes += [_MIXED_CONV, _filled(_MIX_CONV_BLOCK, parts)]
+        elif name == "CondConv":
+            any_padding = {**parts, "{padding}": "int | tuple[int, int, int, int]"}
+            classes += [_filled(_COND_CONV, any_padding), _filled(_COND_CONV_BLOCK, any_padding)]
         else:
             classes.append(_inverted_residual(name, used, padding))
     return classes
@@ -421,9 +652,13 @@ def _block_classes(used: _Used) -> list[str]:
 # ---- the model class ------------------------------------------------------------------------
 
 
+def _pad_literal(padding: tuple[int, int, int, int]) -> str:
+    left, right, top, bottom = padding
+    return str(left) if left == right == top == bottom else str(padding)
+
+
 def _padding(op: ConvOp) -> str:
-    symmetric = op.symmetric_padding
-    return str(symmetric) if symmetric is not None else str(op.padding)
+    return _pad_literal(op.padding)
 
 
 def _conv_call(op: ConvOp) -> str:
@@ -437,10 +672,23 @@ def _conv_call(op: ConvOp) -> str:
 
 
 #: The op of each block class whose kernel, stride and padding the block's row gives.
-SPATIAL_ROLES = {"ConvBlock": "conv", "MBConv": "depthwise", "FusedMBConv": "expand"}
+SPATIAL_ROLES = {
+    "ConvBlock": "conv",
+    "MBConv": "depthwise",
+    "FusedMBConv": "expand",
+    "MixConv": "depthwise",
+    "CondConv": "depthwise",
+}
 
 
-def _spatial_op(block: BlockPlan, name: str) -> ConvOp:
+def _shape_of(op: ConvOp | MixedConvOp) -> tuple[tuple[int, ...], int, tuple[str, ...]]:
+    """Kernels, stride and padding literals of a conv, whatever its kind."""
+    if isinstance(op, MixedConvOp):
+        return op.kernels, op.stride, tuple(_pad_literal(pad) for pad in op.paddings)
+    return (op.kernel,), op.stride, (_padding(op),)
+
+
+def _spatial_op(block: BlockPlan, name: str) -> ConvOp | MixedConvOp:
     """The block's k×k conv, after checking what the generated class assumes of the others.
 
     A row gives one kernel, stride, padding, activation and batch-norm setting: every other
@@ -448,10 +696,11 @@ def _spatial_op(block: BlockPlan, name: str) -> ConvOp:
     squeeze-and-excitation with the block's, and all must share the batch-norm setting. The
     plan builds blocks so; this says so aloud.
     """
-    convs = [op for op in block.ops if isinstance(op, ConvOp)]
+    convs = [op for op in block.ops if isinstance(op, ConvOp | MixedConvOp)]
     spatial = next(op for op in convs if op.role == SPATIAL_ROLES[name])
     for op in convs:
-        plain = op is spatial or (op.kernel, op.stride, op.padding) == (1, 1, (0, 0, 0, 0))
+        kernels, stride, paddings = _shape_of(op)
+        plain = op is spatial or (set(kernels), stride, set(paddings)) == ({1}, 1, {"0"})
         act = None if op.role == "project" else spatial.act
         same_bn = (op.bn_eps, op.bn_momentum) == (spatial.bn_eps, spatial.bn_momentum)
         if not (plain and op.act == act and same_bn and spatial.act is not None):
@@ -471,14 +720,34 @@ def _rate(rate: float) -> str:
     return repr(float(f"{rate:.12g}"))
 
 
+def _groups(block: BlockPlan, role: str) -> int:
+    """How many channel slices the block's 1×1 conv of `role` has (1 where it has none)."""
+    op = next((op for op in block.ops if op.role == role), None)
+    return len(op.kernels) if isinstance(op, MixedConvOp) else 1
+
+
 def _block_call(block: BlockPlan, used: _Used) -> str:
     """The constructor call of one block, every argument a literal from the plan."""
     name = block_class(block)
     spatial = _spatial_op(block, name)
+    kernels, stride, paddings = _shape_of(spatial)
     args = [str(block.in_channels)]
     if name != "ConvBlock":
         args.append(str(block.mid_channels))
-    args += [str(block.out_channels), str(spatial.kernel), str(spatial.stride), _padding(spatial)]
+    args.append(str(block.out_channels))
+    if name == "MixConv":
+        args += [
+            f"[{', '.join(map(str, kernels))}]",
+            str(stride),
+            f"[{', '.join(paddings)}]",
+            str(_groups(block, "expand")),
+            str(_groups(block, "project")),
+        ]
+    else:
+        args += [str(kernels[0]), str(stride), paddings[0]]
+    if name == "CondConv":
+        assert isinstance(spatial, ConvOp)
+        args.append(str(spatial.experts))
     if name != "ConvBlock" and used.squeeze_excite:
         args.append(str(block.se_channels))
     args += [
@@ -494,7 +763,7 @@ def _block_call(block: BlockPlan, used: _Used) -> str:
 def _stage_comment(stage: StagePlan) -> str:
     expand = "" if stage.kind == "conv" else f" e{stage.expand:g}"
     return (
-        f"# {stage.index} {stage.name!r}: {stage.kind}{expand} k{stage.kernel} "
+        f"# {stage.index} {stage.name!r}: {stage.kind}{expand} k{kernel_text(stage.kernel)} "
         f"s{stage.stride} c{stage.out_channels} x{stage.repeats}, "
         f"{stage.in_size}×{stage.in_size} → {stage.out_size}×{stage.out_size}"
     )
@@ -507,8 +776,12 @@ def _signatures(used: _Used) -> list[str]:
     for name in used.blocks:
         channels = "in, out" if name == "ConvBlock" else "in, mid, out"
         extra = "" if name == "ConvBlock" else squeeze
+        shape = {
+            "MixConv": "kernels, stride, paddings, expand_groups, project_groups,",
+            "CondConv": "kernel, stride, padding, experts,",
+        }.get(name, "kernel, stride, padding,")
         lines += [
-            f"# {name}({channels}, kernel, stride, padding,{extra}",
+            f"# {name}({channels}, {shape}{extra}",
             f"#{' ' * len(name)}  act, bn_eps, bn_momentum, drop_rate, residual)",
         ]
     return lines

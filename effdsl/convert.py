@@ -12,6 +12,9 @@ part in the other library's EfficientNet / EfficientNetV2:
     stages.i.blocks.j.<op k>.conv   features.<i+1>.j.block.k.0   blocks.i.j.conv_pw|conv_dw|...
     stages.i.blocks.j.<op k>.bn     features.<i+1>.j.block.k.1   blocks.i.j.bn<n>
     stages.i.blocks.j.se.reduce     features.<i+1>.j.block.k.fc1 blocks.i.j.se.conv_reduce
+    stages.i.blocks.j.<op>.convs.g  (no MixConv)                 blocks.i.j.conv_pw.g (MixConv)
+    stages.i.blocks.j.<op>.weight   (no CondConv)                blocks.i.j.conv_pw.weight
+    stages.i.blocks.j.routing       (no CondConv)                blocks.i.j.routing_fn
     head.{conv,bn}                  features.<S+1>.{0,1}         conv_head, bn2
     classifier                      classifier.1                 classifier
 
@@ -28,7 +31,7 @@ from typing import Any
 from effdsl import ast
 from effdsl.arguments import checked
 from effdsl.errors import CheckpointError
-from effdsl.plan import BlockPlan, ConvOp, Op, Plan, SqueezeExciteOp, lower
+from effdsl.plan import BlockPlan, ConvOp, MixedConvOp, Op, Plan, RoutingOp, SqueezeExciteOp, lower
 
 LIBRARIES = ("torchvision", "timm")
 
@@ -70,9 +73,21 @@ def _affine_entries(ours: str, theirs: str, weight: Shape) -> Iterator[Entry]:
 
 def _op_entries(op: Op, names: Mapping[str, str]) -> Iterator[Entry]:
     """The tensors of `op`, given the other library's name of each of its child modules."""
-    if isinstance(op, ConvOp):
+    if isinstance(op, ConvOp) and op.experts:
+        # CondConv: one row of flattened kernel per expert, directly on the op's module
+        weights = op.out_channels * (op.in_channels // op.groups) * op.kernel * op.kernel
+        yield Entry(f"{op.path}.weight", f"{names['conv']}.weight", (op.experts, weights))
+        yield from _bn_entries(f"{op.path}.bn", names["bn"], op.out_channels)
+    elif isinstance(op, ConvOp):
         yield from _conv_entries(f"{op.path}.conv", names["conv"], op)
         yield from _bn_entries(f"{op.path}.bn", names["bn"], op.out_channels)
+    elif isinstance(op, MixedConvOp):
+        for g, (kernel, cin, cout, groups, _) in enumerate(op.slices()):
+            shape = (cout, cin // groups, kernel, kernel)
+            yield Entry(f"{op.path}.convs.{g}.weight", f"{names['conv']}.{g}.weight", shape)
+        yield from _bn_entries(f"{op.path}.bn", names["bn"], op.out_channels)
+    elif isinstance(op, RoutingOp):
+        yield from _affine_entries(op.path, names["routing"], (op.experts, op.channels))
     else:
         yield from _affine_entries(
             f"{op.path}.reduce", names["reduce"], (op.squeeze, op.channels, 1, 1)
@@ -91,6 +106,13 @@ def _torchvision_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
     `1` batch norm; SqueezeExcitation: `fc1`, `fc2`)."""
 
     def children(op: Op, prefix: str) -> dict[str, str]:
+        if isinstance(op, MixedConvOp | RoutingOp) or (isinstance(op, ConvOp) and op.experts):
+            raise CheckpointError(
+                f"torchvision has no {type(op).__name__} like `{op.path}` ("
+                + ("CondConv" if not isinstance(op, MixedConvOp) else "MixConv")
+                + ")",
+                hint="convert timm checkpoints of such networks with source='timm'",
+            )
         if isinstance(op, SqueezeExciteOp):
             return {"reduce": f"{prefix}.fc1", "expand": f"{prefix}.fc2"}
         return {"conv": f"{prefix}.0", "bn": f"{prefix}.1"}
@@ -102,11 +124,11 @@ def _torchvision_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
     yield plan.head, children(plan.head, f"features.{len(plan.stages) + 1}")
 
 
-def _timm_conv_name(block: BlockPlan, op: ConvOp) -> str:
+def _timm_conv_name(block: BlockPlan, op: ConvOp | MixedConvOp) -> str:
     """timm's name of a block's conv: ConvBnAct `conv`; DepthwiseSeparableConv `conv_dw`,
-    `conv_pw`; InvertedResidual `conv_pw`, `conv_dw`, `conv_pwl`; EdgeResidual `conv_exp`,
-    `conv_pwl`."""
-    expanded = block.ops[0].role == "expand"
+    `conv_pw`; InvertedResidual (and CondConvResidual) `conv_pw`, `conv_dw`, `conv_pwl`;
+    EdgeResidual `conv_exp`, `conv_pwl`. A MixConv's slices are `<name>.0`, `<name>.1`, ..."""
+    expanded = any(other.role == "expand" for other in block.ops)
     if op.role == "expand":
         return "conv_exp" if block.kind == "fused_mbconv" else "conv_pw"
     if op.role == "project":
@@ -127,6 +149,8 @@ def _timm_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
                     op,
                     {"reduce": f"{prefix}.se.conv_reduce", "expand": f"{prefix}.se.conv_expand"},
                 )
+            elif isinstance(op, RoutingOp):
+                yield op, {"routing": f"{prefix}.routing_fn"}
             else:
                 convs += 1
                 conv = f"{prefix}.{_timm_conv_name(block, op)}"

@@ -2,11 +2,14 @@
 
 Conventions, chosen so that the numbers equal what PyTorch reports for the built module:
 
-- **parameters**: conv weights (`out · in/groups · k²`), batch-norm weight and bias (`2 · out`;
-  running statistics are buffers, not parameters), SE convs with their biases, the linear layer
-  with its bias. Exactly `sum(p.numel() for p in model.parameters())`.
+- **parameters**: conv weights (`out · in/groups · k²`; a CondConv conv has E of them),
+  batch-norm weight and bias (`2 · out`; running statistics are buffers, not parameters), SE
+  convs and CondConv's routing layer with their biases, the linear layer with its bias.
+  Exactly `sum(p.numel() for p in model.parameters())`.
 - **MACs** (multiply-accumulates): convolutions (`out_h · out_w · out · in/groups · k²`, SE convs
-  on their 1×1 input) and the linear layer (`in · classes`), per image. This is the convention
+  on their 1×1 input) and the linear layer (`in · classes`), per image. A MixConv counts each
+  slice's conv; a CondConv conv also counts mixing its E expert kernels (`E · weights`, a matrix
+  product) and its routing function's linear layer (`in · E`). This is the convention
   of `torch.utils.flop_counter.FlopCounterMode`, which reports 2 FLOPs per MAC; batch norm,
   activations, pooling, the SE gate and residual additions are not counted.
 - **activation memory**: the elements of every op's output tensor (conv after BN and
@@ -25,8 +28,10 @@ from effdsl.arguments import checked
 from effdsl.plan import (
     ClassifierPlan,
     ConvOp,
+    MixedConvOp,
     Op,
     Plan,
+    RoutingOp,
     SqueezeExciteOp,
     StagePlan,
     check_blocks,
@@ -59,8 +64,23 @@ def op_cost(op: Op, bytes_per_element: int = 4) -> Cost:
         weights = op.out_channels * (op.in_channels // op.groups) * op.kernel * op.kernel
         params = weights + 2 * op.out_channels  # + batch-norm weight and bias
         macs = weights * op.out_size * op.out_size
+        if op.experts:
+            # every expert's kernel is a parameter; mixing them is a (1×E)·(E×weights) product
+            params += (op.experts - 1) * weights
+            macs += op.experts * weights
         activation = op.out_channels * op.out_size * op.out_size
         return Cost(params, macs, activation * bytes_per_element)
+    if isinstance(op, MixedConvOp):
+        weights = sum(cout * (cin // groups) * k * k for k, cin, cout, groups, _ in op.slices())
+        activation = op.out_channels * op.out_size * op.out_size
+        return Cost(
+            weights + 2 * op.out_channels,
+            weights * op.out_size * op.out_size,
+            activation * bytes_per_element,
+        )
+    if isinstance(op, RoutingOp):
+        weights = op.channels * op.experts
+        return Cost(weights + op.experts, weights, op.experts * bytes_per_element)
     assert isinstance(op, SqueezeExciteOp)
     reduce = op.channels * op.squeeze + op.squeeze
     expand = op.squeeze * op.channels + op.channels

@@ -102,7 +102,7 @@ def _block_cells(block: ast.Block) -> list[str]:
         block.keyword,
         block.kind,
         expand,
-        f"k{block.kernel}",
+        f"k{ast.kernel_text(block.kernel)}",
         f"s{block.stride}",
         f"c{block.channels}",
         repeats,

@@ -226,6 +226,18 @@ def _integer(word: Word) -> int:
     return int(value)
 
 
+def _kernel(word: Word) -> ast.Kernel:
+    """A kernel size (`3`), or a list of them, one per channel slice (`3.5.7`)."""
+    parts = word.text.split(".")
+    if word.type != "NUMBER" or not all(re.fullmatch(r"[+-]?[0-9]{1,9}", part) for part in parts):
+        raise _Bad(
+            f"expected a kernel size or a list like 3.5.7, got `{word.text}`",
+            "kernels are whole numbers; a mixconv lists one per channel slice: k3.5.7",
+        )
+    sizes = tuple(int(part) for part in parts)
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
 def _unwrap_optional(annotation: Any) -> Any:
     origin = get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -251,6 +263,8 @@ def convert(field_name: str, annotation: Any, word: Word, shown: str | None = No
         if value == 0:
             raise _Bad("se must be > 0", "write `se=none` to turn squeeze-and-excitation off")
         return value
+    if field_name == "kernel":
+        return _kernel(word)
     if get_origin(kind) is Literal:
         choices = get_args(kind)
         if word.text not in choices:
@@ -280,7 +294,8 @@ def convert(field_name: str, annotation: Any, word: Word, shown: str | None = No
 
 #: Shorthand letters of block shapes: `e6 k3 s2 c24 x2`.
 SHORTHANDS = {"e": "expand", "k": "kernel", "s": "stride", "c": "channels", "x": "repeats"}
-_SHORTHAND = re.compile(r"([a-z])([+-]?[0-9]+(?:\.[0-9]+)?)$")
+# A kernel list (`k3.5.7`) has several dotted parts; other shorthands at most one.
+_SHORTHAND = re.compile(r"([a-z])([+-]?[0-9]+(?:\.[0-9]+)*)$")
 
 STATEMENTS: dict[str, type[ast.Node]] = {
     "input": ast.Input,
@@ -444,6 +459,13 @@ class _Reader:
             self.error(f"unexpected `{word.text}` in `{node_type.keyword}`", word.span, hint)
             return
         letter, number = match.groups()
+        if number.count(".") > 1 and letter != "k":
+            self.error(
+                f"unexpected `{word.text}` in `{node_type.keyword}`",
+                word.span,
+                "only a kernel (k) takes a dotted list, as in k3.5.7",
+            )
+            return
         value = Word(number, "NUMBER", word.span)
         self._set(node_type, allowed[letter], value, values, spans, letter)
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from effdsl import ast
-from effdsl.errors import BuildError, LimitError
+from effdsl.errors import BuildError, EffSemanticError, LimitError
 from effdsl.scaling import Multipliers
 
 #: Lowering allocates per block; more than this many is refused (see `effdsl.limits`). Real
@@ -49,6 +49,9 @@ class ConvOp:
     out_size: int
     bn_eps: float
     bn_momentum: float
+    # CondConv: the weight is a per-sample mixture of this many expert kernels, weighted by
+    # the block's `RoutingOp`; 0 is an ordinary conv.
+    experts: int = 0
 
     @property
     def symmetric_padding(self) -> int | None:
@@ -93,7 +96,85 @@ class SqueezeExciteOp:
         return self.size
 
 
-Op = ConvOp | SqueezeExciteOp
+def split_channels(channels: int, slices: int) -> tuple[int, ...]:
+    """`channels` cut into `slices` near-equal slices, the remainder to the first (MixNet's
+    reference and timm's `_split_channels`): 80 into 3 is (28, 26, 26)."""
+    share = channels // slices
+    return (channels - share * (slices - 1),) + (share,) * (slices - 1)
+
+
+@dataclass(frozen=True)
+class MixedConvOp:
+    """MixConv: the channels cut into slices (`split_channels`), slice g convolved by its own
+    `kernels[g]`×`kernels[g]` conv (depthwise when `depthwise`), the outputs concatenated, then
+    batch norm and the activation. With 1×1 kernels it is a pointwise conv split into groups.
+
+    The module at `path` has children `convs` (one conv per slice, in order), `bn` and `act`.
+    """
+
+    path: str
+    role: str  # "expand", "depthwise", "project"
+    in_channels: int
+    out_channels: int
+    kernels: tuple[int, ...]
+    stride: int
+    depthwise: bool
+    paddings: tuple[Pad, ...]  # one per slice
+    act: str | None
+    in_size: int
+    out_size: int
+    bn_eps: float
+    bn_momentum: float
+
+    @property
+    def in_splits(self) -> tuple[int, ...]:
+        return split_channels(self.in_channels, len(self.kernels))
+
+    @property
+    def out_splits(self) -> tuple[int, ...]:
+        return split_channels(self.out_channels, len(self.kernels))
+
+    def slices(self) -> Iterator[tuple[int, int, int, int, Pad]]:
+        """(kernel, in, out, groups, padding) of each slice's conv."""
+        for kernel, cin, cout, pad in zip(
+            self.kernels, self.in_splits, self.out_splits, self.paddings, strict=True
+        ):
+            yield kernel, cin, cout, (cin if self.depthwise else 1), pad
+
+
+@dataclass(frozen=True)
+class RoutingOp:
+    """CondConv's routing function: sigmoid(linear(global average of the block's input)), the
+    weights of the `experts` kernels of each of the block's convs, per sample.
+
+    The module at `path` is the linear layer itself (`weight`, `bias`).
+    """
+
+    path: str
+    channels: int
+    experts: int
+    size: int  # spatial size of the input it pools
+
+    role: str = field(default="routing", init=False)
+
+    @property
+    def in_channels(self) -> int:
+        return self.channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.channels  # it passes the block's input on unchanged
+
+    @property
+    def in_size(self) -> int:
+        return self.size
+
+    @property
+    def out_size(self) -> int:
+        return self.size
+
+
+Op = ConvOp | MixedConvOp | SqueezeExciteOp | RoutingOp
 
 
 @dataclass(frozen=True)
@@ -108,7 +189,7 @@ class BlockPlan:
     in_channels: int
     out_channels: int
     mid_channels: int  # width after expansion
-    kernel: int
+    kernel: ast.Kernel
     stride: int
     expand: float
     se_channels: int  # 0: no squeeze-and-excitation
@@ -125,7 +206,7 @@ class StagePlan:
     index: int
     name: str  # the spec's name, or "stage{index}"
     kind: str
-    kernel: int
+    kernel: ast.Kernel
     stride: int
     expand: float
     se: float
@@ -290,6 +371,59 @@ def squeeze_channels(in_channels: int, se: float) -> int:
     return max(1, int(in_channels * se)) if se > 0 else 0
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """How a block's convs are cut up: the depthwise kernels (several: MixConv, one slice
+    each), the 1×1 convs' slices, and CondConv's experts (0: none)."""
+
+    kernels: tuple[int, ...]
+    expand_groups: int = 1
+    project_groups: int = 1
+    experts: int = 0
+
+    @classmethod
+    def of(cls, block: ast.Block) -> _Layout:
+        return cls(block.kernels, block.expand_groups, block.project_groups, block.experts or 0)
+
+
+def _mixed(
+    path: str,
+    role: str,
+    in_channels: int,
+    out_channels: int,
+    kernels: tuple[int, ...],
+    stride: int,
+    size: int,
+    options: _Options,
+    *,
+    depthwise: bool = False,
+    act: bool = True,
+) -> ConvOp | MixedConvOp:
+    """A conv over channel slices, one kernel each; a single slice is an ordinary conv."""
+    if len(kernels) == 1:
+        groups = in_channels if depthwise else 1
+        return _conv(
+            path, role, in_channels, out_channels, kernels[0], stride, size, options,
+            groups=groups, act=act,
+        )
+    geometry = [conv_geometry(size, kernel, stride, options.padding) for kernel in kernels]
+    return MixedConvOp(
+        path=path,
+        role=role,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        kernels=kernels,
+        stride=stride,
+        depthwise=depthwise,
+        paddings=tuple(pad for pad, _ in geometry),
+        act=options.act if act else None,
+        in_size=size,
+        out_size=geometry[0][1],  # the same for every odd kernel
+        bn_eps=options.bn_eps,
+        bn_momentum=options.bn_momentum,
+    )
+
+
 def _block_ops(
     path: str,
     kind: str,
@@ -297,33 +431,34 @@ def _block_ops(
     out_channels: int,
     mid: int,
     se_channels: int,
-    kernel: int,
+    layout: _Layout,
     stride: int,
     size: int,
     options: _Options,
 ) -> tuple[Op, ...]:
     ops: list[Op] = []
+    kernel = layout.kernels[0]
+    experts = layout.experts
     if kind == "conv":
         return (
             _conv(f"{path}.conv", "conv", in_channels, out_channels, kernel, stride, size, options),
         )
-    if kind == "mbconv":
+    if experts:
+        ops.append(RoutingOp(f"{path}.routing", in_channels, experts, size))
+    if kind in ("mbconv", "mixconv", "condconv"):
         width = in_channels
         if mid != in_channels:
-            ops.append(_conv(f"{path}.expand", "expand", in_channels, mid, 1, 1, size, options))
+            expand = _mixed(
+                f"{path}.expand", "expand", in_channels, mid, (1,) * layout.expand_groups, 1,
+                size, options,
+            )
+            ops.append(replace(expand, experts=experts) if experts else expand)
             width = mid
-        depthwise = _conv(
-            f"{path}.depthwise",
-            "depthwise",
-            width,
-            width,
-            kernel,
-            stride,
-            size,
-            options,
-            groups=width,
+        depthwise = _mixed(
+            f"{path}.depthwise", "depthwise", width, width, layout.kernels, stride, size, options,
+            depthwise=True,
         )
-        ops.append(depthwise)
+        ops.append(replace(depthwise, experts=experts) if experts else depthwise)
         size = depthwise.out_size
     else:  # fused_mbconv
         if mid == in_channels:  # ratio 1: a single k×k conv-BN-act does it all
@@ -337,9 +472,11 @@ def _block_ops(
         size = fused.out_size
     if se_channels:
         ops.append(SqueezeExciteOp(f"{path}.se", mid, se_channels, options.act, size))
-    ops.append(
-        _conv(f"{path}.project", "project", mid, out_channels, 1, 1, size, options, act=False)
+    project = _mixed(
+        f"{path}.project", "project", mid, out_channels, (1,) * layout.project_groups, 1, size,
+        options, act=False,
     )
+    ops.append(replace(project, experts=experts) if experts else project)
     return tuple(ops)
 
 
@@ -354,6 +491,20 @@ def check_blocks(network: ast.Network, max_blocks: int = MAX_BLOCKS) -> int:
             hint="lower the repeats or the depth multiplier",
         )
     return total
+
+
+def _check_slices(stage: ast.Stage, ops: tuple[Op, ...]) -> None:
+    """Refuse a MixConv whose channels are too few for its slices: one would be empty."""
+    for op in ops:
+        if isinstance(op, MixedConvOp) and min(op.in_splits + op.out_splits) < 1:
+            width = min(op.in_channels, op.out_channels)
+            attribute = "kernel" if op.role == "depthwise" else f"{op.role}_groups"
+            raise EffSemanticError(
+                f"{op.path} cuts {width} channels into {len(op.kernels)} slices, so one is "
+                "empty",
+                stage.span_of(attribute),
+                hint="use fewer kernels or groups, or more channels",
+            )
 
 
 def lower(
@@ -377,7 +528,7 @@ def lower(
         "stem",
         network.input.channels,
         network.stem.channels,
-        network.stem.kernel,
+        network.stem.kernels[0],
         network.stem.stride,
         size,
         stem_options,
@@ -401,11 +552,12 @@ def lower(
                 stage.channels,
                 mid,
                 se_channels,
-                stage.kernel,
+                _Layout.of(stage),
                 stride,
                 size,
                 options,
             )
+            _check_slices(stage, ops)
             residual = stage.skip and stride == 1 and channels == stage.channels
             out_size = ops[-1].out_size
             blocks.append(
@@ -455,7 +607,7 @@ def lower(
         "head",
         channels,
         network.head.channels,
-        network.head.kernel,
+        network.head.kernels[0],
         network.head.stride,
         size,
         _options(network.head, defaults),

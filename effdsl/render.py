@@ -26,12 +26,21 @@ from itertools import pairwise
 from pathlib import Path
 
 from effdsl.arguments import checked
-from effdsl.ast import Network
+from effdsl.ast import Network, kernel_text
 from effdsl.ast import Node as NetworkNode
 from effdsl.cost import Cost, classifier_cost, cost, op_cost
 from effdsl.errors import LimitError, OutputError, ToolMissingError
 from effdsl.files import atomic_path, atomic_write
-from effdsl.plan import BlockPlan, ConvOp, Op, Plan, SqueezeExciteOp, StagePlan
+from effdsl.plan import (
+    BlockPlan,
+    ConvOp,
+    MixedConvOp,
+    Op,
+    Plan,
+    RoutingOp,
+    SqueezeExciteOp,
+    StagePlan,
+)
 from effdsl.text import markup
 from effdsl.text import printable as safe_text
 
@@ -76,13 +85,21 @@ PALETTE: dict[str, Swatch] = {
     "conv": Swatch("#e6ddf2", "#6d4fa0", "Conv"),
     "fused_mbconv": Swatch("#fde2c4", "#c7741f", "Fused-MBConv"),
     "mbconv": Swatch("#d8eed5", "#3a8a3a", "MBConv"),
+    "mixconv": Swatch("#fbf3c4", "#a88a12", "MixConv"),
+    "condconv": Swatch("#f5d9ec", "#a4497f", "CondConv"),
     "head": Swatch("#d3eeea", "#2a8579", "head"),
     "classifier": Swatch("#f6d5d5", "#b04848", "classifier"),
     "add": Swatch("#ffffff", "#777777", "residual add"),
 }
 
 #: Background of a stage cluster (a pale tint of its kind) and of a block cluster.
-STAGE_TINT: dict[str, str] = {"conv": "#f7f4fb", "fused_mbconv": "#fff7ee", "mbconv": "#f3faf2"}
+STAGE_TINT: dict[str, str] = {
+    "conv": "#f7f4fb",
+    "fused_mbconv": "#fff7ee",
+    "mbconv": "#f3faf2",
+    "mixconv": "#fffcea",
+    "condconv": "#fdf3f9",
+}
 BLOCK_TINT = "#ffffff"
 
 
@@ -453,7 +470,8 @@ def wrapped(groups: Sequence[Sequence[Part]]) -> tuple[Part, tuple[tuple[str, ..
 def stage_summary(stage: StagePlan) -> str:
     """`MBConv6 k5 s2 · SE 0.25`: what every block of the stage is."""
     se = f" · SE {stage.se:g}" if stage.se else ""
-    return f"{kind_name(stage.kind, stage.expand)} k{stage.kernel} s{stage.stride}{se}"
+    kernel = kernel_text(stage.kernel)
+    return f"{kind_name(stage.kind, stage.expand)} k{kernel} s{stage.stride}{se}"
 
 
 def stage_counts(stage: StagePlan, was: StagePlan | None = None) -> tuple[Text, ...]:
@@ -505,7 +523,7 @@ def stage_box_part(
 def block_title(block: BlockPlan) -> str:
     stride = f" s{block.stride}" if block.stride > 1 else ""
     kind = kind_name(block.kind, block.expand)
-    return f"{block.stage}.{block.index} {kind} k{block.kernel}{stride}"
+    return f"{block.stage}.{block.index} {kind} k{kernel_text(block.kernel)}{stride}"
 
 
 def add_part(block: BlockPlan, prefix: str) -> Box:
@@ -548,6 +566,24 @@ def with_residual(block: BlockPlan, body_part: Part, prefix: str) -> Part:
     )
 
 
+def block_layout(block: BlockPlan) -> tuple[Row, ...]:
+    """What a MixConv or CondConv block does beyond an MBConv's shape: the mixed kernels and
+    their channel slices, the 1×1 convs' groups, the experts and their routing."""
+    rows = []
+    for op in block.ops:
+        if isinstance(op, MixedConvOp) and op.depthwise:
+            slices = " · ".join(
+                f"{kernel}×{kernel}:{width}" for kernel, width in zip(
+                    op.kernels, op.out_splits, strict=True)
+            )
+            rows.append(body(f"mixed kernels {slices} ch"))
+        elif isinstance(op, MixedConvOp):
+            rows.append(body(f"{op.role} 1×1 in {len(op.kernels)} groups"))
+        elif isinstance(op, RoutingOp):
+            rows.append(body(f"{op.experts} experts · routing avgpool → FC → sigmoid"))
+    return tuple(rows)
+
+
 def block_part(block: BlockPlan, prefix: str) -> Part:
     """Block detail: one box per block."""
     own = block_cost(block)
@@ -558,6 +594,7 @@ def block_part(block: BlockPlan, prefix: str) -> Part:
         (
             title(block_title(block)),
             body(f"{block_channels(block)} ch{se}"),
+            *block_layout(block),
             note(f"params {amount(own.params)} · MACs {amount(own.macs)}"),
         ),
         tooltip(
@@ -587,11 +624,31 @@ def op_rows(op: Op) -> tuple[Row, ...]:
             title("squeeze-excite"),
             body(f"{op.channels} → {op.squeeze} → {op.channels} · {activation(op.act)}"),
         )
+    if isinstance(op, RoutingOp):
+        return (
+            title(f"routing · {op.experts} experts"),
+            body(f"avgpool → FC {op.channels} → {op.experts} · sigmoid"),
+        )
     stride = f" s{op.stride}" if op.stride > 1 else ""
+    if isinstance(op, MixedConvOp):
+        kernels = " | ".join(f"{k}×{k}" for k in op.kernels)
+        slices = zip(op.kernels, op.in_splits, op.out_splits, strict=True)
+        if op.depthwise:
+            parts = [f"{k}×{k}: {cout} ch" for k, _, cout in slices]
+            heading = f"{op.role} mixed {kernels}{stride}"
+        else:
+            parts = [f"{cin} → {cout} ch" for _, cin, cout in slices]
+            heading = f"{op.role} 1×1{stride} · {len(op.kernels)} groups"
+        return (
+            title(heading),
+            *(body(part) for part in parts),
+            body(f"{op.in_channels} → {op.out_channels} ch · {activation(op.act)}"),
+        )
     channels = (f"{op.out_channels} ch, per channel" if op.depthwise
                 else f"{op.in_channels} → {op.out_channels} ch")
+    experts = f" · {op.experts} experts" if op.experts else ""
     return (
-        title(f"{op.role} {op.kernel}×{op.kernel}{stride}"),
+        title(f"{op.role} {op.kernel}×{op.kernel}{stride}{experts}"),
         body(f"{channels} · {activation(op.act)}"),
     )
 

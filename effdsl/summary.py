@@ -17,7 +17,13 @@ from effdsl.plan import Plan, StagePlan, lower
 from effdsl.scaling import Multipliers, apply
 from effdsl.text import printable
 
-BLOCK_NAMES = {"conv": "Conv", "mbconv": "MBConv", "fused_mbconv": "FusedMBConv"}
+BLOCK_NAMES = {
+    "conv": "Conv",
+    "mbconv": "MBConv",
+    "fused_mbconv": "FusedMBConv",
+    "mixconv": "MixConv",
+    "condconv": "CondConv",
+}
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,7 @@ def _stage_row(base: StagePlan, scaled: StagePlan) -> list[str]:
     return [
         str(scaled.index),
         block_label(scaled),
-        str(scaled.kernel),
+        ast.kernel_text(scaled.kernel),
         str(scaled.stride),
         f"{scaled.expand:g}",
         f"{scaled.se:g}" if scaled.se else "-",

@@ -5,8 +5,10 @@
     fast = optimize_for_inference(model)         # eval copy, batch norm folded, channels_last
 
 The module tree is a contract shared with the code generator and the checkpoint converter:
-each `ConvOp` at path `P` is a module with children `conv`, `bn`, `act`; each
-`SqueezeExciteOp` has 1×1 convs `reduce` and `expand`; blocks live at `stages.{i}.blocks.{j}`
+each `ConvOp` at path `P` is a module with children `conv`, `bn`, `act` (a CondConv one has
+its experts' kernels as `weight`, then `bn`, `act`); each `MixedConvOp` has `convs.{g}` (one
+per channel slice), `bn`, `act`; each `SqueezeExciteOp` has 1×1 convs `reduce` and `expand`;
+a `RoutingOp` is a linear layer (`weight`, `bias`); blocks live at `stages.{i}.blocks.{j}`
 with their ops named by the last component of the op's path; then `head`, `dropout`,
 `classifier`. So `stages.3.blocks.1.expand.conv.weight` is a state_dict key.
 
@@ -29,7 +31,17 @@ from effdsl import ast
 from effdsl.arguments import checked
 from effdsl.errors import BuildError
 from effdsl.limits import Limits, check_plan
-from effdsl.plan import BlockPlan, ConvOp, Op, Plan, SqueezeExciteOp, StagePlan, lower
+from effdsl.plan import (
+    BlockPlan,
+    ConvOp,
+    MixedConvOp,
+    Op,
+    Plan,
+    RoutingOp,
+    SqueezeExciteOp,
+    StagePlan,
+    lower,
+)
 from effdsl.scaling import Multipliers
 
 # ---- layers ---------------------------------------------------------------------------------
@@ -143,8 +155,104 @@ class SqueezeExcite(nn.Module):
         return x * torch.sigmoid(scale)  # N, C, H, W
 
 
+class MixedConvBNAct(nn.Module):
+    """MixConv: the channels cut into slices, each convolved by its own conv (`convs`), the
+    outputs concatenated, then batch norm and the activation: a `MixedConvOp`."""
+
+    def __init__(self, op: MixedConvOp) -> None:
+        super().__init__()
+        convs, pads = [], []
+        for kernel, cin, cout, groups, padding in op.slices():
+            left, right, top, bottom = padding
+            symmetric = left == right == top == bottom
+            convs.append(
+                nn.Conv2d(
+                    cin, cout, kernel, op.stride, left if symmetric else 0, groups=groups,
+                    bias=False,
+                )
+            )
+            # TF's SAME padding puts the odd pixel right and bottom, which Conv2d cannot
+            pads.append(None if symmetric else padding)
+        self.convs = nn.ModuleList(convs)
+        self.pads = pads
+        self.splits = list(op.in_splits)
+        self.bn = nn.BatchNorm2d(op.out_channels, eps=op.bn_eps, momentum=op.bn_momentum)
+        self.act = activation(op.act)
+
+    def mixed(self, x: Tensor) -> Tensor:
+        """The slices' convolutions, concatenated: N, C_out, H/s, W/s."""
+        slices = torch.split(x, self.splits, 1)
+        outs = []
+        for conv, pad, part in zip(self.convs, self.pads, slices, strict=True):
+            outs.append(conv(part if pad is None else F.pad(part, pad)))
+        return torch.cat(outs, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.act(self.bn(self.mixed(x)))
+        return out
+
+
+class Routing(nn.Linear):
+    """CondConv's routing function: the weights of each expert kernel, per sample, from the
+    global average of the block's input (a `RoutingOp`)."""
+
+    def __init__(self, op: RoutingOp) -> None:
+        super().__init__(op.channels, op.experts)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(super().forward(x.mean((2, 3))))  # N, experts
+
+
+class CondConvBNAct(nn.Module):
+    """CondConv: a conv whose kernel is, per sample, the routing-weighted sum of `experts`
+    kernels (the rows of `weight`), then batch norm and the activation (a `ConvOp` with
+    `experts`). The samples of a batch run as one grouped convolution."""
+
+    def __init__(self, op: ConvOp) -> None:
+        super().__init__()
+        self.shape = (op.out_channels, op.in_channels // op.groups, op.kernel, op.kernel)
+        self.weight = nn.Parameter(torch.empty(op.experts, math.prod(self.shape)))
+        self.register_parameter("bias", None)  # optimize_for_inference folds the bn into one
+        self.stride = op.stride
+        left, right, top, bottom = op.padding
+        self.padding = left if left == right == top == bottom else 0
+        self.pad = None if left == right == top == bottom else op.padding
+        self.groups = op.groups
+        self.bn = nn.BatchNorm2d(op.out_channels, eps=op.bn_eps, momentum=op.bn_momentum)
+        self.act = activation(op.act)
+
+    def routed(self, x: Tensor, routing: Tensor) -> Tensor:
+        """Each sample convolved by its own mixture of the experts: N, C_out, H/s, W/s."""
+        batch, channels, height, width = x.shape
+        weight = torch.matmul(routing, self.weight)  # N, C_out·C_in/g·k·k
+        weight = weight.reshape(batch * self.shape[0], *self.shape[1:])
+        bias = None if self.bias is None else self.bias.repeat(batch)
+        if self.pad is not None:
+            x = F.pad(x, self.pad)
+            height, width = x.shape[-2:]
+        out = F.conv2d(
+            x.reshape(1, batch * channels, height, width),
+            weight,
+            bias,
+            self.stride,
+            self.padding,
+            groups=self.groups * batch,
+        )
+        return out.reshape(batch, self.shape[0], out.shape[-2], out.shape[-1])
+
+    def forward(self, x: Tensor, routing: Tensor) -> Tensor:
+        out: Tensor = self.act(self.bn(self.routed(x, routing)))
+        return out
+
+
 def layer(op: Op) -> nn.Module:
-    return conv_bn_act(op) if isinstance(op, ConvOp) else SqueezeExcite(op)
+    if isinstance(op, ConvOp):
+        return CondConvBNAct(op) if op.experts else conv_bn_act(op)
+    if isinstance(op, MixedConvOp):
+        return MixedConvBNAct(op)
+    if isinstance(op, RoutingOp):
+        return Routing(op)
+    return SqueezeExcite(op)
 
 
 def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
@@ -164,8 +272,9 @@ def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
 # ---- blocks, stages, networks ---------------------------------------------------------------
 
 # The order in which a block runs its ops; every block kind's ops are a subsequence of it
-# (mbconv: expand?, depthwise, se?, project; fused: expand, se?, project; conv: conv).
-OP_ORDER = ("conv", "expand", "depthwise", "se", "project")
+# (mbconv: expand?, depthwise, se?, project; fused: expand, se?, project; conv: conv; a
+# condconv block starts with its routing function).
+OP_ORDER = ("routing", "conv", "expand", "depthwise", "se", "project")
 
 
 def _block_layers(block: BlockPlan) -> dict[str, nn.Module]:
@@ -193,6 +302,7 @@ class Block(nn.Module):
             raise BuildError(f"block `{block.path}` has drop_path {block.drop_path}, not in [0, 1)")
         layers = _block_layers(block)
         # assigned in OP_ORDER, so state_dict keys come out in forward order
+        self.routing = layers.get("routing")
         self.conv = layers.get("conv")
         self.expand = layers.get("expand")
         self.depthwise = layers.get("depthwise")
@@ -203,6 +313,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = x
+        if self.routing is not None:
+            return self._routed(x)
         if self.conv is not None:
             out = self.conv(out)  # N, C_out, H/s, W/s
         if self.expand is not None:
@@ -213,6 +325,23 @@ class Block(nn.Module):
             out = self.se(out)  # N, C_mid, H/s, W/s
         if self.project is not None:
             out = self.project(out)  # N, C_out, H/s, W/s
+        return self._residual(out, x)
+
+    def _routed(self, x: Tensor) -> Tensor:
+        """A CondConv block: every conv mixes its experts by the routing of the block's input."""
+        assert self.routing is not None and self.depthwise is not None
+        assert self.project is not None
+        routing = self.routing(x)  # N, experts
+        out = x
+        if self.expand is not None:
+            out = self.expand(out, routing)  # N, C_mid, H, W
+        out = self.depthwise(out, routing)  # N, C_mid, H/s, W/s
+        if self.se is not None:
+            out = self.se(out)  # N, C_mid, H/s, W/s
+        out = self.project(out, routing)  # N, C_out, H/s, W/s
+        return self._residual(out, x)
+
+    def _residual(self, out: Tensor, x: Tensor) -> Tensor:
         if self.residual:
             out = drop_path(out, self.drop_rate, self.training)
             # `out` is this block's own tensor; nothing reads it once the sum is taken
@@ -390,15 +519,18 @@ def _out_indices(plan: Plan, out_indices: Sequence[int] | None) -> tuple[int, ..
 def initialise(model: nn.Module) -> None:
     """torchvision's EfficientNet initialisation.
 
-    Convs: He normal with fan-out (their outputs keep unit variance through the ReLU-like
-    activations); biases zero; batch norm the identity; the classifier uniform in
-    ±1/√classes, as the TF reference does.
+    Convs (and each CondConv expert): He normal with fan-out (their outputs keep unit variance
+    through the ReLU-like activations); biases zero; batch norm the identity; the classifier
+    uniform in ±1/√classes, as the TF reference does.
     """
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out")
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+        elif isinstance(module, CondConvBNAct):
+            for index in range(module.weight.shape[0]):  # each expert as a kernel of its own
+                nn.init.kaiming_normal_(module.weight[index].view(module.shape), mode="fan_out")
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
@@ -451,7 +583,8 @@ class PooledSqueezeExcite(nn.Module):
 @checked
 def optimize_for_inference(model: nn.Module) -> nn.Module:
     """An eval-mode copy of an effdsl-built `model` for inference: every batch norm folded into
-    its conv (`ConvAct`), squeeze-and-excitation on the pooled vector (`PooledSqueezeExcite`),
+    its conv (`ConvAct`; a MixConv's into its slices, a CondConv's into its experts),
+    squeeze-and-excitation on the pooled vector (`PooledSqueezeExcite`),
     channels_last memory format. Outputs match the original's in eval mode (fp32: ~1e-6).
 
     The module paths and the parameters' names stay those of `build`, less the batch norms.
@@ -468,6 +601,11 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
                 _fold_batch_norm(child.conv, child.bn)
                 setattr(parent, name, ConvAct(child))
                 replaced += 1
+            elif isinstance(child, MixedConvBNAct | CondConvBNAct) and isinstance(
+                child.bn, nn.BatchNorm2d
+            ):
+                _fold_sliced_batch_norm(child)
+                replaced += 1
             elif isinstance(child, SqueezeExcite):
                 setattr(parent, name, PooledSqueezeExcite(child))
     if not replaced:
@@ -476,6 +614,41 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
             hint="pass a model made by effdsl.build() that was not optimised already",
         )
     return fused.to(memory_format=torch.channels_last)
+
+
+class _Folded(nn.Module):
+    """A no-op standing in for a batch norm folded into the weights before it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+@torch.no_grad()
+def _fold_sliced_batch_norm(layer: MixedConvBNAct | CondConvBNAct) -> None:
+    """Fold `layer.bn` into its convs: a MixConv's slices each take their channels' share; a
+    CondConv's experts each take all of it (the mixture is linear in the kernels, the shift
+    is the same for every sample)."""
+    bn = layer.bn
+    if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None or bn.running_var is None:
+        raise BuildError("cannot fold a batch norm that keeps no running statistics")
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    shift = bn.bias.double() - bn.running_mean.double() * scale
+    if isinstance(layer, CondConvBNAct):
+        experts = layer.weight.double().reshape(layer.weight.shape[0], layer.shape[0], -1)
+        folded = (experts * scale.reshape(1, -1, 1)).reshape(layer.weight.shape)
+        layer.weight = nn.Parameter(folded.to(layer.weight.dtype))
+        layer.bias = nn.Parameter(shift.to(layer.weight.dtype))
+    else:
+        start = 0
+        for conv in layer.convs:
+            assert isinstance(conv, nn.Conv2d)
+            end = start + conv.out_channels
+            part = scale[start:end].reshape(-1, 1, 1, 1)
+            dtype = conv.weight.dtype
+            conv.weight = nn.Parameter((conv.weight.double() * part).to(dtype))
+            conv.bias = nn.Parameter(shift[start:end].to(dtype))
+            start = end
+    layer.bn = _Folded()
 
 
 @torch.no_grad()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from hypothesis import assume
 from hypothesis import strategies as st
 
 from effdsl import ast
+from effdsl.errors import EffSemanticError
+from effdsl.plan import lower
 
 names = st.text(min_size=1, max_size=12)
 words = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True).filter(
@@ -70,10 +73,22 @@ def stages(draw: st.DrawFn) -> ast.Stage:
     kind = draw(st.sampled_from(ast.BLOCK_KINDS))
     expand = 1.0 if kind == "conv" else draw(st.sampled_from([1.0, 1.5, 3.0, 4.0, 6.0]))
     se = None if kind == "conv" else draw(st.one_of(maybe(), st.just(0.0), ratios))
+    kernel: ast.Kernel = draw(odd_kernels)
+    kind_options: dict[str, object] = {}
+    if kind == "mixconv":
+        kernel = draw(st.one_of(odd_kernels, st.lists(odd_kernels, min_size=2, max_size=4)))
+        kernel = tuple(kernel) if isinstance(kernel, list) else kernel
+        kind_options = {
+            "expand_groups": draw(st.integers(1, 3)),
+            "project_groups": draw(st.integers(1, 3)),
+        }
+    elif kind == "condconv":
+        kind_options = {"experts": draw(st.integers(2, 5))}
     return ast.Stage(
         kind=kind,
         expand=expand,
-        kernel=draw(odd_kernels),
+        kernel=kernel,
+        **kind_options,  # type: ignore[arg-type]
         stride=draw(st.integers(1, 2)),
         channels=draw(st.integers(1, 64)),
         repeats=draw(st.integers(1, 4)),
@@ -99,7 +114,7 @@ def networks(draw: st.DrawFn, max_stages: int = 5) -> ast.Network:
         optional["scaling"] = draw(scalings)
     if draw(st.booleans()):
         optional["defaults"] = draw(defaults)
-    return ast.Network(
+    network = ast.Network(
         name=draw(st.one_of(words, names)),
         input=draw(inputs),
         presets=tuple(preset_list),
@@ -109,3 +124,8 @@ def networks(draw: st.DrawFn, max_stages: int = 5) -> ast.Network:
         classifier=draw(classifiers),
         **optional,  # type: ignore[arg-type]
     )
+    try:  # a MixConv needs a channel for each of its slices
+        lower(network)
+    except EffSemanticError:
+        assume(False)
+    return network
