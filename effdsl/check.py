@@ -14,7 +14,7 @@ from pathlib import Path
 
 from effdsl import ast
 from effdsl.errors import EffError, EffErrors, EffWarning, Span
-from effdsl.plan import ConvOp, Plan
+from effdsl.plan import ConvOp, MixedConvOp, Plan
 
 
 def check_text(text: str, filename: str = "<string>") -> list[EffError]:
@@ -58,14 +58,15 @@ def collapse_warnings(plan: Plan, source: ast.Input | None = None) -> list[EffWa
     `source` is the spec's `input` statement, where the warning points when given.
     """
     for op in plan.ops():
-        if not isinstance(op, ConvOp):
+        if not isinstance(op, ConvOp | MixedConvOp):
             continue
-        if op.in_size < op.kernel:
+        kernel = _largest_kernel(op)
+        if op.in_size < kernel:
             span = source.span_of("size") if source is not None else None
             where = _describe(op.path, plan)
             return [
                 EffWarning(
-                    f"feature maps collapse: {where} runs a {op.kernel}×{op.kernel} conv on "
+                    f"feature maps collapse: {where} runs a {kernel}×{kernel} conv on "
                     f"{op.in_size}×{op.in_size} maps (input {plan.resolution} px)",
                     span,
                     hint=f"at least {_smallest_resolution(plan)} px keeps every map as large "
@@ -92,10 +93,14 @@ def _smallest_resolution(plan: Plan) -> int:
     """
     need, reduction = 1, 1
     for op in plan.ops():
-        if isinstance(op, ConvOp):
-            need = max(need, (op.kernel - 1) * reduction + 1)
+        if isinstance(op, ConvOp | MixedConvOp):
+            need = max(need, (_largest_kernel(op) - 1) * reduction + 1)
             reduction *= op.stride
     return need
+
+
+def _largest_kernel(op: ConvOp | MixedConvOp) -> int:
+    return max(op.kernels) if isinstance(op, MixedConvOp) else op.kernel
 
 
 def _position(problem: EffError) -> tuple[str, int, int]:

@@ -439,8 +439,10 @@ class MixedConvBNAct(nn.Module):
         self.splits = split_channels(cin, len(kernels))
         outs = split_channels(cout, len(kernels))
         paddings = paddings or [0] * len(kernels)
-        # a tuple is (left, right, top, bottom): TF "same" padding, done by F.pad
-        self.pads = [pad if isinstance(pad, tuple) else None for pad in paddings]
+        # a tuple is (left, right, top, bottom): TF "same" padding, which Conv2d cannot do
+        self.pads = nn.ModuleList(
+            nn.ZeroPad2d(p) if isinstance(p, tuple) else nn.Identity() for p in paddings
+        )
         self.convs = nn.ModuleList(
             nn.Conv2d(
                 i, o, k, stride, 0 if isinstance(p, tuple) else p,
@@ -454,8 +456,7 @@ class MixedConvBNAct(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         slices = torch.split(x, self.splits, 1)
         outs = [
-            conv(part if pad is None else nn.functional.pad(part, pad))
-            for conv, pad, part in zip(self.convs, self.pads, slices, strict=True)
+            conv(pad(part)) for pad, conv, part in zip(self.pads, self.convs, slices, strict=True)
         ]
         return self.act(self.bn(torch.cat(outs, 1)))
 
@@ -497,7 +498,9 @@ class MixConv(nn.Module):
         if mid != cin:
             ones = [1] * expand_groups
             self.expand = mixed_conv(cin, mid, ones, 1, [0] * expand_groups, act=act, **bn)
-        self.depthwise = mixed_conv(mid, mid, kernels, stride, paddings, depthwise=True, act=act, **bn){{se_layer}}
+        self.depthwise = mixed_conv(
+            mid, mid, kernels, stride, paddings, depthwise=True, act=act, **bn
+        ){{se_layer}}
         # linear bottleneck: no activation after the projection
         self.project = mixed_conv(mid, cout, [1] * project_groups, 1, [0] * project_groups, **bn)
         self.drop_rate = drop_rate
@@ -541,15 +544,15 @@ class CondConvBNAct(nn.Module):
         for expert in range(experts):
             nn.init.kaiming_normal_(self.weight.data[expert].view(self.shape), mode="fan_out")
         self.stride, self.groups = stride, groups
-        # a tuple is (left, right, top, bottom): TF "same" padding, done by F.pad
-        self.pad = padding if isinstance(padding, tuple) else None
-        self.padding = 0 if isinstance(padding, tuple) else padding
+        # a tuple is (left, right, top, bottom): TF "same" padding, which conv2d cannot do
+        asymmetric = isinstance(padding, tuple)
+        self.pad = nn.ZeroPad2d(padding) if asymmetric else nn.Identity()
+        self.padding = 0 if asymmetric else padding
         self.bn = nn.BatchNorm2d(cout, eps=eps, momentum=momentum)
         self.act = ACTIVATIONS[act]() if act else nn.Identity()
 
     def forward(self, x: torch.Tensor, routing: torch.Tensor) -> torch.Tensor:
-        if self.pad is not None:
-            x = nn.functional.pad(x, self.pad)
+        x = self.pad(x)
         n, c, h, w = x.shape
         weight = torch.matmul(routing, self.weight)  # (N, cout·cin/groups·k·k)
         weight = weight.reshape(n * self.shape[0], *self.shape[1:])
@@ -587,7 +590,9 @@ class CondConv(nn.Module):
         self.expand = None
         if mid != cin:
             self.expand = CondConvBNAct(cin, mid, 1, 1, 0, 1, experts, act=act, **bn)
-        self.depthwise = CondConvBNAct(mid, mid, kernel, stride, padding, mid, experts, act=act, **bn){{se_layer}}
+        self.depthwise = CondConvBNAct(
+            mid, mid, kernel, stride, padding, mid, experts, act=act, **bn
+        ){{se_layer}}
         # linear bottleneck: no activation after the projection
         self.project = CondConvBNAct(mid, cout, 1, 1, 0, 1, experts, **bn)
         self.drop_rate = drop_rate

@@ -30,7 +30,7 @@ from effdsl.errors import CheckpointError, EffError, OutputError, ToolMissingErr
 from effdsl.files import atomic_path, atomic_write, open_input
 from effdsl.fmt import format as format_spec
 from effdsl.parser import parse
-from effdsl.plan import Plan
+from effdsl.plan import ConvOp, Plan
 from effdsl.scaling import Multipliers
 from effdsl.version import __version__
 
@@ -146,6 +146,7 @@ def _write_graph(
     target: Path, suffix: str, plan: Plan, weights: str | Path | None, inference: bool
 ) -> None:
     if suffix == ".onnx":
+        _refuse_routed_convs(target, plan)
         _require_onnx()
     import torch
 
@@ -172,6 +173,18 @@ def _write_graph(
         with _as_output_error(target, f"reload the {FORMATS[suffix]}"):
             run = load(temp)
         verify(target, model, run, probe)
+
+
+def _refuse_routed_convs(target: Path, plan: Plan) -> None:
+    """ONNX's Conv takes its group count as a constant, but a CondConv conv runs the batch as
+    one conv of batch·groups groups: with a dynamic batch ONNX cannot say it."""
+    routed = next((op for op in plan.ops() if isinstance(op, ConvOp) and op.experts), None)
+    if routed is not None:
+        raise OutputError(
+            f"{target}: ONNX cannot express the CondConv conv `{routed.path}` (its per-sample "
+            "kernels make the conv's group count depend on the batch size)",
+            hint="export it as .pt2 or .pt, which keep the batch dynamic",
+        )
 
 
 @contextlib.contextmanager

@@ -424,6 +424,15 @@ def _mixed(
     )
 
 
+def _with_experts(op: ConvOp | MixedConvOp, experts: int) -> ConvOp | MixedConvOp:
+    """`op` as a CondConv conv of `experts` kernels (0: unchanged)."""
+    if not experts:
+        return op
+    if not isinstance(op, ConvOp):  # pragma: no cover - the AST gives only mixconv slices
+        raise EffSemanticError(f"{op.path}: a conv over channel slices cannot have experts")
+    return replace(op, experts=experts)
+
+
 def _block_ops(
     path: str,
     kind: str,
@@ -452,13 +461,13 @@ def _block_ops(
                 f"{path}.expand", "expand", in_channels, mid, (1,) * layout.expand_groups, 1,
                 size, options,
             )
-            ops.append(replace(expand, experts=experts) if experts else expand)
+            ops.append(_with_experts(expand, experts))
             width = mid
         depthwise = _mixed(
             f"{path}.depthwise", "depthwise", width, width, layout.kernels, stride, size, options,
             depthwise=True,
         )
-        ops.append(replace(depthwise, experts=experts) if experts else depthwise)
+        ops.append(_with_experts(depthwise, experts))
         size = depthwise.out_size
     else:  # fused_mbconv
         if mid == in_channels:  # ratio 1: a single k×k conv-BN-act does it all
@@ -476,7 +485,7 @@ def _block_ops(
         f"{path}.project", "project", mid, out_channels, (1,) * layout.project_groups, 1, size,
         options, act=False,
     )
-    ops.append(replace(project, experts=experts) if experts else project)
+    ops.append(_with_experts(project, experts))
     return tuple(ops)
 
 

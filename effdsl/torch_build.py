@@ -161,30 +161,34 @@ class MixedConvBNAct(nn.Module):
 
     def __init__(self, op: MixedConvOp) -> None:
         super().__init__()
-        convs, pads = [], []
+        convs: list[nn.Module] = []
+        pads: list[nn.Module] = []
         for kernel, cin, cout, groups, padding in op.slices():
             left, right, top, bottom = padding
             symmetric = left == right == top == bottom
+            # TF's SAME padding puts the odd pixel right and bottom, which Conv2d cannot
+            pads.append(nn.Identity() if symmetric else nn.ZeroPad2d(padding))
             convs.append(
                 nn.Conv2d(
                     cin, cout, kernel, op.stride, left if symmetric else 0, groups=groups,
                     bias=False,
                 )
             )
-            # TF's SAME padding puts the odd pixel right and bottom, which Conv2d cannot
-            pads.append(None if symmetric else padding)
+        self.pads = nn.ModuleList(pads)
         self.convs = nn.ModuleList(convs)
-        self.pads = pads
         self.splits = list(op.in_splits)
-        self.bn = nn.BatchNorm2d(op.out_channels, eps=op.bn_eps, momentum=op.bn_momentum)
+        # a module, not a BatchNorm2d: optimize_for_inference folds it into the convs
+        self.bn: nn.Module = nn.BatchNorm2d(
+            op.out_channels, eps=op.bn_eps, momentum=op.bn_momentum
+        )
         self.act = activation(op.act)
 
     def mixed(self, x: Tensor) -> Tensor:
         """The slices' convolutions, concatenated: N, C_out, H/s, W/s."""
         slices = torch.split(x, self.splits, 1)
-        outs = []
-        for conv, pad, part in zip(self.convs, self.pads, slices, strict=True):
-            outs.append(conv(part if pad is None else F.pad(part, pad)))
+        outs: list[Tensor] = []
+        for index, (pad, conv) in enumerate(zip(self.pads, self.convs, strict=True)):
+            outs.append(conv(pad(slices[index])))
         return torch.cat(outs, 1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -200,7 +204,7 @@ class Routing(nn.Linear):
         super().__init__(op.channels, op.experts)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.sigmoid(super().forward(x.mean((2, 3))))  # N, experts
+        return torch.sigmoid(F.linear(x.mean((2, 3)), self.weight, self.bias))  # N, experts
 
 
 class CondConvBNAct(nn.Module):
@@ -212,24 +216,29 @@ class CondConvBNAct(nn.Module):
         super().__init__()
         self.shape = (op.out_channels, op.in_channels // op.groups, op.kernel, op.kernel)
         self.weight = nn.Parameter(torch.empty(op.experts, math.prod(self.shape)))
-        self.register_parameter("bias", None)  # optimize_for_inference folds the bn into one
+        self.bias: nn.Parameter | None = None  # optimize_for_inference folds the bn into one
         self.stride = op.stride
         left, right, top, bottom = op.padding
-        self.padding = left if left == right == top == bottom else 0
-        self.pad = None if left == right == top == bottom else op.padding
+        symmetric = left == right == top == bottom
+        self.padding = left if symmetric else 0
+        # TF's SAME padding puts the odd pixel right and bottom, which conv2d cannot
+        self.pad: nn.Module = nn.Identity() if symmetric else nn.ZeroPad2d(op.padding)
         self.groups = op.groups
-        self.bn = nn.BatchNorm2d(op.out_channels, eps=op.bn_eps, momentum=op.bn_momentum)
+        # a module, not a BatchNorm2d: optimize_for_inference folds it into the convs
+        self.bn: nn.Module = nn.BatchNorm2d(
+            op.out_channels, eps=op.bn_eps, momentum=op.bn_momentum
+        )
         self.act = activation(op.act)
 
     def routed(self, x: Tensor, routing: Tensor) -> Tensor:
         """Each sample convolved by its own mixture of the experts: N, C_out, H/s, W/s."""
         batch, channels, height, width = x.shape
         weight = torch.matmul(routing, self.weight)  # N, C_out·C_in/g·k·k
-        weight = weight.reshape(batch * self.shape[0], *self.shape[1:])
+        out_channels, in_channels, kernel, _ = self.shape
+        weight = weight.reshape(batch * out_channels, in_channels, kernel, kernel)
         bias = None if self.bias is None else self.bias.repeat(batch)
-        if self.pad is not None:
-            x = F.pad(x, self.pad)
-            height, width = x.shape[-2:]
+        x = self.pad(x)
+        height, width = x.shape[2], x.shape[3]
         out = F.conv2d(
             x.reshape(1, batch * channels, height, width),
             weight,
@@ -238,7 +247,7 @@ class CondConvBNAct(nn.Module):
             self.padding,
             groups=self.groups * batch,
         )
-        return out.reshape(batch, self.shape[0], out.shape[-2], out.shape[-1])
+        return out.reshape(batch, out_channels, out.shape[-2], out.shape[-1])
 
     def forward(self, x: Tensor, routing: Tensor) -> Tensor:
         out: Tensor = self.act(self.bn(self.routed(x, routing)))
@@ -313,8 +322,6 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = x
-        if self.routing is not None:
-            return self._routed(x)
         if self.conv is not None:
             out = self.conv(out)  # N, C_out, H/s, W/s
         if self.expand is not None:
@@ -327,10 +334,21 @@ class Block(nn.Module):
             out = self.project(out)  # N, C_out, H/s, W/s
         return self._residual(out, x)
 
-    def _routed(self, x: Tensor) -> Tensor:
-        """A CondConv block: every conv mixes its experts by the routing of the block's input."""
-        assert self.routing is not None and self.depthwise is not None
-        assert self.project is not None
+    def _residual(self, out: Tensor, x: Tensor) -> Tensor:
+        if self.residual:
+            out = drop_path(out, self.drop_rate, self.training)
+            # `out` is this block's own tensor; nothing reads it once the sum is taken
+            out = out.add_(x) if overwritable(out) else out + x
+        return out
+
+
+class RoutedBlock(Block):
+    """A block that starts with a routing op (CondConv): its convs each mix their expert
+    kernels by the weights the routing computes from the block's input."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        assert self.routing is not None
+        assert self.depthwise is not None and self.project is not None
         routing = self.routing(x)  # N, experts
         out = x
         if self.expand is not None:
@@ -341,12 +359,10 @@ class Block(nn.Module):
         out = self.project(out, routing)  # N, C_out, H/s, W/s
         return self._residual(out, x)
 
-    def _residual(self, out: Tensor, x: Tensor) -> Tensor:
-        if self.residual:
-            out = drop_path(out, self.drop_rate, self.training)
-            # `out` is this block's own tensor; nothing reads it once the sum is taken
-            out = out.add_(x) if overwritable(out) else out + x
-        return out
+
+def block_module(block: BlockPlan) -> Block:
+    routed = any(isinstance(op, RoutingOp) for op in block.ops)
+    return RoutedBlock(block) if routed else Block(block)
 
 
 class Stage(nn.Module):
@@ -354,7 +370,7 @@ class Stage(nn.Module):
 
     def __init__(self, stage: StagePlan) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(Block(block) for block in stage.blocks)
+        self.blocks = nn.ModuleList(block_module(block) for block in stage.blocks)
 
     def forward(self, x: Tensor) -> Tensor:
         for block in self.blocks:
