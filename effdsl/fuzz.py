@@ -102,6 +102,8 @@ network tiny {
   stage fused_mbconv e1 k3 s1 c16 x1 se=none
   stage mbconv       e6 k5 s2 c24 x2 name=down act=relu6 skip=no
   stage mbconv       e1.5 k3 s1 c24 x2 fix=width bn_eps=0.001 bn_momentum=0.01
+  stage mixconv      e3 k3.5.7 s2 c32 x2 expand_groups=2 project_groups=2
+  stage condconv     e4 k5 s1 c32 x1 experts=4
   head  conv            k1 s1 c64
   classifier dropout=0.2 classes=10
 }
@@ -127,7 +129,10 @@ NUMBERS = (
 )
 WORDS = (
     "network", "input", "scaling", "defaults", "preset", "stem", "stage", "head", "classifier",
-    "conv", "mbconv", "fused_mbconv", "{", "}", "=", '"', "#", "\\", "se=none", "se=0",
+    "conv", "mbconv", "fused_mbconv", "mixconv", "condconv", "k3.5.7", "k3.5.7.9.11.13.15.17",
+    "k3.5.", "k.3", "k3..5", "k1.0.1", "e6.5.7", "experts=4", "experts=1", "experts=65",
+    "expand_groups=2", "project_groups=64", "project_groups=0", "kernel=3.5",
+    "{", "}", "=", '"', "#", "\\", "se=none", "se=0",
     "name=x", 'name="a b"', "skip=maybe", "fix=all", "act=tanh", "padding=same", "kernel=3",
     "x100000", "c1000000", "k99", "k100", "e1000", "e0.5", "s3", "x0", "phi=3", "size=1e9",
     "stage mbconv e6 k3 s1 c8 x1", "stage conv k3 s1 c8 se=0.5", "input size=32",
@@ -451,12 +456,22 @@ def random_block(rng: random.Random, keyword: str) -> str:
     shape = [kind]
     if kind != "conv":
         shape.append("e" + _pick(rng, (1, 1.5, 4, 6), (0.5, 1000, 1001)))
-    shape.append("k" + _pick(rng, (1, 3, 5), (0, 2, 99, 101)))
+    if kind == "mixconv" and rng.random() < 0.7:  # a kernel list, now and then a bad one
+        kernels = rng.sample((1, 3, 5, 7, 9, 11), rng.randint(2, 4))
+        shape.append("k" + _pick(rng, (".".join(map(str, kernels)),), ("3.4", "3." * 17 + "3")))
+    else:
+        shape.append("k" + _pick(rng, (1, 3, 5), (0, 2, 99, 101)))
     shape.append("s" + _pick(rng, (1, 2), (0, 3)))
     shape.append("c" + _pick(rng, (8, 16, 24, 40), (1, 1_000_000, 1_000_001)))
     if keyword == "stage":
         shape.append("x" + _pick(rng, (1, 2, 3), (0, 2_000, 10_000, 100_000, 100_001)))
     extra = []
+    if kind == "mixconv" and rng.random() < 0.5:
+        extra.append("expand_groups=" + _pick(rng, (1, 2, 3), (0, 64, 65)))
+    if kind == "mixconv" and rng.random() < 0.5:
+        extra.append("project_groups=" + _pick(rng, (1, 2), (0, 100)))
+    if kind == "condconv" or rng.random() < 0.02:  # required there, an error elsewhere
+        extra.append("experts=" + _pick(rng, (2, 4, 8), (1, 64, 65)))
     if kind != "conv" and rng.random() < 0.4:
         extra.append("se=" + _pick(rng, (0.25, "none", 0.5), (0, 1, 1.5)))
     if rng.random() < 0.2:

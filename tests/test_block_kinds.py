@@ -254,3 +254,9 @@ def test_drawings_name_the_kernels_groups_and_experts() -> None:
     assert "routing · 4 experts" in layer and "expand 1×1 · 4 experts" in layer
     stage = to_dot(plan)
     assert "MixConv6 k3.5.7 s2" in stage and "CondConv6 k5 s2" in stage
+
+
+def test_schema_lists_the_kinds_and_their_options() -> None:
+    stage = effdsl.Network.model_json_schema()["$defs"]["Stage"]["properties"]
+    assert {"mixconv", "condconv"} <= set(stage["kind"]["enum"])
+    assert {"expand_groups", "project_groups", "experts"} <= set(stage)

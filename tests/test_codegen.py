@@ -73,6 +73,23 @@ network "same \\"pad\\"" {
 }
 """
 
+# MixConv and CondConv with SAME padding: kernel lists, grouped 1×1 convs, expert kernels, a
+# CondConv without expansion.
+MIXED_KINDS = """\
+network mixed_kinds {
+  input    size=32 channels=3
+  defaults act=silu se=0.25 padding=same drop_path=0.1
+
+  stem  conv        k3     s2 c8
+  stage mixconv  e3 k3.5.7 s2 c16 x2 expand_groups=2 project_groups=2
+  stage condconv e4 k5     s2 c16 x1 experts=3
+  stage condconv e1 k3     s1 c16 x1 experts=2 se=none
+  stage mixconv  e1 k3.5   s1 c24 x1
+  head  conv        k1        c32
+  classifier classes=5
+}
+"""
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread() -> Iterator[None]:
@@ -304,6 +321,7 @@ CASES = {
     "b0": ((SPECS / "b0.eff").read_text(), {"resolution": 64}),
     "v2_like": (V2_LIKE, {}),
     "same_padding": (SAME, {}),
+    "mixed_kinds": (MIXED_KINDS, {}),
 }
 
 # Runs every case's generated file in one fresh interpreter (one torch import, not three):
@@ -424,7 +442,7 @@ def test_generated_file_is_ruff_clean_but_for_long_rows(tmp_path: Path) -> None:
     version = [sys.executable, "-m", "ruff", "--version"]
     if subprocess.run(version, capture_output=True, check=False).returncode != 0:
         pytest.skip("ruff is not installed")
-    for name, text in (("tiny", TINY), ("v2", V2_LIKE), ("same", SAME)):
+    for name, text in (("tiny", TINY), ("v2", V2_LIKE), ("same", SAME), ("mixed", MIXED_KINDS)):
         (tmp_path / f"{name}.py").write_text(to_python(lowered(text), spec_text=text))
     result = subprocess.run(
         [sys.executable, "-m", "ruff", "check", "--no-cache", "--config",
