@@ -252,7 +252,19 @@ class Block(BlockOptions):
     )
     expand: float = Field(default=1.0, ge=1.0, le=MAX_EXPAND, description="Expansion ratio (e).")
     kernel: Kernel = Field(
-        description="Kernel size (k), odd; a `mixconv` may list one per channel slice (`k3.5.7`)."
+        description="Kernel size (k), odd. A `mixconv` may list one per channel slice (`k3.5.7`).",
+        # the bounds `_odd_kernel` checks, for the schema and the editor's hover
+        json_schema_extra={
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": MAX_KERNEL},
+                {
+                    "type": "array",
+                    "items": {"type": "integer", "minimum": 1, "maximum": MAX_KERNEL},
+                    "minItems": 2,
+                    "maxItems": MAX_MIXED_KERNELS,
+                },
+            ]
+        },
     )
     stride: int = Field(default=1, ge=1, le=2, description="Stride (s) of the first block: 1 or 2.")
     channels: int = Field(ge=1, le=MAX_CHANNELS, description="Output channels (c).")

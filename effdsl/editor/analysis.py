@@ -381,7 +381,8 @@ class Analysis:
         ]
         for before, after in zip(base.stages, scaled.stages, strict=True):
             lines.append(
-                f"| {printable(after.name)} | {block_label(after)} k{after.kernel} "
+                f"| {printable(after.name)} | {block_label(after)} "
+                f"k{ast.kernel_text(after.kernel)} "
                 f"| {_arrow(before.repeats, after.repeats)} "
                 f"| {_arrow(before.out_channels, after.out_channels)} "
                 f"| {after.out_size}×{after.out_size} |"
@@ -547,7 +548,7 @@ def _stage_table(stage: StagePlan) -> list[str]:
     noun = "block" if count == 1 else "blocks"
     lines = [
         f"**stage `{printable(stage.name)}`** — {block_label(stage)} "
-        f"k{stage.kernel} s{stage.stride}, "
+        f"k{ast.kernel_text(stage.kernel)} s{stage.stride}, "
         f"{count} {noun}, {stage.in_size}×{stage.in_size} → {stage.out_size}×{stage.out_size}",
         "",
         "| block | in → out | expanded | SE | stride | output |",
