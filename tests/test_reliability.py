@@ -9,6 +9,7 @@ printed is printable; API misuse raises `EffError`.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -26,7 +27,7 @@ import pytest
 
 import effdsl
 from effdsl import files
-from effdsl.errors import CheckpointError, EffError, LimitError, OutputError, ToolMissingError
+from effdsl.errors import CheckpointError, EffError, OutputError
 from effdsl.limits import Limits
 from effdsl.scaling import Multipliers, apply
 
@@ -403,13 +404,15 @@ def test_plot_svg_is_xml_whatever_the_name(tmp_path: Path) -> None:
 
 def test_bidi_and_separators_never_reach_the_terminal(tmp_path: Path) -> None:
     spec = tmp_path / "n.eff"
-    spec.write_text(TINY.replace("network tiny", f'network "{NASTY}"').replace("c16", "c17 k4"))
-    code, stderr = cli("check", str(spec))
-    assert code == 1
+    spec.write_text(TINY.replace("network tiny", f"network {json.dumps(NASTY)}"))  # escaped
+    summary = run_cli("compile", str(spec), "-n", timeout=60)  # the name in the summary
+    assert summary.returncode == 0, summary.stderr
+    preset = NASTY.replace("\0", "")  # a NUL cannot be an argument
+    refused = run_cli("compile", str(spec), "--preset", preset, timeout=60)  # and in an error
+    assert "has no preset" in one_error(refused)
     for char in "\x1b\x00\x0c\uffff\u202e\u2066\u200f\u2028":
-        assert char not in stderr
-    result = run_cli("compile", str(spec.with_name("ok.eff")), timeout=60)
-    assert "no such file" in one_error(result)
+        for text in (summary.stdout, summary.stderr, refused.stdout, refused.stderr):
+            assert char not in text, (char, text)
 
 
 def test_wrote_path_is_printable(tmp_path: Path) -> None:
@@ -475,7 +478,3 @@ def test_model_copy_validates_every_field_including_new_ones() -> None:
                 node.model_copy(update={name: object()})
     same = net.model_copy(update={"name": "other"})
     assert same.name == "other" and same.stages == net.stages
-
-
-def test_tool_missing_is_an_eff_error() -> None:
-    assert issubclass(ToolMissingError, EffError) and issubclass(LimitError, EffError)
