@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from effdsl import ast
-from effdsl.arguments import checked
 from effdsl.errors import CheckpointError
 from effdsl.plan import BlockPlan, ConvOp, MixedConvOp, Op, Plan, RoutingOp, SqueezeExciteOp, lower
 
@@ -181,7 +180,6 @@ def layout(plan: Plan, library: str) -> tuple[Entry, ...]:
 # ---- conversion -----------------------------------------------------------------------------
 
 
-@checked
 def convert_state_dict(
     state_dict: Mapping[str, Any],
     *,

@@ -438,7 +438,6 @@ class FeatureExtractor(nn.Module):
 DEFAULT_LIMITS = Limits()
 
 
-@checked
 def build(
     network: ast.Network | Plan,
     *,

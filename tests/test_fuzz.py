@@ -184,7 +184,7 @@ def test_the_surface_fuzzer_finds_a_planted_bug(monkeypatch: pytest.MonkeyPatch)
     def boom(plan: object) -> None:
         raise KeyError("boom")
 
-    monkeypatch.setattr(effdsl, "cost", boom)
+    monkeypatch.setattr(effdsl, "to_dot", boom)
     api_report = _surface_report(400, 1, "api")
     assert any("KeyError" in f.error for f in api_report.failures)
 
