@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from effdsl import ast
+from effdsl.arguments import checked
 from effdsl.errors import EffError, ImportRefused
 from effdsl.scaling import round_channels, round_repeats, scale
 
@@ -233,6 +234,7 @@ def _preset_names(members: Sequence[str]) -> dict[str, str]:
     return {m: m for m in members}
 
 
+@checked
 def import_family(pattern: str) -> Family:
     """One spec with a preset per variant of `pattern` (`timm:mobilenetv3_large_*`)."""
     from effdsl.importers import available, import_model
