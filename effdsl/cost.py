@@ -3,8 +3,9 @@
 Conventions, chosen so that the numbers equal what PyTorch reports for the built module:
 
 - **parameters**: conv weights (`out · in/groups · k²`), batch-norm weight and bias (`2 · out`;
-  running statistics are buffers, not parameters), SE convs with their biases, the linear layer
-  with its bias. Exactly `sum(p.numel() for p in model.parameters())`.
+  running statistics are buffers, not parameters) or a conv's bias where it has no norm, SE
+  convs with their biases, the linear layer with its bias. Exactly
+  `sum(p.numel() for p in model.parameters())`.
 - **MACs** (multiply-accumulates): convolutions (`out_h · out_w · out · in/groups · k²`, SE convs
   on their 1×1 input) and the linear layer (`in · classes`), per image. This is the convention
   of `torch.utils.flop_counter.FlopCounterMode`, which reports 2 FLOPs per MAC; batch norm,
@@ -57,7 +58,8 @@ def op_cost(op: Op, bytes_per_element: int = 4) -> Cost:
     """The cost of one op of the plan."""
     if isinstance(op, ConvOp):
         weights = op.out_channels * (op.in_channels // op.groups) * op.kernel * op.kernel
-        params = weights + 2 * op.out_channels  # + batch-norm weight and bias
+        # + batch-norm weight and bias, or the conv's bias where there is no norm
+        params = weights + (op.out_channels if op.bias else 2 * op.out_channels)
         macs = weights * op.out_size * op.out_size
         activation = op.out_channels * op.out_size * op.out_size
         return Cost(params, macs, activation * bytes_per_element)

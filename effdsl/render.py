@@ -228,8 +228,30 @@ def kind_name(kind: str, expand: float) -> str:
 
 def activation(act: str | None) -> str:
     names = {"silu": "SiLU", "relu": "ReLU", "relu6": "ReLU6", "hardswish": "HardSwish",
-             "gelu": "GELU"}
-    return "linear" if act is None else names.get(act, act)
+             "gelu": "GELU", "hard_sigmoid": "HardSigmoid"}
+    return "linear" if act is None or act == "none" else names.get(act, act)
+
+
+def gate_name(gate: str) -> str:
+    """The gate of a squeeze-and-excitation, as drawn."""
+    return {"sigmoid": "sigmoid", "hard_sigmoid": "hard-sigmoid"}.get(gate, gate)
+
+
+def squeeze_excite(block: BlockPlan) -> SqueezeExciteOp | None:
+    return next((op for op in block.ops if isinstance(op, SqueezeExciteOp)), None)
+
+
+def se_label(block: BlockPlan, amount_text: str) -> str:
+    """` · SE 0.25 hard-sigmoid`: the SE's size, and its gate where it is not the sigmoid."""
+    se = squeeze_excite(block)
+    if se is None:
+        return ""
+    gate = f" {gate_name(se.gate)}" if se.gate != "sigmoid" else ""
+    return f" · SE {amount_text}{gate}"
+
+
+def norm_label(op: ConvOp) -> str:
+    return " · bias, no norm" if op.norm == "none" else ""
 
 
 def clip(text: str, limit: int = 48) -> str:
@@ -300,12 +322,13 @@ def conv_end_part(op: ConvOp, kind: str, total: Cost, prefix: str, before: ConvO
     """The stem or the head: one convolution."""
     own = op_cost(op)
     stride = f" s{op.stride}" if op.stride > 1 else ""
+    pooled = op.role == "head" and op.in_size == 1 and op.out_size == 1
     box = Box(
         node_id(op.path, prefix),
         kind,
         (
-            title(op.role),
-            body(f"Conv {op.kernel}×{op.kernel}{stride} · {activation(op.act)}"),
+            title(f"{op.role} (after avgpool)" if pooled else op.role),
+            body(f"Conv {op.kernel}×{op.kernel}{stride}{norm_label(op)} · {activation(op.act)}"),
             # only the output width: "3 → 32 → 40 ch" would mix up the two kinds of arrow
             body(changed(str(op.out_channels), str(before.out_channels) if before else None),
                  " ch out"),
@@ -325,8 +348,8 @@ def classifier_part(plan: Plan, total: Cost, prefix: str, base: Plan | None) -> 
         "classifier",
         (
             title("classifier"),
-            body("avgpool · dropout ", changed(f"{head.dropout:g}", f"{was.dropout:g}" if was
-                                                else None)),
+            body("dropout " if plan.pooled_head else "avgpool · dropout ",
+                 changed(f"{head.dropout:g}", f"{was.dropout:g}" if was else None)),
             body(f"FC · {head.classes} classes"),
             *cost_rows(own, total, classifier_cost(was) if was else None),
         ),
@@ -451,9 +474,15 @@ def wrapped(groups: Sequence[Sequence[Part]]) -> tuple[Part, tuple[tuple[str, ..
 
 
 def stage_summary(stage: StagePlan) -> str:
-    """`MBConv6 k5 s2 · SE 0.25`: what every block of the stage is."""
-    se = f" · SE {stage.se:g}" if stage.se else ""
-    return f"{kind_name(stage.kind, stage.expand)} k{stage.kernel} s{stage.stride}{se}"
+    """`MBConv6 k5 s2 · SE 0.25 · SiLU`: what the blocks of the stage are (of a stage of
+    several lines, the first line's, and how many more lines follow)."""
+    first = stage.blocks[0]
+    se = se_label(first, f"{stage.se:g}") if stage.se else ""
+    more = f" · +{stage.lines - 1} line{'s' if stage.lines > 2 else ''}" if stage.lines > 1 else ""
+    return (
+        f"{kind_name(stage.kind, stage.expand)} k{stage.kernel} s{stage.stride}{se}"
+        f" · {activation(first.act)}{more}"
+    )
 
 
 def stage_counts(stage: StagePlan, was: StagePlan | None = None) -> tuple[Text, ...]:
@@ -551,13 +580,14 @@ def with_residual(block: BlockPlan, body_part: Part, prefix: str) -> Part:
 def block_part(block: BlockPlan, prefix: str) -> Part:
     """Block detail: one box per block."""
     own = block_cost(block)
-    se = f" · SE {block.se_channels}" if block.se_channels else ""
+    se = se_label(block, str(block.se_channels))
     box = Box(
         node_id(block.path, prefix),
         block.kind,
         (
             title(block_title(block)),
-            body(f"{block_channels(block)} ch{se}"),
+            body(f"{block_channels(block)} ch · {activation(block.act)}"),
+            *((body(se.removeprefix(" · ")),) if se else ()),
             note(f"params {amount(own.params)} · MACs {amount(own.macs)}"),
         ),
         tooltip(
@@ -586,13 +616,14 @@ def op_rows(op: Op) -> tuple[Row, ...]:
         return (
             title("squeeze-excite"),
             body(f"{op.channels} → {op.squeeze} → {op.channels} · {activation(op.act)}"),
+            body(f"gate {gate_name(op.gate)}"),
         )
     stride = f" s{op.stride}" if op.stride > 1 else ""
     channels = (f"{op.out_channels} ch, per channel" if op.depthwise
                 else f"{op.in_channels} → {op.out_channels} ch")
     return (
         title(f"{op.role} {op.kernel}×{op.kernel}{stride}"),
-        body(f"{channels} · {activation(op.act)}"),
+        body(f"{channels}{norm_label(op)} · {activation(op.act)}"),
     )
 
 
