@@ -28,9 +28,10 @@ def effdsl(
 
 
 def test_check_clean_specs() -> None:
-    result = effdsl("check", *map(str, sorted(SPECS.glob("*.eff"))))
+    files = sorted(SPECS.glob("*.eff"))
+    result = effdsl("check", *map(str, files))
     assert result.returncode == 0, result.stderr
-    assert "6 files ok" in result.stdout
+    assert f"{len(files)} files ok" in result.stdout
     assert result.stderr == ""
 
 
