@@ -453,7 +453,8 @@ def random_block(rng: random.Random, keyword: str) -> str:
     """
     lines = ("stage", "block")
     others = [k for k in ast.BLOCK_KINDS if k != "conv"]
-    kind = "conv" if keyword not in lines or rng.random() < 0.2 or not others else rng.choice(others)
+    plain = keyword not in lines or rng.random() < 0.2 or not others
+    kind = "conv" if plain else rng.choice(others)
     shape = [kind]
     mid = keyword in lines and kind != "conv" and rng.random() < 0.1
     if kind != "conv" and not mid:
