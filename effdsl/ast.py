@@ -31,7 +31,7 @@ from pydantic.json_schema import SkipJsonSchema
 from effdsl.errors import EffSemanticError, Span
 
 Activation = Literal["silu", "relu", "relu6", "hardswish", "gelu", "hard_sigmoid", "none"]
-BlockKind = Literal["conv", "mbconv", "fused_mbconv"]
+BlockKind = Literal["conv", "mbconv", "fused_mbconv", "separable"]
 Padding = Literal["symmetric", "same"]
 Fix = Literal["none", "depth", "width", "all"]
 Gate = Literal["sigmoid", "hard_sigmoid"]
@@ -292,7 +292,7 @@ class BlockOptions(Node):
 class Block(BlockOptions):
     """What the stem, every stage and the head share: a block kind and its shape."""
 
-    kind: BlockKind = Field(description="`conv`, `mbconv` or `fused_mbconv`.")
+    kind: BlockKind = Field(description="`conv`, `mbconv`, `fused_mbconv` or `separable`.")
     expand: float = Field(default=1.0, ge=1.0, le=MAX_EXPAND, description="Expansion ratio (e).")
     kernel: int = Field(ge=1, le=MAX_KERNEL, description="Kernel size (k), odd.")
     stride: int = Field(default=1, ge=1, le=2, description="Stride (s) of the first block: 1 or 2.")
@@ -314,8 +314,10 @@ class Block(BlockOptions):
 
     @model_validator(mode="after")
     def _conv_has_no_expansion(self) -> Block:
-        if self.kind == "conv" and self.expand != 1.0:
-            raise ValueError("a `conv` block has no expansion ratio; use mbconv or fused_mbconv")
+        if self.kind in ("conv", "separable") and self.expand != 1.0:
+            raise ValueError(
+                f"a `{self.kind}` block has no expansion ratio; use mbconv or fused_mbconv"
+            )
         return self
 
     @property
@@ -379,12 +381,12 @@ class Line(Block):
     @model_validator(mode="after")
     def _expanded_width_once(self) -> Line:
         if self.mid is not None:
-            if self.kind == "conv":
-                raise ValueError("a `conv` block has no expanded width; remove `mid=`")
+            if self.kind in ("conv", "separable"):
+                raise ValueError(f"a `{self.kind}` block has no expanded width; remove `mid=`")
             if "expand" in self.model_fields_set and self.expand != 1.0:
                 raise ValueError("give the expansion as a ratio (e) or a width (mid=), not both")
-        if self.full and self.kind == "conv":
-            raise ValueError("a `conv` block has no expansion; remove `full=`")
+        if self.full and self.kind in ("conv", "separable"):
+            raise ValueError(f"a `{self.kind}` block has no expansion; remove `full=`")
         return self
 
 

@@ -50,6 +50,8 @@ BLOCK_CLASSES = {
     ("fused_mbconv", ("conv",)): "ConvBlock",  # expansion 1: a single k×k conv
     ("fused_mbconv", ("expand", "se", "project")): "FusedMBConv",
     ("fused_mbconv", ("expand", "project")): "FusedMBConv",
+    ("separable", ("depthwise", "pointwise")): "SeparableConv",
+    ("separable", ("depthwise", "se", "pointwise")): "SeparableConv",
     **{
         ("mbconv", (*expand, "depthwise", *se, "project")): "MBConv"
         for expand in ((), ("expand",))
@@ -68,7 +70,15 @@ _FIXED_NAMES = (
     "Stage",
     "main",
 )
-_OPTIONAL_NAMES = ("SqueezeExcite", "GATES", "ConvBlock", "MBConv", "FusedMBConv")
+_OPTIONAL_NAMES = (
+    "SqueezeExcite",
+    "GATES",
+    "ConvBlock",
+    "MBConv",
+    "FusedMBConv",
+    "SeparableConv",
+)
+_BLOCK_NAMES = ("ConvBlock", "MBConv", "FusedMBConv", "SeparableConv")
 
 
 # ---- names ----------------------------------------------------------------------------------
@@ -119,7 +129,7 @@ def top_level_names(plan: Plan) -> frozenset[str]:
     optional = {
         "SqueezeExcite": used.squeeze_excite,
         "GATES": used.squeeze_excite,
-        **{block: block in used.blocks for block in ("ConvBlock", "MBConv", "FusedMBConv")},
+        **{block: block in used.blocks for block in _BLOCK_NAMES},
     }
     return frozenset(
         (*_FIXED_NAMES, class_name(plan), *(name for name, on in optional.items() if on))
@@ -179,7 +189,7 @@ class _Used:
             activations=tuple(name for name in ACTIVATION_MODULES if name in acts),
             asymmetric_padding=any(op.symmetric_padding is None for op in convs),
             squeeze_excite=bool(gates),
-            blocks=tuple(name for name in ("ConvBlock", "MBConv", "FusedMBConv") if name in blocks),
+            blocks=tuple(name for name in _BLOCK_NAMES if name in blocks),
             gates=tuple(name for name in GATE_MODULES if name in gates),
             unnormalised=any(op.norm == "none" for op in convs),
             se_options=any(_se_options(block) for block in plan.blocks()),
@@ -398,6 +408,54 @@ class ConvBlock(nn.Module):
 {_RESIDUAL}'''
 
 
+def _separable(used: _Used, padding: str) -> str:
+    se = used.squeeze_excite
+    norm_arg, norm = _norm(used)
+    squeeze_arg = "\n        squeeze: int," if se else ""
+    se_act_arg = "\n        se_act: str | None," if se and used.se_options else ""
+    se_act = "se_act" if se and used.se_options else "act"
+    gates = se and used.gates != ("sigmoid",)
+    gate_arg = '\n        gate: str = "sigmoid",' if gates else ""
+    gate = ", gate" if gates else ""
+    se_layer = (
+        f"\n        self.se = SqueezeExcite(cin, squeeze, {se_act}{gate}) if squeeze "
+        "else nn.Identity()"
+        if se
+        else ""
+    )
+    se_step = "\n        out = self.se(out)" if se else ""
+    return f'''\
+class SeparableConv(nn.Module):
+    """Depthwise-separable conv: k×k depthwise, squeeze-and-excitation, 1×1 pointwise, both
+    convs with their activation (MobileNetV1's block; `residual` is always False)."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int,
+        padding: {padding},{squeeze_arg}{se_act_arg}
+        act: str | None,
+        eps: float,
+        momentum: float,
+        drop_rate: float,
+        residual: bool,{gate_arg}{norm_arg}
+    ) -> None:
+        super().__init__()
+        self.depthwise = ConvBNAct(
+            cin, cin, kernel, stride, padding, groups=cin, act=act, eps=eps, momentum=momentum{norm}
+        ){se_layer}
+        self.pointwise = ConvBNAct(cin, cout, 1, act=act, eps=eps, momentum=momentum{norm})
+        self.drop_rate = drop_rate
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.depthwise(x){se_step}
+        out = self.pointwise(out)
+{_RESIDUAL}'''
+
+
 def _inverted_residual(name: str, used: _Used, padding: str) -> str:
     """MBConv or FusedMBConv: they differ in where the k×k conv is and what it sees."""
     se = used.squeeze_excite
@@ -494,6 +552,8 @@ def _block_classes(used: _Used) -> list[str]:
     for name in used.blocks:
         if name == "ConvBlock":
             classes.append(_conv_block(used, padding))
+        elif name == "SeparableConv":
+            classes.append(_separable(used, padding))
         else:
             classes.append(_inverted_residual(name, used, padding))
     return classes
@@ -519,7 +579,12 @@ def _conv_call(op: ConvOp) -> str:
 
 
 #: The op of each block class whose kernel, stride and padding the block's row gives.
-SPATIAL_ROLES = {"ConvBlock": "conv", "MBConv": "depthwise", "FusedMBConv": "expand"}
+SPATIAL_ROLES = {
+    "ConvBlock": "conv",
+    "MBConv": "depthwise",
+    "FusedMBConv": "expand",
+    "SeparableConv": "depthwise",
+}
 
 
 def _spatial_op(block: BlockPlan, name: str) -> ConvOp:
@@ -558,7 +623,7 @@ def _block_call(block: BlockPlan, used: _Used) -> str:
     name = block_class(block)
     spatial = _spatial_op(block, name)
     args = [str(block.in_channels)]
-    if name != "ConvBlock":
+    if name in ("MBConv", "FusedMBConv"):
         args.append(str(block.mid_channels))
     args += [str(block.out_channels), str(spatial.kernel), str(spatial.stride), _padding(spatial)]
     se = next((op for op in block.ops if isinstance(op, SqueezeExciteOp)), None)
@@ -584,7 +649,7 @@ def _block_call(block: BlockPlan, used: _Used) -> str:
 
 
 def _stage_comment(stage: StagePlan) -> str:
-    expand = "" if stage.kind == "conv" else f" e{stage.expand:g}"
+    expand = "" if stage.kind in ("conv", "separable") else f" e{stage.expand:g}"
     return (
         f"# {stage.index} {stage.name!r}: {stage.kind}{expand} k{stage.kernel} "
         f"s{stage.stride} c{stage.out_channels} x{stage.repeats}, "
@@ -599,7 +664,7 @@ def _signatures(used: _Used) -> list[str]:
         squeeze += " se_act,"
     lines = []
     for name in used.blocks:
-        channels = "in, out" if name == "ConvBlock" else "in, mid, out"
+        channels = "in, out" if name in ("ConvBlock", "SeparableConv") else "in, mid, out"
         extra = "" if name == "ConvBlock" else squeeze
         options = [
             *([" gate="] if name != "ConvBlock" and used.gates != ("sigmoid",) else []),

@@ -76,13 +76,19 @@ PALETTE: dict[str, Swatch] = {
     "conv": Swatch("#e6ddf2", "#6d4fa0", "Conv"),
     "fused_mbconv": Swatch("#fde2c4", "#c7741f", "Fused-MBConv"),
     "mbconv": Swatch("#d8eed5", "#3a8a3a", "MBConv"),
+    "separable": Swatch("#e3ecf7", "#4f6f9a", "SepConv"),
     "head": Swatch("#d3eeea", "#2a8579", "head"),
     "classifier": Swatch("#f6d5d5", "#b04848", "classifier"),
     "add": Swatch("#ffffff", "#777777", "residual add"),
 }
 
 #: Background of a stage cluster (a pale tint of its kind) and of a block cluster.
-STAGE_TINT: dict[str, str] = {"conv": "#f7f4fb", "fused_mbconv": "#fff7ee", "mbconv": "#f3faf2"}
+STAGE_TINT: dict[str, str] = {
+    "conv": "#f7f4fb",
+    "fused_mbconv": "#fff7ee",
+    "mbconv": "#f3faf2",
+    "separable": "#f4f7fb",
+}
 BLOCK_TINT = "#ffffff"
 
 
@@ -221,8 +227,8 @@ def ratio(number: float) -> str:
 
 def kind_name(kind: str, expand: float) -> str:
     """`MBConv6`, `Fused-MBConv4`, `Conv`: the kind as the papers write it."""
-    if kind == "conv":
-        return "Conv"
+    if kind in ("conv", "separable"):
+        return PALETTE[kind].legend
     return f"{PALETTE[kind].legend}{ratio(expand)}"
 
 

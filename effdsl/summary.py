@@ -17,7 +17,12 @@ from effdsl.plan import Plan, StagePlan, lower
 from effdsl.scaling import Multipliers, apply
 from effdsl.text import printable
 
-BLOCK_NAMES = {"conv": "Conv", "mbconv": "MBConv", "fused_mbconv": "FusedMBConv"}
+BLOCK_NAMES = {
+    "conv": "Conv",
+    "mbconv": "MBConv",
+    "fused_mbconv": "FusedMBConv",
+    "separable": "SepConv",
+}
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ def summarize(network: ast.Network, factors: Multipliers) -> Summary:
 def block_label(stage: StagePlan) -> str:
     """`MBConv6`, `FusedMBConv4`, `Conv`: the paper's way of naming a stage's block."""
     name = BLOCK_NAMES[stage.kind]
-    if stage.kind == "conv":
+    if stage.kind in ("conv", "separable"):
         return name
     expand = f"{stage.expand:g}"
     return f"{name}{expand}"
