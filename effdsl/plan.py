@@ -76,6 +76,7 @@ class SqueezeExciteOp:
     squeeze: int
     act: str
     size: int  # spatial size of the tensor it gates
+    gate: str = "sigmoid"  # the gate's function; sigmoid is the only one the language has so far
 
     role: str = field(default="se", init=False)
 

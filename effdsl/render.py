@@ -468,10 +468,17 @@ def wrapped(groups: Sequence[Sequence[Part]]) -> tuple[Part, tuple[tuple[str, ..
 
 
 def stage_summary(stage: StagePlan) -> str:
-    """`MBConv6 k5 s2 · SE 0.25`: what every block of the stage is."""
-    se = f" · SE {stage.se:g}" if stage.se else ""
+    """`MBConv6 k5 s2 · SiLU · SE 0.25 sigmoid`: what every block of the stage is."""
+    gates = dict.fromkeys(se_gate(block) for block in stage.blocks if block.se_channels)
+    se = f" · SE {stage.se:g} {'/'.join(gates)}" if stage.se else ""
+    acts = "/".join(dict.fromkeys(activation(block.act) for block in stage.blocks))
     kernel = kernel_text(stage.kernel)
-    return f"{kind_name(stage.kind, stage.expand)} k{kernel} s{stage.stride}{se}"
+    return f"{kind_name(stage.kind, stage.expand)} k{kernel} s{stage.stride} · {acts}{se}"
+
+
+def se_gate(block: BlockPlan) -> str:
+    """The gate of the block's squeeze-and-excitation (`sigmoid`), or "" where it has none."""
+    return next((op.gate for op in block.ops if isinstance(op, SqueezeExciteOp)), "")
 
 
 def stage_counts(stage: StagePlan, was: StagePlan | None = None) -> tuple[Text, ...]:
@@ -587,13 +594,13 @@ def block_layout(block: BlockPlan) -> tuple[Row, ...]:
 def block_part(block: BlockPlan, prefix: str) -> Part:
     """Block detail: one box per block."""
     own = block_cost(block)
-    se = f" · SE {block.se_channels}" if block.se_channels else ""
+    se = f" · SE {block.se_channels} {se_gate(block)}" if block.se_channels else ""
     box = Box(
         node_id(block.path, prefix),
         block.kind,
         (
             title(block_title(block)),
-            body(f"{block_channels(block)} ch{se}"),
+            body(f"{block_channels(block)} ch · {activation(block.act)}{se}"),
             *block_layout(block),
             note(f"params {amount(own.params)} · MACs {amount(own.macs)}"),
         ),
@@ -623,6 +630,7 @@ def op_rows(op: Op) -> tuple[Row, ...]:
         return (
             title("squeeze-excite"),
             body(f"{op.channels} → {op.squeeze} → {op.channels} · {activation(op.act)}"),
+            body(f"{op.gate} gate"),
         )
     if isinstance(op, RoutingOp):
         return (

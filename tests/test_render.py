@@ -138,7 +138,7 @@ def test_stage_detail_has_one_node_per_stage_with_costs_and_shapes() -> None:
         # node ids come from plan paths; exact figures ride in the tooltip
         assert f'"stages_{stage.index}" [label=' in dot
         assert f"{own.params:,} params\\n{own.macs:,} MACs" in dot
-    assert "MBConv6 k5 s2 · SE 0.25" in dot
+    assert "MBConv6 k5 s2 · SiLU · SE 0.25 sigmoid" in dot
     assert "4 blocks · 192 ch · 7×7" in dot
     assert "params 2.03M (38.3%)" in dot  # share of the network's parameters
     for shape in ("3×224×224", "32×112×112", "40×28×28", "320×7×7", "1280×7×7"):
@@ -281,7 +281,7 @@ def test_stage_svg_shows_stages_and_shapes(tmp_path: Path) -> None:
     root = ET.parse(path).getroot()
     nodes = svg_texts(root, "node")
     assert [f"stage{i}" for i in range(7)] == [t for t in nodes if re.fullmatch(r"stage\d", t)]
-    assert "MBConv6 k5 s2 · SE 0.25" in nodes
+    assert "MBConv6 k5 s2 · SiLU · SE 0.25 sigmoid" in nodes
     edges = [text.strip() for text in svg_texts(root, "edge")]
     assert edges == ["3×224×224", "32×112×112", "16×112×112", "24×56×56", "40×28×28",
                      "80×14×14", "112×14×14", "192×7×7", "320×7×7", "1280×7×7"]
