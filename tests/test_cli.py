@@ -28,9 +28,10 @@ def effdsl(
 
 
 def test_check_clean_specs() -> None:
-    result = effdsl("check", *map(str, sorted(SPECS.glob("*.eff"))))
+    specs = sorted(SPECS.glob("*.eff"))
+    result = effdsl("check", *map(str, specs))
     assert result.returncode == 0, result.stderr
-    assert "6 files ok" in result.stdout
+    assert f"{len(specs)} files ok" in result.stdout
     assert result.stderr == ""
 
 

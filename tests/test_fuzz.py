@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from effdsl import ast, fuzz
 from effdsl import fuzz_surface as surface
 from effdsl.codegen import to_python
-from effdsl.errors import EffError, EffErrors, LimitError, ScalingError
+from effdsl.errors import EffError, EffErrors, EffSemanticError, LimitError, ScalingError
 from effdsl.fmt import format as format_network
 from effdsl.limits import check_plan
 from effdsl.parser import MAX_TOKENS, parse
@@ -57,7 +57,11 @@ def test_every_stage_accepts_a_generated_spec(network: ast.Network) -> None:
         multipliers(network, preset=p.name) for p in network.presets
     ]
     for factors in scalings:
-        summary = summarize(network, factors)
+        try:
+            summary = summarize(network, factors)
+        except EffSemanticError as error:  # a narrowing preset can leave a MixConv slice empty
+            assert factors.preset is not None and "slices" in str(error), error
+            continue
         try:
             check_plan(summary.scaled)
         except LimitError:  # a preset of width 4 and depth 4 at 1024 px can pass 5 T MACs

@@ -102,7 +102,16 @@ def test_every_shipped_spec_round_trips_through_a_built_module(spec: Path) -> No
     network = effdsl.load(spec)
     with torch.device("meta"):
         model = effdsl.build(network)
+    if spec.stem in NOT_READ_YET:
+        # the importer refuses, in one line naming the layer, rather than guessing
+        with pytest.raises(ImportRefused, match=NOT_READ_YET[spec.stem]):
+            import_model(model)
+        return
     assert canonical(import_model(model)) == canonical(network)
+
+
+#: Shipped specs whose block kinds the importer cannot read back yet.
+NOT_READ_YET = {"efficientnet-cc-b0": r"\(CondConvBNAct\): CondConv"}
 
 
 def test_generated_python_round_trips_through_the_cli(tmp_path: Path) -> None:

@@ -28,6 +28,13 @@ def version() -> str:
     return f"effdsl {effdsl.__version__}"
 
 
+#: effdsl's layers that the reader cannot read back yet, by class, and what they are.
+_UNREAD_LAYERS = {
+    "MixedConvBNAct": "MixConv (mixed kernels or grouped 1×1 convs)",
+    "CondConvBNAct": "CondConv (per-sample expert kernels)",
+}
+
+
 class EffdslReader(Reader):
     def __init__(self, name: str) -> None:
         super().__init__(f"module:{name}")
@@ -43,6 +50,10 @@ class EffdslReader(Reader):
         padding: str | None = None,
     ) -> ConvFact:
         """effdsl's conv-BN-act: children `conv`, `bn`, `act`, and `pad` for TF's SAME."""
+        if not (hasattr(module, "conv") and hasattr(module, "bn")):
+            # MixConv's sliced convs and CondConv's expert kernels have other children
+            feature = _UNREAD_LAYERS.get(type(module).__name__, "a conv layer of another layout")
+            raise self.refuse(path, module, f"{feature}, which the importer does not read yet")
         pad = getattr(module, "pad", None)
         return super().conv(
             f"{path}.conv",

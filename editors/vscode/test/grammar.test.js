@@ -47,11 +47,26 @@ const EXTRA = [
 const NUMBER = /^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$/;
 const SHORTHAND = /^([a-z])([0-9]+(?:\.[0-9]+)?)$/;
 
+// Where the comment of `line` starts: the first `#` outside a string, read left to right (a
+// quote inside a comment opens no string), or -1.
+function commentStart(line) {
+  let inString = false;
+  for (let i = 0; i < line.length; i++) {
+    const c = line[i];
+    if (inString) {
+      if (c === "\\") i++;
+      else if (c === '"') inString = false;
+    } else if (c === '"') inString = true;
+    else if (c === "#") return i;
+  }
+  return -1;
+}
+
 // [start, end, class] for every piece of `line`, from the language's rules.
 function expected(line) {
   const out = [];
   let code = line;
-  const comment = line.search(/#(?=(?:[^"]*"[^"]*")*[^"]*$)/); // a # outside strings
+  const comment = commentStart(line);
   if (comment >= 0) {
     out.push([comment, line.length, "comment"]);
     code = line.slice(0, comment);
