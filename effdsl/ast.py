@@ -31,15 +31,35 @@ from pydantic.json_schema import SkipJsonSchema
 
 from effdsl.errors import EffSemanticError, Span
 
-Activation = Literal["silu", "relu", "relu6", "hardswish", "gelu"]
+Activation = Literal["silu", "relu", "relu6", "hardswish", "gelu", "hard_sigmoid", "none"]
 BlockKind = Literal["conv", "mbconv", "fused_mbconv", "mixconv", "condconv"]
 Padding = Literal["symmetric", "same"]
 Fix = Literal["none", "depth", "width", "all"]
+Gate = Literal["sigmoid", "hard_sigmoid"]
+SqueezeFrom = Literal["input", "expanded"]
+Norm = Literal["batch", "none"]
+HeadPool = Literal["last", "first"]
+DepthRound = Literal["up", "nearest"]
 
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 BLOCK_KINDS: tuple[str, ...] = get_args(BlockKind)
 PADDINGS: tuple[str, ...] = get_args(Padding)
 FIXES: tuple[str, ...] = get_args(Fix)
+GATES: tuple[str, ...] = get_args(Gate)
+NORMS: tuple[str, ...] = get_args(Norm)
+
+#: Other names of the activations, as the papers and libraries write them. The parser reads
+#: them as the canonical name (so `act=swish` is `silu`), and `fmt` writes the canonical one.
+ALIASES: dict[str, str] = {
+    "swish": "silu",
+    "hswish": "hardswish",
+    "h_swish": "hardswish",
+    "hard_swish": "hardswish",
+    "hsigmoid": "hard_sigmoid",
+    "h_sigmoid": "hard_sigmoid",
+    "hardsigmoid": "hard_sigmoid",
+    "identity": "none",
+}
 
 # Sane bounds of the language. They keep every number finite and small enough to reason about;
 # the resource guards of `effdsl.limits` decide what is affordable to build.
@@ -50,6 +70,7 @@ MAX_KERNEL = 99
 MAX_CLASSES = 10_000_000
 MAX_EXPAND = 1_000.0
 MAX_MULTIPLIER = 1_000.0
+MAX_LINES = 64  # block lines in one stage
 MAX_MIXED_KERNELS = 16  # MixNet uses up to 5 (k3.5.7.9.11)
 MAX_SPLITS = 64
 MAX_EXPERTS = 64
@@ -180,8 +201,20 @@ class Scaling(Node):
     divisor: int = Field(
         default=8, ge=1, le=1024, description="Scaled channels are rounded to a multiple of this."
     )
+    round_limit: float = Field(
+        default=0.9,
+        ge=0.0,
+        le=1.0,
+        description="Rounding a scaled width to the divisor never goes below this fraction of "
+        "it (one divisor is added back); 0 turns the rule off.",
+    )
+    depth_round: DepthRound = Field(
+        default="up",
+        description="Scaled repeats: `up` rounds a stage's total up (EfficientNet), `nearest` "
+        "to the nearest (TinyNet).",
+    )
 
-    _finite = field_validator("alpha", "beta", "gamma")(_finite)
+    _finite = field_validator("alpha", "beta", "gamma", "round_limit")(_finite)
 
 
 class Defaults(Node):
@@ -204,6 +237,29 @@ class Defaults(Node):
     padding: Padding = Field(
         default="symmetric",
         description="`symmetric` pads (k-1)/2 on each side; `same` pads as TensorFlow's SAME.",
+    )
+    se_from: SqueezeFrom = Field(
+        default="input",
+        description="Squeeze-and-excitation width as a ratio of the block's `input` channels "
+        "(EfficientNet) or of its `expanded` ones (MobileNetV3).",
+    )
+    se_divisor: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Round the squeeze width to a multiple of this (never 10% down); unset: "
+        "round down.",
+    )
+    se_act: Activation | None = Field(
+        default=None, description="Activation inside squeeze-and-excitation; unset: the block's."
+    )
+    se_gate: Gate = Field(
+        default="sigmoid", description="The gate of squeeze-and-excitation: `sigmoid` or "
+        "`hard_sigmoid`."
+    )
+    norm: Norm = Field(
+        default="batch",
+        description="Normalisation after each conv: `batch`, or `none` (the conv gets a bias).",
     )
 
     _finite = field_validator("se", "bn_eps", "bn_momentum", "drop_path")(_finite)
@@ -239,6 +295,13 @@ class BlockOptions(Node):
         default=None, description="Overrides the stochastic-depth rate for this stage's blocks."
     )
     padding: Padding | None = Field(default=None, description="Overrides `defaults padding`.")
+    se_from: SqueezeFrom | None = Field(default=None, description="Overrides `defaults se_from`.")
+    se_divisor: int | None = Field(
+        default=None, ge=1, le=1024, description="Overrides `defaults se_divisor`."
+    )
+    se_act: Activation | None = Field(default=None, description="Overrides `defaults se_act`.")
+    se_gate: Gate | None = Field(default=None, description="Overrides `defaults se_gate`.")
+    norm: Norm | None = Field(default=None, description="Overrides `defaults norm`.")
 
     _finite = field_validator("se", "bn_eps", "bn_momentum", "drop_path")(_finite_or_none)
 
@@ -370,22 +433,86 @@ class Stem(Block):
 
 
 class Head(Block):
-    """`head conv k1 c1280`: the last convolution, before pooling."""
+    """`head conv k1 c1280`: the last convolution, before pooling (`pool=first`: after it)."""
 
     keyword: ClassVar[str] = "head"
+    pool: HeadPool = Field(
+        default="last",
+        description="`last`: conv, norm, act, then the global pool; `first`: the global pool, "
+        "then the 1×1 conv (MobileNetV3; with `norm=none` the conv has a bias).",
+    )
+    shrink: bool = Field(
+        default=True,
+        description="`shrink=no` keeps at least the written width when scaled down "
+        "(MobileNetV2's max(1280, 1280·w)).",
+    )
+
+    @model_validator(mode="after")
+    def _pooled_head_is_pointwise(self) -> Head:
+        if self.pool == "first" and (self.kernel, self.stride) != (1, 1):
+            raise ValueError("a head after the pool acts on a 1×1 map: write it `k1 s1`")
+        return self
 
 
-class Stage(Block):
-    """`stage mbconv e6 k3 s2 c24 x2`: `repeats` blocks; only the first has the stride."""
+class Line(Block):
+    """What a stage's block lines share: `repeats` blocks; only the first has the stride."""
 
-    keyword: ClassVar[str] = "stage"
     repeats: int = Field(default=1, ge=1, le=MAX_REPEATS, description="Number of blocks (x).")
     skip: bool = Field(
         default=True,
         description="Residual connection where stride is 1 and channels match (`skip=no` "
         "turns it off).",
     )
+    mid: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CHANNELS,
+        description="The expanded width itself, where a table gives it, instead of a ratio e.",
+    )
+    full: bool = Field(
+        default=False,
+        description="At expansion 1, keep the 1×1 expansion conv (mbconv) or the 1×1 "
+        "projection (fused_mbconv) that is otherwise left out.",
+    )
+
+    @model_validator(mode="after")
+    def _expanded_width_once(self) -> Line:
+        if self.mid is not None:
+            if self.kind == "conv":
+                raise ValueError("a `conv` block has no expanded width; remove `mid=`")
+            if "expand" in self.model_fields_set and self.expand != 1.0:
+                raise ValueError("give the expansion as a ratio (e) or a width (mid=), not both")
+        if self.full and self.kind == "conv":
+            raise ValueError("a `conv` block has no expansion; remove `full=`")
+        if self.full and self.kind in ("mixconv", "condconv"):
+            raise ValueError(f"`full=` is for mbconv and fused_mbconv, not `{self.kind}`")
+        return self
+
+
+class BlockLine(Line):
+    """`block mbconv e3 k3 s1 c24`: a further line of blocks in the stage above it."""
+
+    keyword: ClassVar[str] = "block"
+
+
+class Stage(Line):
+    """`stage mbconv e6 k3 s2 c24 x2`: a stage; the `block` lines after it add to it."""
+
+    keyword: ClassVar[str] = "stage"
     name: str | None = Field(default=None, min_length=1, max_length=200, description="A name.")
+    lines: tuple[BlockLine, ...] = Field(
+        default=(),
+        max_length=MAX_LINES - 1,
+        description="Further block lines of the stage (`block` statements), in order.",
+    )
+
+    def all_lines(self) -> tuple[Line, ...]:
+        """The stage's block lines in order: its own, then its `block` lines."""
+        return (self, *self.lines)
+
+    @property
+    def total_repeats(self) -> int:
+        return sum(line.repeats for line in self.all_lines())
 
 
 class Classifier(Node):

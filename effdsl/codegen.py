@@ -39,7 +39,11 @@ ACTIVATION_MODULES = {
     "relu6": "nn.ReLU6",
     "hardswish": "nn.Hardswish",
     "gelu": "nn.GELU",
+    "hard_sigmoid": "nn.Hardsigmoid",
 }
+
+#: The torch module of each squeeze-and-excitation gate.
+GATE_MODULES = {"sigmoid": "nn.Sigmoid", "hard_sigmoid": "nn.Hardsigmoid"}
 
 #: The generated block class of each (block kind, roles of its ops) the plan can produce.
 BLOCK_CLASSES = {
@@ -74,7 +78,8 @@ _FIXED_NAMES = (
     "main",
 )
 _OPTIONAL_NAMES = (
-    "SqueezeExcite", "MixedConvBNAct", "mixed_conv", "Routing", "CondConvBNAct", *BLOCK_ORDER
+    "SqueezeExcite", "GATES", "MixedConvBNAct", "mixed_conv", "Routing", "CondConvBNAct",
+    *BLOCK_ORDER,
 )
 
 
@@ -125,6 +130,7 @@ def top_level_names(plan: Plan) -> frozenset[str]:
     used = _Used.of(plan)
     optional = {
         "SqueezeExcite": used.squeeze_excite,
+        "GATES": used.squeeze_excite,
         "MixedConvBNAct": "MixConv" in used.blocks,
         "mixed_conv": "MixConv" in used.blocks,
         "Routing": "CondConv" in used.blocks,
@@ -164,6 +170,10 @@ class _Used:
     asymmetric_padding: bool
     squeeze_excite: bool
     blocks: tuple[str, ...]  # block classes, in the order they are defined
+    gates: tuple[str, ...] = ("sigmoid",)  # in the order of GATE_MODULES
+    unnormalised: bool = False  # some conv has no norm (and so a bias)
+    se_options: bool = False  # some SE has an activation other than its block's
+    full: bool = False  # some MBConv keeps its expansion conv at expansion 1
 
     @classmethod
     def of(cls, plan: Plan) -> _Used:
@@ -172,16 +182,40 @@ class _Used:
         unknown = sorted(acts - ACTIVATION_MODULES.keys())
         if unknown:
             raise BuildError(f"code generation does not know the activation `{unknown[0]}`")
+        convs = [op for op in ops if isinstance(op, ConvOp)]
+        unknown = sorted({op.norm for op in convs} - {"batch", "none"})
+        if unknown:
+            raise BuildError(f"code generation does not know the normalisation `{unknown[0]}`")
+        gates = {op.gate for op in ops if isinstance(op, SqueezeExciteOp)}
+        unknown = sorted(gates - GATE_MODULES.keys())
+        if unknown:
+            raise BuildError(f"code generation does not know the gate `{unknown[0]}`")
         blocks = {block_class(block) for block in plan.blocks()}
         return cls(
             activations=tuple(name for name in ACTIVATION_MODULES if name in acts),
             asymmetric_padding=any(
-                isinstance(op, ConvOp) and not op.experts and op.symmetric_padding is None
-                for op in ops
+                op.symmetric_padding is None for op in convs if not op.experts
             ),
-            squeeze_excite=any(isinstance(op, SqueezeExciteOp) for op in ops),
+            squeeze_excite=bool(gates),
             blocks=tuple(name for name in BLOCK_ORDER if name in blocks),
+            gates=tuple(name for name in GATE_MODULES if name in gates),
+            unnormalised=any(op.norm == "none" for op in convs),
+            se_options=any(_se_options(block) for block in plan.blocks()),
+            full=any(_keeps_expansion(block) for block in plan.blocks()),
         )
+
+
+def _se_options(block: BlockPlan) -> bool:
+    """Whether the block's squeeze-and-excitation has an activation other than the block's."""
+    act = None if block.act == "none" else block.act
+    return any(isinstance(op, SqueezeExciteOp) and op.act != act for op in block.ops)
+
+
+def _keeps_expansion(block: BlockPlan) -> bool:
+    """An MBConv with expansion 1 that keeps its 1×1 expansion conv."""
+    return block.kind == "mbconv" and block.mid_channels == block.in_channels and any(
+        op.role == "expand" for op in block.ops
+    )
 
 
 def block_class(block: BlockPlan) -> str:
@@ -256,25 +290,37 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
 
 
 def _conv_bn_act(used: _Used) -> str:
+    bias = "not norm" if used.unnormalised else "False"
     if used.asymmetric_padding:
-        layers = '''\
+        layers = f'''\
         # a tuple is (left, right, top, bottom): TF "same" padding, with the odd pixel on the
         # right and bottom, which Conv2d cannot do itself
         asymmetric = isinstance(padding, tuple)
         self.pad = nn.ZeroPad2d(padding) if asymmetric else nn.Identity()
         self.conv = nn.Conv2d(
-            cin, cout, kernel, stride, 0 if asymmetric else padding, groups=groups, bias=False
+            cin, cout, kernel, stride, 0 if asymmetric else padding, groups=groups, bias={bias}
         )'''
         signature = "padding: int | tuple[int, int, int, int] = 0"
         call = "self.conv(self.pad(x))"
     else:
-        layers = '''\
-        self.conv = nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=False)'''
+        layers = f'''\
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias={bias})'''
         signature = "padding: int = 0"
         call = "self.conv(x)"
+    if used.unnormalised:
+        doc = (
+            "Convolution, batch norm, then the activation (`act=None`: none); with "
+            "`norm=False`\n    no batch norm, and the conv has a bias instead."
+        )
+        norm_arg = "\n        norm: bool = True,"
+        bn = "nn.BatchNorm2d(cout, eps=eps, momentum=momentum) if norm else nn.Identity()"
+    else:
+        doc = "Convolution without bias, batch norm, then the activation (`act=None`: none)."
+        norm_arg = ""
+        bn = "nn.BatchNorm2d(cout, eps=eps, momentum=momentum)"
     return f'''\
 class ConvBNAct(nn.Module):
-    """Convolution without bias, batch norm, then the activation (`act=None`: none)."""
+    """{doc}"""
 
     def __init__(
         self,
@@ -286,39 +332,59 @@ class ConvBNAct(nn.Module):
         groups: int = 1,
         act: str | None = None,
         eps: float = 1e-5,
-        momentum: float = 0.1,
+        momentum: float = 0.1,{norm_arg}
     ) -> None:
         super().__init__()
 {layers}
-        self.bn = nn.BatchNorm2d(cout, eps=eps, momentum=momentum)
+        self.bn = {bn}
         self.act = ACTIVATIONS[act]() if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn({call}))'''
 
 
-_SQUEEZE_EXCITE = '''\
+def _squeeze_excite(used: _Used) -> str:
+    gates = "".join(f'    "{name}": {GATE_MODULES[name]},\n' for name in used.gates)
+    return f'''\
+# The gates of squeeze-and-excitation the spec uses.
+GATES = {{
+{gates}}}
+
+
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excitation: scale each channel by a gate computed from the channel means."""
 
-    def __init__(self, channels: int, squeeze: int, act: str) -> None:
+    def __init__(
+        self, channels: int, squeeze: int, act: str | None, gate: str = "sigmoid"
+    ) -> None:
         super().__init__()
         self.reduce = nn.Conv2d(channels, squeeze, 1)
-        self.act = ACTIVATIONS[act]()
+        self.act = ACTIVATIONS[act]() if act else nn.Identity()
         self.expand = nn.Conv2d(squeeze, channels, 1)
+        self.gate = GATES[gate]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = x.mean((2, 3), keepdim=True)  # (N, C, 1, 1)
-        gate = self.act(self.reduce(gate))  # (N, squeeze, 1, 1)
-        gate = torch.sigmoid(self.expand(gate))  # (N, C, 1, 1)
-        return x * gate'''
+        scale = x.mean((2, 3), keepdim=True)  # (N, C, 1, 1)
+        scale = self.act(self.reduce(scale))  # (N, squeeze, 1, 1)
+        scale = self.gate(self.expand(scale))  # (N, C, 1, 1)
+        return x * scale'''
+
 
 _RESIDUAL = """\
         if self.residual:
             out = x + drop_path(out, self.drop_rate, self.training)
         return out"""
 
-_CONV_BLOCK = f'''\
+def _norm(used: _Used) -> tuple[str, str]:
+    """The `norm` parameter of the block classes and what they pass on to their convs."""
+    if not used.unnormalised:
+        return "", ""
+    return "\n        norm: bool = True,", ", norm=norm"
+
+
+def _conv_block(used: _Used, padding: str) -> str:
+    norm_arg, norm = _norm(used)
+    return f'''\
 class ConvBlock(nn.Module):
     """One k×k conv-BN-act, with a residual where shapes allow.
 
@@ -331,16 +397,16 @@ class ConvBlock(nn.Module):
         cout: int,
         kernel: int,
         stride: int,
-        padding: {{padding}},
-        act: str,
+        padding: {padding},
+        act: str | None,
         eps: float,
         momentum: float,
         drop_rate: float,
-        residual: bool,
+        residual: bool,{norm_arg}
     ) -> None:
         super().__init__()
         self.conv = ConvBNAct(
-            cin, cout, kernel, stride, padding, act=act, eps=eps, momentum=momentum
+            cin, cout, kernel, stride, padding, act=act, eps=eps, momentum=momentum{norm}
         )
         self.drop_rate = drop_rate
         self.residual = residual
@@ -352,30 +418,34 @@ class ConvBlock(nn.Module):
 
 def _inverted_residual(name: str, used: _Used, padding: str) -> str:
     """MBConv or FusedMBConv: they differ in where the k×k conv is and what it sees."""
-    se = used.squeeze_excite
-    squeeze_arg = "\n        squeeze: int," if se else ""
-    se_layer = (
-        "\n        self.se = SqueezeExcite(mid, squeeze, act) if squeeze else nn.Identity()"
-        if se
-        else ""
-    )
-    se_step = "\n        out = self.se(out)" if se else ""
+    norm_arg, norm = _norm(used)
+    se = _se_parts(used)
+    full = name == "MBConv" and used.full
+    full_arg = "\n        full: bool = False," if full else ""
     if name == "MBConv":
         doc = "Inverted residual: 1×1 expand, k×k depthwise, squeeze-and-excitation, 1×1 project."
-        layers = """\
-        # expansion ratio 1: no expand conv, the depthwise conv reads the input itself
+        keep = " or full" if full else ""
+        wrap = ",\n            norm=norm," if norm else ""
+        why = (
+            "expansion ratio 1: no expand conv (unless `full`), the depthwise conv reads the "
+            "input"
+            if full
+            else "expansion ratio 1: no expand conv, the depthwise conv reads the input itself"
+        )
+        layers = f"""\
+        # {why}
         self.expand = nn.Identity()
-        if mid != cin:
-            self.expand = ConvBNAct(cin, mid, 1, act=act, eps=eps, momentum=momentum)
+        if mid != cin{keep}:
+            self.expand = ConvBNAct(cin, mid, 1, act=act, eps=eps, momentum=momentum{norm})
         self.depthwise = ConvBNAct(
-            mid, mid, kernel, stride, padding, groups=mid, act=act, eps=eps, momentum=momentum
+            mid, mid, kernel, stride, padding, groups=mid, act=act, eps=eps, momentum=momentum{wrap}
         )"""
         steps = "        out = self.expand(x)\n        out = self.depthwise(out)"
     else:
         doc = "Fused inverted residual: k×k expand, squeeze-and-excitation, 1×1 project."
-        layers = """\
+        layers = f"""\
         self.expand = ConvBNAct(
-            cin, mid, kernel, stride, padding, act=act, eps=eps, momentum=momentum
+            cin, mid, kernel, stride, padding, act=act, eps=eps, momentum=momentum{norm}
         )"""
         steps = "        out = self.expand(x)"
     return f'''\
@@ -389,22 +459,22 @@ class {name}(nn.Module):
         cout: int,
         kernel: int,
         stride: int,
-        padding: {padding},{squeeze_arg}
-        act: str,
+        padding: {padding},{se["{squeeze_arg}"]}
+        act: str | None,
         eps: float,
         momentum: float,
         drop_rate: float,
-        residual: bool,
+        residual: bool,{se["{gate_arg}"]}{full_arg}{norm_arg}
     ) -> None:
         super().__init__()
-{layers}{se_layer}
+{layers}{se["{se_layer}"]}
         # linear bottleneck: no activation after the projection
-        self.project = ConvBNAct(mid, cout, 1, eps=eps, momentum=momentum)
+        self.project = ConvBNAct(mid, cout, 1, eps=eps, momentum=momentum{norm})
         self.drop_rate = drop_rate
         self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-{steps}{se_step}
+{steps}{se["{se_step}"]}
         out = self.project(out)
 {_RESIDUAL}'''
 
@@ -489,7 +559,7 @@ class MixConv(nn.Module):
         eps: float,
         momentum: float,
         drop_rate: float,
-        residual: bool,
+        residual: bool,{{gate_arg}}
     ) -> None:
         super().__init__()
         bn = dict(eps=eps, momentum=momentum)
@@ -581,7 +651,7 @@ class CondConv(nn.Module):
         eps: float,
         momentum: float,
         drop_rate: float,
-        residual: bool,
+        residual: bool,{{gate_arg}}
     ) -> None:
         super().__init__()
         bn = dict(eps=eps, momentum=momentum)
@@ -620,13 +690,18 @@ class Stage(nn.Module):
 
 
 def _se_parts(used: _Used) -> dict[str, str]:
-    """The squeeze-and-excitation argument, layer and step of an inverted residual's source."""
+    """The squeeze-and-excitation arguments, layer and step of an inverted residual's source:
+    its width, its own activation and its gate where the plan has them."""
     if not used.squeeze_excite:
-        return {"{squeeze_arg}": "", "{se_layer}": "", "{se_step}": ""}
+        return {"{squeeze_arg}": "", "{gate_arg}": "", "{se_layer}": "", "{se_step}": ""}
+    se_act = "se_act" if used.se_options else "act"
+    gates = used.gates != ("sigmoid",)
     return {
-        "{squeeze_arg}": "\n        squeeze: int,",
-        "{se_layer}": "\n        self.se = SqueezeExcite(mid, squeeze, act) if squeeze else "
-        "nn.Identity()",
+        "{squeeze_arg}": "\n        squeeze: int,"
+        + ("\n        se_act: str | None," if used.se_options else ""),
+        "{gate_arg}": '\n        gate: str = "sigmoid",' if gates else "",
+        "{se_layer}": f"\n        self.se = SqueezeExcite(mid, squeeze, {se_act}"
+        f"{', gate' if gates else ''}) if squeeze else nn.Identity()",
         "{se_step}": "\n        out = self.se(out)",
     }
 
@@ -643,7 +718,7 @@ def _block_classes(used: _Used) -> list[str]:
     classes = []
     for name in used.blocks:
         if name == "ConvBlock":
-            classes.append(_CONV_BLOCK.replace("{padding}", padding))
+            classes.append(_conv_block(used, padding))
         elif name == "MixConv":
             classes += [_MIXED_CONV, _filled(_MIX_CONV_BLOCK, parts)]
         elif name == "CondConv":
@@ -670,11 +745,15 @@ def _conv_call(op: ConvOp) -> str:
     """`ConvBNAct(...)` building `op` (the stem and the head)."""
     groups = f", groups={op.groups}" if op.groups != 1 else ""
     act = f'act="{op.act}", ' if op.act is not None else ""
+    norm = ", norm=False" if op.norm == "none" else ""
     return (
         f"ConvBNAct({op.in_channels}, {op.out_channels}, {op.kernel}, {op.stride}, "
-        f"{_padding(op)}{groups}, {act}eps={op.bn_eps!r}, momentum={op.bn_momentum!r})"
+        f"{_padding(op)}{groups}, {act}eps={op.bn_eps!r}, momentum={op.bn_momentum!r}{norm})"
     )
 
+
+#: The block classes that take `norm=False` (MixConv and CondConv are always batch-normalised).
+_NORM_BLOCKS = ("ConvBlock", "MBConv", "FusedMBConv")
 
 #: The op of each block class whose kernel, stride and padding the block's row gives.
 SPATIAL_ROLES = {
@@ -696,10 +775,9 @@ def _shape_of(op: ConvOp | MixedConvOp) -> tuple[tuple[int, ...], int, tuple[str
 def _spatial_op(block: BlockPlan, name: str) -> ConvOp | MixedConvOp:
     """The block's k×k conv, after checking what the generated class assumes of the others.
 
-    A row gives one kernel, stride, padding, activation and batch-norm setting: every other
-    conv must be 1×1 with stride 1 and no padding, the projection without activation, the
-    squeeze-and-excitation with the block's, and all must share the batch-norm setting. The
-    plan builds blocks so; this says so aloud.
+    A row gives one kernel, stride, padding, activation and norm setting: every other conv
+    must be 1×1 with stride 1 and no padding, the projection without activation, and all must
+    share the norm setting. The plan builds blocks so; this says so aloud.
     """
     convs = [op for op in block.ops if isinstance(op, ConvOp | MixedConvOp)]
     spatial = next(op for op in convs if op.role == SPATIAL_ROLES[name])
@@ -707,12 +785,13 @@ def _spatial_op(block: BlockPlan, name: str) -> ConvOp | MixedConvOp:
         kernels, stride, paddings = _shape_of(op)
         plain = op is spatial or (set(kernels), stride, set(paddings)) == ({1}, 1, {"0"})
         act = None if op.role == "project" else spatial.act
-        same_bn = (op.bn_eps, op.bn_momentum) == (spatial.bn_eps, spatial.bn_momentum)
-        if not (plain and op.act == act and same_bn and spatial.act is not None):
+        same_norm = (op.bn_eps, op.bn_momentum, op.norm) == (
+            spatial.bn_eps,
+            spatial.bn_momentum,
+            spatial.norm,
+        )
+        if not (plain and op.act == act and same_norm):
             raise BuildError(f"code generation cannot express {op.path} as a {name} layer")
-    for se in block.ops:
-        if isinstance(se, SqueezeExciteOp) and se.act != spatial.act:
-            raise BuildError(f"code generation cannot express {se.path}: its activation differs")
     return spatial
 
 
@@ -753,15 +832,25 @@ def _block_call(block: BlockPlan, used: _Used) -> str:
     if name == "CondConv":
         assert isinstance(spatial, ConvOp)
         args.append(str(spatial.experts))
+    se = next((op for op in block.ops if isinstance(op, SqueezeExciteOp)), None)
     if name != "ConvBlock" and used.squeeze_excite:
         args.append(str(block.se_channels))
+        if used.se_options:
+            se_act = se.act if se is not None else spatial.act
+            args.append(f'"{se_act}"' if se_act else "None")
     args += [
-        f'"{spatial.act}"',
+        f'"{spatial.act}"' if spatial.act else "None",
         repr(spatial.bn_eps),
         repr(spatial.bn_momentum),
         _rate(block.drop_path),
         str(block.residual),
     ]
+    if se is not None and se.gate != "sigmoid":
+        args.append(f'gate="{se.gate}"')
+    if _keeps_expansion(block):
+        args.append("full=True")
+    if spatial.norm == "none":
+        args.append("norm=False")
     return f"{name}({', '.join(args)})"
 
 
@@ -777,6 +866,8 @@ def _stage_comment(stage: StagePlan) -> str:
 def _signatures(used: _Used) -> list[str]:
     """Comment lines naming the arguments of the block rows below them."""
     squeeze = " squeeze," if used.squeeze_excite else ""
+    if used.squeeze_excite and used.se_options:
+        squeeze += " se_act,"
     lines = []
     for name in used.blocks:
         channels = "in, out" if name == "ConvBlock" else "in, mid, out"
@@ -785,9 +876,15 @@ def _signatures(used: _Used) -> list[str]:
             "MixConv": "kernels, stride, paddings, expand_groups, project_groups,",
             "CondConv": "kernel, stride, padding, experts,",
         }.get(name, "kernel, stride, padding,")
+        options = [
+            *([" gate="] if name != "ConvBlock" and used.gates != ("sigmoid",) else []),
+            *([" full="] if name == "MBConv" and used.full else []),
+            *([" norm="] if used.unnormalised and name in _NORM_BLOCKS else []),
+        ]
+        more = f",{','.join(options)}" if options else ""
         lines += [
             f"# {name}({channels}, {shape}{extra}",
-            f"#{' ' * len(name)}  act, bn_eps, bn_momentum, drop_rate, residual)",
+            f"#{' ' * len(name)}  act, bn_eps, bn_momentum, drop_rate, residual{more})",
         ]
     return lines
 
@@ -804,14 +901,25 @@ def _forward(plan: Plan) -> list[str]:
         return f"(N, {channels}, {size}, {size})" if size is not None else f"(N, {channels})"
 
     head = plan.head
+    last = plan.stages[-1]
+    if plan.pooled_head:  # the global pool first, then the head on a 1×1 map
+        ending = [
+            ("x = x.mean((2, 3), keepdim=True)", shape(last.out_channels, 1)),
+            ("x = self.head(x)", shape(head.out_channels, 1)),
+            ("x = x.flatten(1)", shape(head.out_channels)),
+        ]
+    else:
+        ending = [
+            ("x = self.head(x)", shape(head.out_channels, head.out_size)),
+            ("x = x.mean((2, 3))", shape(head.out_channels)),  # global average pool
+        ]
     rows = [
         ("x = self.stem(x)", shape(plan.stem.out_channels, plan.stem.out_size)),
         *(
             (f"x = self.stages[{s.index}](x)", shape(s.out_channels, s.out_size))
             for s in plan.stages
         ),
-        ("x = self.head(x)", shape(head.out_channels, head.out_size)),
-        ("x = x.mean((2, 3))", shape(head.out_channels)),  # global average pool
+        *ending,
         ("x = self.dropout(x)", shape(head.out_channels)),
         ("x = self.classifier(x)", shape(plan.classifier.classes)),
     ]
@@ -917,7 +1025,7 @@ def to_python(plan: Plan, *, source_name: str | None = None, spec_text: str | No
         _IMPORTS + "\n\n" + _activations(used),  # isort: one blank line after imports
         _DROP_PATH,
         _conv_bn_act(used),
-        *([_SQUEEZE_EXCITE] if used.squeeze_excite else []),
+        *([_squeeze_excite(used)] if used.squeeze_excite else []),
         *_block_classes(used),
         _STAGE,
         _model(plan, used),

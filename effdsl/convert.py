@@ -18,8 +18,16 @@ part in the other library's EfficientNet / EfficientNetV2:
     head.{conv,bn}                  features.<S+1>.{0,1}         conv_head, bn2
     classifier                      classifier.1                 classifier
 
-and every tensor's shape is taken from the op, so a checkpoint is checked key by key and shape
-by shape before anything is renamed. No torch: tensors pass through, only `.shape` is read.
+A network whose head comes after the global pool (`head ... pool=first`) is laid out as the
+libraries' MobileNetV3 classes lay it out: timm names the head `conv_head` (with `bias`, or
+`norm_head` after it); torchvision numbers every block in one flat `features` list
+(`features.<n+1>.block.k`, a lone conv block `features.<n+1>.{0,1}`) and has the head as a
+`Linear` (`classifier.0`) before the last one (`classifier.3`), whose weight is the head's
+1×1 conv weight reshaped.
+
+Every tensor's shape is taken from the op, so a checkpoint is checked key by key and shape by
+shape before anything is renamed. No torch: tensors pass through; only `.shape` is read and,
+where the layouts' shapes differ, `.reshape` called.
 """
 
 from __future__ import annotations
@@ -45,6 +53,11 @@ class Entry:
     theirs: str
     shape: Shape
     optional: bool = False  # batch norm's num_batches_tracked: torch fills it in when absent
+    their_shape: Shape | None = None  # where the other library's tensor has another shape
+
+    def shape_in(self, into_ours: bool) -> Shape:
+        """The shape of the tensor being converted: theirs going into effdsl's layout."""
+        return self.their_shape or self.shape if into_ours else self.shape
 
 
 Move = tuple[str, str, Entry]  # (key in the given state_dict, key in the result, the tensor)
@@ -53,9 +66,13 @@ Move = tuple[str, str, Entry]  # (key in the given state_dict, key in the result
 # ---- tensors of each kind of module ---------------------------------------------------------
 
 
-def _conv_entries(ours: str, theirs: str, op: ConvOp) -> Iterator[Entry]:
+def _conv_entries(ours: str, theirs: str, op: ConvOp, linear: bool = False) -> Iterator[Entry]:
+    """A conv's weight (and bias, where it has one); `linear`: theirs is a `Linear` layer."""
     shape = (op.out_channels, op.in_channels // op.groups, op.kernel, op.kernel)
-    yield Entry(f"{ours}.weight", f"{theirs}.weight", shape)
+    their_shape = shape[:2] if linear else None
+    yield Entry(f"{ours}.weight", f"{theirs}.weight", shape, their_shape=their_shape)
+    if op.bias:
+        yield Entry(f"{ours}.bias", f"{theirs}.bias", shape[:1])
 
 
 def _bn_entries(ours: str, theirs: str, channels: int) -> Iterator[Entry]:
@@ -78,8 +95,9 @@ def _op_entries(op: Op, names: Mapping[str, str]) -> Iterator[Entry]:
         yield Entry(f"{op.path}.weight", f"{names['conv']}.weight", (op.experts, weights))
         yield from _bn_entries(f"{op.path}.bn", names["bn"], op.out_channels)
     elif isinstance(op, ConvOp):
-        yield from _conv_entries(f"{op.path}.conv", names["conv"], op)
-        yield from _bn_entries(f"{op.path}.bn", names["bn"], op.out_channels)
+        yield from _conv_entries(f"{op.path}.conv", names["conv"], op, "linear" in names)
+        if op.norm == "batch":
+            yield from _bn_entries(f"{op.path}.bn", names["bn"], op.out_channels)
     elif isinstance(op, MixedConvOp):
         for g, (kernel, cin, cout, groups, _) in enumerate(op.slices()):
             shape = (cout, cin // groups, kernel, kernel)
@@ -117,10 +135,20 @@ def _torchvision_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
         return {"conv": f"{prefix}.0", "bn": f"{prefix}.1"}
 
     yield plan.stem, children(plan.stem, "features.0")
+    flat = plan.pooled_head  # MobileNetV3: one flat list of blocks
     for block in plan.blocks():
+        where = (
+            f"features.{block.number + 1}" if flat else f"features.{block.stage + 1}.{block.index}"
+        )
+        if flat and len(block.ops) == 1:  # a lone Conv2dNormActivation
+            yield block.ops[0], children(block.ops[0], where)
+            continue
         for k, op in enumerate(block.ops):
-            yield op, children(op, f"features.{block.stage + 1}.{block.index}.block.{k}")
-    yield plan.head, children(plan.head, f"features.{len(plan.stages) + 1}")
+            yield op, children(op, f"{where}.block.{k}")
+    if flat:
+        yield plan.head, {"conv": "classifier.0", "linear": "yes"}
+    else:
+        yield plan.head, children(plan.head, f"features.{len(plan.stages) + 1}")
 
 
 def _timm_conv_name(block: BlockPlan, op: ConvOp | MixedConvOp) -> str:
@@ -154,11 +182,18 @@ def _timm_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
                 convs += 1
                 conv = f"{prefix}.{_timm_conv_name(block, op)}"
                 yield op, {"conv": conv, "bn": f"{prefix}.bn{convs}"}
-    yield plan.head, {"conv": "conv_head", "bn": "bn2"}
+    # EfficientNet's head is `conv_head`, `bn2`; MobileNetV3's, after the pool, `norm_head`
+    yield plan.head, {"conv": "conv_head", "bn": "norm_head" if plan.pooled_head else "bn2"}
 
 
 _NAMES = {"torchvision": _torchvision_names, "timm": _timm_names}
-_CLASSIFIER = {"torchvision": "classifier.1", "timm": "classifier"}
+
+
+def _classifier_name(plan: Plan, library: str) -> str:
+    if library == "timm":
+        return "classifier"
+    # torchvision's classifier: Dropout, Linear; MobileNetV3's: Linear, Hardswish, Dropout, Linear
+    return "classifier.3" if plan.pooled_head else "classifier.1"
 
 
 def layout(plan: Plan, library: str) -> tuple[Entry, ...]:
@@ -171,7 +206,9 @@ def layout(plan: Plan, library: str) -> tuple[Entry, ...]:
     classifier = plan.classifier
     entries.extend(
         _affine_entries(
-            classifier.path, _CLASSIFIER[library], (classifier.classes, classifier.in_features)
+            classifier.path,
+            _classifier_name(plan, library),
+            (classifier.classes, classifier.in_features),
         )
     )
     return tuple(entries)
@@ -207,8 +244,17 @@ def convert_state_dict(
     moves = [(e.theirs, e.ours, e) if into_ours else (e.ours, e.theirs, e) for e in entries]
     from_layout = library if into_ours else "effdsl"
     _check_keys(state_dict, moves, from_layout, plan.name)
-    _check_shapes(state_dict, moves, plan.name)
-    return {new: state_dict[old] for old, new, _ in moves if old in state_dict}
+    _check_shapes(state_dict, moves, plan.name, into_ours)
+    return {
+        new: _reshaped(state_dict[old], entry.shape_in(not into_ours))
+        for old, new, entry in moves
+        if old in state_dict
+    }
+
+
+def _reshaped(tensor: Any, shape: Shape) -> Any:
+    """`tensor` itself, or a view of it in `shape` where the layouts' shapes differ."""
+    return tensor if tuple(tensor.shape) == shape else tensor.reshape(shape)
 
 
 def _plan(network: object) -> Plan:
@@ -265,18 +311,21 @@ def _check_keys(
     )
 
 
-def _check_shapes(state_dict: Mapping[str, Any], moves: list[Move], network: str) -> None:
+def _check_shapes(
+    state_dict: Mapping[str, Any], moves: list[Move], network: str, into_ours: bool
+) -> None:
     for old, _, entry in moves:
         if old not in state_dict:
             continue
         shape = getattr(state_dict[old], "shape", None)
         if shape is None:
             raise CheckpointError(f"`{old}` is not a tensor but {type(state_dict[old]).__name__}")
-        if tuple(shape) != entry.shape:
+        expected = entry.shape_in(into_ours)
+        if tuple(shape) != expected:
             ours = f" for `{entry.ours}`" if entry.ours != old else ""
             raise CheckpointError(
                 f"`{old}` has shape {_show(tuple(shape))} in the checkpoint, but `{network}` "
-                f"needs {_show(entry.shape)}{ours}"
+                f"needs {_show(expected)}{ours}"
             )
 
 

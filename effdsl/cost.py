@@ -3,9 +3,9 @@
 Conventions, chosen so that the numbers equal what PyTorch reports for the built module:
 
 - **parameters**: conv weights (`out · in/groups · k²`; a CondConv conv has E of them),
-  batch-norm weight and bias (`2 · out`; running statistics are buffers, not parameters), SE
-  convs and CondConv's routing layer with their biases, the linear layer with its bias.
-  Exactly `sum(p.numel() for p in model.parameters())`.
+  batch-norm weight and bias (`2 · out`; running statistics are buffers, not parameters) or a
+  conv's bias where it has no norm, SE convs and CondConv's routing layer with their biases, the
+  linear layer with its bias. Exactly `sum(p.numel() for p in model.parameters())`.
 - **MACs** (multiply-accumulates): convolutions (`out_h · out_w · out · in/groups · k²`, SE convs
   on their 1×1 input) and the linear layer (`in · classes`), per image. A MixConv counts each
   slice's conv; a CondConv conv also counts mixing its E expert kernels (`E · weights`, a matrix
@@ -62,7 +62,8 @@ def op_cost(op: Op, bytes_per_element: int = 4) -> Cost:
     """The cost of one op of the plan."""
     if isinstance(op, ConvOp):
         weights = op.out_channels * (op.in_channels // op.groups) * op.kernel * op.kernel
-        params = weights + 2 * op.out_channels  # + batch-norm weight and bias
+        # + batch-norm weight and bias, or the conv's bias where there is no norm
+        params = weights + (op.out_channels if op.bias else 2 * op.out_channels)
         macs = weights * op.out_size * op.out_size
         if op.experts:
             # every expert's kernel is a parameter; mixing them is a (1×E)·(E×weights) product

@@ -1,9 +1,10 @@
 """`Network` → canonical `.eff` text: the formatter behind `effdsl fmt` and `compile -o x.eff`.
 
 The canonical form puts statements in a fixed order (input, scaling, defaults; presets; stem,
-stages, head, classifier), aligns the stage table and the presets in columns so that the spec
-reads like the paper's Table 1, writes shapes as shorthands (`e6 k3 s2 c24 x2`) and every other
-attribute as `key=value`, and keeps comments with the statement they belong to.
+stages, each followed by its `block` lines, head, classifier), aligns the stage table and the
+presets in columns so that the spec reads like the paper's Table 1, writes shapes as
+shorthands (`e6 k3 s2 c24 x2`) and every other attribute as `key=value`, and keeps comments
+with the statement they belong to.
 
 `format(parse(text))` is idempotent and `parse(format(network)) == network`.
 """
@@ -90,13 +91,17 @@ def _named(node: ast.Node, skip: Iterable[str] = ()) -> list[str]:
 
 # ---- statements as rows of cells -----------------------------------------------------------
 
-_SHAPE = ("kind", "expand", "kernel", "stride", "channels", "repeats")
+_SHAPE = ("kind", "expand", "kernel", "stride", "channels", "repeats", "lines")
 
 
 def _block_cells(block: ast.Block) -> list[str]:
-    """keyword, kind, e, k, s, c, x, then the named attributes as one cell."""
-    expand = "" if block.kind == "conv" else f"e{format_number(block.expand)}"
-    repeats = f"x{block.repeats}" if isinstance(block, ast.Stage) else ""
+    """keyword, kind, e, k, s, c, x, then the named attributes as one cell.
+
+    A line that gives its expanded width (`mid=`) has no ratio to show.
+    """
+    ratio = block.kind == "conv" or (isinstance(block, ast.Line) and block.mid is not None)
+    expand = "" if ratio else f"e{format_number(block.expand)}"
+    repeats = f"x{block.repeats}" if isinstance(block, ast.Line) else ""
     named = " ".join(_named(block, skip=_SHAPE))
     return [
         block.keyword,
@@ -170,7 +175,11 @@ def format(network: ast.Network) -> str:
     ]
     if network.presets:
         groups.append((network.presets, [_preset_cells(p) for p in network.presets]))
-    body: list[ast.Block] = [network.stem, *network.stages, network.head]
+    body: list[ast.Block] = [
+        network.stem,
+        *(line for stage in network.stages for line in stage.all_lines()),
+        network.head,
+    ]
     groups.append(
         (
             [*body, network.classifier],

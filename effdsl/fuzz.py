@@ -442,17 +442,24 @@ def random_attribute(rng: random.Random, node_type: type[ast.Node]) -> str:
     return f"{name}={random_value(rng, field_info.annotation, field_info.metadata)}"
 
 
-_BLOCK_TYPES: dict[str, type[ast.Node]] = {"stem": ast.Stem, "stage": ast.Stage, "head": ast.Head}
+_BLOCK_TYPES: dict[str, type[ast.Node]] = {
+    "stem": ast.Stem,
+    "stage": ast.Stage,
+    "block": ast.BlockLine,
+    "head": ast.Head,
+}
 
 
 def random_block(rng: random.Random, keyword: str) -> str:
-    """A stem, stage or head line, with shorthands or attributes in any order.
+    """A stem, stage, block or head line, with shorthands or attributes in any order.
 
     The kind is any of the language's block kinds, and now and then an attribute is drawn
     from the AST's fields, so that kinds and attributes added to the language are fuzzed too.
     """
+    lines = ("stage", "block")
     others = [k for k in ast.BLOCK_KINDS if k != "conv"]
-    kind = "conv" if keyword != "stage" or rng.random() < 0.2 or not others else rng.choice(others)
+    plain = keyword not in lines or rng.random() < 0.2 or not others
+    kind = "conv" if plain else rng.choice(others)
     shape = [kind]
     if kind != "conv":
         shape.append("e" + _pick(rng, (1, 1.5, 4, 6), (0.5, 1000, 1001)))
@@ -463,7 +470,7 @@ def random_block(rng: random.Random, keyword: str) -> str:
         shape.append("k" + _pick(rng, (1, 3, 5), (0, 2, 99, 101)))
     shape.append("s" + _pick(rng, (1, 2), (0, 3)))
     shape.append("c" + _pick(rng, (8, 16, 24, 40), (1, 1_000_000, 1_000_001)))
-    if keyword == "stage":
+    if keyword in lines:
         shape.append("x" + _pick(rng, (1, 2, 3), (0, 2_000, 10_000, 100_000, 100_001)))
     extra = []
     if kind == "mixconv" and rng.random() < 0.5:
@@ -475,7 +482,18 @@ def random_block(rng: random.Random, keyword: str) -> str:
     if kind != "conv" and rng.random() < 0.4:
         extra.append("se=" + _pick(rng, (0.25, "none", 0.5), (0, 1, 1.5)))
     if rng.random() < 0.2:
-        extra.append("act=" + rng.choice(ast.ACTIVATIONS))
+        extra.append("act=" + rng.choice((*ast.ACTIVATIONS, *ast.ALIASES)))
+    extra += _squeeze_options(rng, 0.1)
+    if rng.random() < 0.1:
+        extra.append("norm=" + rng.choice(ast.NORMS))
+    if keyword in lines and rng.random() < 0.1:
+        extra.append("mid=" + _pick(rng, (16, 24, 100), (0, 1_000_001)))
+    if keyword in lines and rng.random() < 0.1:
+        extra.append("full=" + rng.choice(("yes", "no")))
+    if keyword == "head" and rng.random() < 0.3:
+        extra.append("pool=" + rng.choice(("first", "last", "middle")))
+    if keyword == "head" and rng.random() < 0.1:
+        extra.append("shrink=" + rng.choice(("no", "yes")))
     if rng.random() < 0.1:
         extra.append("fix=" + rng.choice(ast.FIXES))
     if keyword == "stage" and rng.random() < 0.3:
@@ -488,6 +506,20 @@ def random_block(rng: random.Random, keyword: str) -> str:
         extra.append(random_attribute(rng, _BLOCK_TYPES[keyword]))
     words = [shape[0], *rng.sample(shape[1:], len(shape) - 1), *extra]
     return " ".join([keyword, *words])
+
+
+def _squeeze_options(rng: random.Random, rate: float) -> list[str]:
+    """Squeeze-and-excitation options, each with probability `rate`."""
+    options = []
+    if rng.random() < rate:
+        options.append("se_from=" + rng.choice(("input", "expanded", "output")))
+    if rng.random() < rate:
+        options.append("se_divisor=" + _pick(rng, (1, 8), (0, 1025)))
+    if rng.random() < rate:
+        options.append("se_act=" + rng.choice((*ast.ACTIVATIONS, "swish")))
+    if rng.random() < rate:
+        options.append("se_gate=" + rng.choice((*ast.GATES, "hswish")))
+    return options
 
 
 def random_spec(rng: random.Random) -> str:
@@ -517,6 +549,8 @@ def _spec(rng: random.Random) -> str:
             + _pick(rng, (1.15, 1), (1000,))
             + " divisor="
             + _pick(rng, (8, 1, 16), (1024, 0))
+            + rng.choice(("", " round_limit=0", " round_limit=0.9", " round_limit=2"))
+            + rng.choice(("", " depth_round=up", " depth_round=nearest"))
         )
     if rng.random() < 0.5:
         header.append(
@@ -528,6 +562,7 @@ def _spec(rng: random.Random) -> str:
             + rng.choice(ast.PADDINGS)
             + " drop_path="
             + _pick(rng, (0, 0.2), (0.99,))
+            + "".join(" " + option for option in _squeeze_options(rng, 0.3))
         )
     for _ in range(rng.choice((0, 0, 1, 2))):
         header.append(
@@ -548,7 +583,11 @@ def _spec(rng: random.Random) -> str:
             header.append(" ".join([keyword, *(random_attribute(rng, node_type)
                                                for _ in range(count))]))
     body = [random_block(rng, "stem")]
-    body += [random_block(rng, "stage") for _ in range(rng.randint(1, 6))]
+    for _ in range(rng.randint(1, 6)):
+        body.append(random_block(rng, "stage"))
+        body += [random_block(rng, "block") for _ in range(rng.choice((0, 0, 0, 1, 2)))]
+    if rng.random() < 0.05:  # a block line with no stage above it
+        body.insert(1, random_block(rng, "block"))
     body += [random_block(rng, "head"), "classifier classes=" + _pick(rng, (10, 1000), (10**7,))]
     statements = header + body
     if rng.random() < 0.2:

@@ -267,6 +267,9 @@ def convert(field_name: str, annotation: Any, word: Word, shown: str | None = No
         return _kernel(word)
     if get_origin(kind) is Literal:
         choices = get_args(kind)
+        alias = ast.ALIASES.get(word.text)
+        if alias in choices and word.type == "WORD":
+            return alias
         if word.text not in choices:
             hint = did_you_mean(word.text, choices) or f"one of {_one_of(choices)}"
             raise _Bad(f"unknown {shown or field_name} `{word.text}`", hint)
@@ -304,6 +307,7 @@ STATEMENTS: dict[str, type[ast.Node]] = {
     "preset": ast.Preset,
     "stem": ast.Stem,
     "stage": ast.Stage,
+    "block": ast.BlockLine,
     "head": ast.Head,
     "classifier": ast.Classifier,
 }
@@ -314,6 +318,8 @@ REQUIRED = ("input", "stem", "head", "classifier")
 def attributes(node_type: type[ast.Node]) -> list[str]:
     """The attributes a statement accepts as `key=value`, in the AST's field order."""
     names = [n for n in node_type.model_fields if n not in ast.TRIVIA]
+    if node_type is ast.Stage:
+        names.remove("lines")  # its `block` statements
     if issubclass(node_type, ast.Block):
         names.remove("kind")
         shape = [n for n in SHORTHANDS.values() if n in names]
@@ -654,15 +660,38 @@ def _assemble(
         return None
     nodes, network_trivia = _attach_comments(nodes, comments, header.line, end_line)
     fields: dict[str, Any] = {"presets": [], "stages": []}
+    lines: list[list[ast.BlockLine]] = []  # the `block` lines of each stage
+    open_stage = False  # the statement above is a stage or one of its block lines
     for node in nodes:
         if isinstance(node, ast.Preset):
             fields["presets"].append(node)
         elif isinstance(node, ast.Stage):
             fields["stages"].append(node)
+            lines.append([])
+        elif isinstance(node, ast.BlockLine):
+            if not open_stage:
+                reader.error(
+                    "a `block` line continues the stage right above it, and there is none",
+                    node.span,
+                    hint="put it under a `stage` line, or write it as a `stage` of its own",
+                )
+            elif len(lines[-1]) + 1 >= ast.MAX_LINES:
+                reader.error(
+                    f"a stage has at most {ast.MAX_LINES} block lines", node.span,
+                    hint="split the stage in two",
+                )
+            else:
+                lines[-1].append(node)
         else:
             fields[FIELD_OF_KEYWORD[node.keyword]] = node
+        open_stage = isinstance(node, ast.Stage) or (open_stage and isinstance(node, ast.BlockLine))
+    if reader.errors:
+        return None
     fields["presets"] = tuple(fields["presets"])
-    fields["stages"] = tuple(fields["stages"])
+    fields["stages"] = tuple(
+        stage.model_copy(update={"lines": tuple(more)}) if more else stage
+        for stage, more in zip(fields["stages"], lines, strict=True)
+    )
     try:
         network_name = convert("name", str, name)
     except _Bad as bad:
@@ -690,6 +719,7 @@ def _validate_partial(nodes: list[ast.Node]) -> list[EffError]:
         stages=[n for n in nodes if isinstance(n, ast.Stage)],
         presets=[n for n in nodes if isinstance(n, ast.Preset)],
         ends=[n for n in nodes if isinstance(n, (ast.Stem, ast.Head))],
+        lines=[n for n in nodes if isinstance(n, ast.BlockLine)],
     )
 
 

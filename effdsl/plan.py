@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 from effdsl import ast
 from effdsl.errors import BuildError, EffSemanticError, LimitError
-from effdsl.scaling import Multipliers
+from effdsl.scaling import Multipliers, make_divisible
 
 #: Lowering allocates per block; more than this many is refused (see `effdsl.limits`). Real
 #: networks have tens (EfficientNet-L2: 87); at 2,000 every command on any spec stays under a
@@ -31,9 +31,10 @@ Pad = tuple[int, int, int, int]  # left, right, top, bottom (the order of torch.
 
 @dataclass(frozen=True)
 class ConvOp:
-    """Convolution, then batch norm, then the activation (`act=None`: none).
+    """Convolution, then its normalisation, then the activation (`act=None`: none).
 
-    The module at `path` has children `conv` and `bn`.
+    The module at `path` has children `conv` and `bn`. With `norm="none"` there is no
+    normalisation and the conv has a bias (`bias`).
     """
 
     path: str
@@ -52,6 +53,12 @@ class ConvOp:
     # CondConv: the weight is a per-sample mixture of this many expert kernels, weighted by
     # the block's `RoutingOp`; 0 is an ordinary conv.
     experts: int = 0
+    norm: str = "batch"  # "batch" or "none"
+
+    @property
+    def bias(self) -> bool:
+        """A conv without a normalisation after it has a bias, which no shift follows."""
+        return self.norm == "none"
 
     @property
     def symmetric_padding(self) -> int | None:
@@ -66,17 +73,18 @@ class ConvOp:
 
 @dataclass(frozen=True)
 class SqueezeExciteOp:
-    """Global average pool, 1×1 conv down to `squeeze` (with `act`), 1×1 conv back, sigmoid gate.
+    """Global average pool, 1×1 conv down to `squeeze` (with `act`), 1×1 conv back, `gate`.
 
-    The module at `path` has children `reduce` and `expand` (1×1 convs with bias).
+    The module at `path` has children `reduce` and `expand` (1×1 convs with bias), and the
+    gate function (`sigmoid` or `hard_sigmoid`) as `gate`.
     """
 
     path: str
     channels: int
     squeeze: int
-    act: str
+    act: str | None
     size: int  # spatial size of the tensor it gates
-    gate: str = "sigmoid"  # the gate's function; sigmoid is the only one the language has so far
+    gate: str = "sigmoid"  # `sigmoid` or `hard_sigmoid`
 
     role: str = field(default="se", init=False)
 
@@ -126,6 +134,11 @@ class MixedConvOp:
     out_size: int
     bn_eps: float
     bn_momentum: float
+
+    @property
+    def norm(self) -> str:
+        """Always batch norm: `lower` refuses `norm=none` on a mixconv block."""
+        return "batch"
 
     @property
     def in_splits(self) -> tuple[int, ...]:
@@ -216,6 +229,7 @@ class StagePlan:
     in_size: int
     out_size: int
     blocks: tuple[BlockPlan, ...]
+    lines: int = 1  # block lines in the spec; kind, kernel, stride, expand, se: the first's
 
     @property
     def path(self) -> str:
@@ -256,6 +270,11 @@ class Plan:
     head: ConvOp
     classifier: ClassifierPlan
     scaling: Multipliers
+    head_pool: str = "last"  # "first": the global pool runs before the head (on a 1×1 map)
+
+    @property
+    def pooled_head(self) -> bool:
+        return self.head_pool == "first"
 
     def blocks(self) -> tuple[BlockPlan, ...]:
         """Every block of every stage, in forward order (a tuple: index it, take its len)."""
@@ -317,18 +336,25 @@ class _Options:
     bn_momentum: float
     drop_path: float
     padding: str
+    se_from: str
+    se_divisor: int | None
+    se_act: str | None
+    se_gate: str
+    norm: str
 
 
 def _options(block: ast.Block, defaults: ast.Defaults) -> _Options:
     """A block's options: its own overrides (`None`: not given), else the network's defaults."""
-    return _Options(
-        act=block.act if block.act is not None else defaults.act,
-        se=block.se if block.se is not None else defaults.se,
-        bn_eps=block.bn_eps if block.bn_eps is not None else defaults.bn_eps,
-        bn_momentum=block.bn_momentum if block.bn_momentum is not None else defaults.bn_momentum,
-        drop_path=block.drop_path if block.drop_path is not None else defaults.drop_path,
-        padding=block.padding if block.padding is not None else defaults.padding,
-    )
+    values = {
+        name: own if (own := getattr(block, name)) is not None else getattr(defaults, name)
+        for name in _Options.__dataclass_fields__
+    }
+    return _Options(**values)
+
+
+def _act(name: str | None) -> str | None:
+    """The plan's activation: `none` is no activation at all."""
+    return None if name == "none" else name
 
 
 def _conv(
@@ -354,22 +380,42 @@ def _conv(
         stride=stride,
         groups=groups,
         padding=padding,
-        act=options.act if act else None,
+        act=_act(options.act) if act else None,
         in_size=size,
         out_size=out_size,
         bn_eps=options.bn_eps,
         bn_momentum=options.bn_momentum,
+        norm=options.norm,
     )
 
 
-def expanded_channels(in_channels: int, expand: float) -> int:
-    """Width after expansion; fractional ratios round down, as torchvision's `adjust_channels`."""
-    return max(1, int(in_channels * expand))
+def expanded_channels(in_channels: int, expand: float, mid: int | None = None) -> int:
+    """Width after expansion: `mid` where the spec gives it, else `in · e` rounded to a multiple
+    of 8 as timm's and torchvision's inverted residuals round it (`make_divisible`: 24 · 2.3 is
+    56, not 55). A ratio of 1 keeps the width as it is."""
+    if mid is not None:
+        return mid
+    if expand == 1.0:
+        return in_channels
+    return make_divisible(in_channels * expand)
 
 
-def squeeze_channels(in_channels: int, se: float) -> int:
-    """SE width from the block's *input* channels, as the TF reference and torchvision do."""
-    return max(1, int(in_channels * se)) if se > 0 else 0
+def squeeze_channels(
+    in_channels: int,
+    mid_channels: int,
+    se: float,
+    source: str = "input",
+    divisor: int | None = None,
+) -> int:
+    """SE width: `se` of the block's *input* channels (the TF reference, torchvision's
+    EfficientNet) or of its *expanded* ones (MobileNetV3), rounded down, or to a multiple of
+    `divisor` where the spec asks (MobileNetV3: `make_divisible(mid / 4, 8)`)."""
+    if se <= 0:
+        return 0
+    width = (mid_channels if source == "expanded" else in_channels) * se
+    if divisor is not None:
+        return make_divisible(width, divisor)
+    return max(1, int(width))
 
 
 @dataclass(frozen=True)
@@ -445,6 +491,7 @@ def _block_ops(
     stride: int,
     size: int,
     options: _Options,
+    full: bool = False,
 ) -> tuple[Op, ...]:
     ops: list[Op] = []
     kernel = layout.kernels[0]
@@ -457,7 +504,7 @@ def _block_ops(
         ops.append(RoutingOp(f"{path}.routing", in_channels, experts, size))
     if kind in ("mbconv", "mixconv", "condconv"):
         width = in_channels
-        if mid != in_channels:
+        if mid != in_channels or full:
             expand = _mixed(
                 f"{path}.expand", "expand", in_channels, mid, (1,) * layout.expand_groups, 1,
                 size, options,
@@ -471,7 +518,7 @@ def _block_ops(
         ops.append(_with_experts(depthwise, experts))
         size = depthwise.out_size
     else:  # fused_mbconv
-        if mid == in_channels:  # ratio 1: a single k×k conv-BN-act does it all
+        if mid == in_channels and not full:  # ratio 1: one k×k conv-BN-act does it all
             return (
                 _conv(
                     f"{path}.conv", "conv", in_channels, out_channels, kernel, stride, size, options
@@ -481,7 +528,10 @@ def _block_ops(
         ops.append(fused)
         size = fused.out_size
     if se_channels:
-        ops.append(SqueezeExciteOp(f"{path}.se", mid, se_channels, options.act, size))
+        se_act = _act(options.se_act if options.se_act is not None else options.act)
+        ops.append(
+            SqueezeExciteOp(f"{path}.se", mid, se_channels, se_act, size, options.se_gate)
+        )
     project = _mixed(
         f"{path}.project", "project", mid, out_channels, (1,) * layout.project_groups, 1, size,
         options, act=False,
@@ -494,7 +544,7 @@ def check_blocks(network: ast.Network, max_blocks: int = MAX_BLOCKS) -> int:
     """The number of blocks of `network`; more than `max_blocks` is a `LimitError`."""
     if isinstance(max_blocks, bool) or not isinstance(max_blocks, int | float):
         raise LimitError(f"max_blocks must be a number, not {type(max_blocks).__name__}")
-    total = sum(stage.repeats for stage in network.stages)
+    total = sum(stage.total_repeats for stage in network.stages)
     if not total <= max_blocks:  # `not <=`: a NaN limit refuses rather than lets all through
         raise LimitError(
             f"network `{network.name}` has {total:,} blocks, more than the limit of {max_blocks:,}",
@@ -503,7 +553,7 @@ def check_blocks(network: ast.Network, max_blocks: int = MAX_BLOCKS) -> int:
     return total
 
 
-def _check_slices(stage: ast.Stage, ops: tuple[Op, ...]) -> None:
+def _check_slices(line: ast.Line, ops: tuple[Op, ...]) -> None:
     """Refuse a MixConv whose channels are too few for its slices: one would be empty."""
     for op in ops:
         if isinstance(op, MixedConvOp) and min(op.in_splits + op.out_splits) < 1:
@@ -512,7 +562,7 @@ def _check_slices(stage: ast.Stage, ops: tuple[Op, ...]) -> None:
             raise EffSemanticError(
                 f"{op.path} cuts {width} channels into {len(op.kernels)} slices, so one is "
                 "empty",
-                stage.span_of(attribute),
+                line.span_of(attribute),
                 hint="use fewer kernels or groups, or more channels",
             )
 
@@ -547,55 +597,70 @@ def lower(
     number = 0
     stages = []
     for s, stage in enumerate(network.stages):
-        options = _options(stage, defaults)
+        first_options = _options(stage, defaults)
         stage_in_size = size
-        blocks = []
-        for b in range(stage.repeats):
-            stride = stage.stride if b == 0 else 1
-            mid = channels if stage.kind == "conv" else expanded_channels(channels, stage.expand)
-            se_channels = squeeze_channels(channels, options.se) if stage.kind != "conv" else 0
-            path = f"stages.{s}.blocks.{b}"
-            ops = _block_ops(
-                path,
-                stage.kind,
-                channels,
-                stage.channels,
-                mid,
-                se_channels,
-                _Layout.of(stage),
-                stride,
-                size,
-                options,
-            )
-            _check_slices(stage, ops)
-            residual = stage.skip and stride == 1 and channels == stage.channels
-            out_size = ops[-1].out_size
-            blocks.append(
-                BlockPlan(
-                    path=path,
-                    stage=s,
-                    index=b,
-                    number=number,
-                    kind=stage.kind,
-                    in_channels=channels,
-                    out_channels=stage.channels,
-                    mid_channels=mid,
-                    kernel=stage.kernel,
-                    stride=stride,
-                    expand=stage.expand,
-                    se_channels=se_channels,
-                    act=options.act,
-                    # block i of N drops its branch with probability rate·i/N (N after depth
-                    # scaling: torchvision's convention, see tensorflow/tpu#381)
-                    drop_path=options.drop_path * number / total if residual else 0.0,
-                    residual=residual,
-                    in_size=size,
-                    out_size=out_size,
-                    ops=ops,
+        blocks: list[BlockPlan] = []
+        for line in stage.all_lines():
+            options = _options(line, defaults)
+            if line.kind in ("mixconv", "condconv") and options.norm != "batch":
+                raise EffSemanticError(
+                    f"a `{line.kind}` block is always batch-normalised, not `norm={options.norm}`",
+                    line.span_of("norm"),
+                    hint=f"set `norm=batch` on this {line.keyword} line",
                 )
-            )
-            number += 1
-            size, channels = out_size, stage.channels
+            for r in range(line.repeats):
+                b = len(blocks)
+                stride = line.stride if r == 0 else 1
+                if line.kind == "conv":
+                    mid, se_channels = channels, 0
+                else:
+                    mid = expanded_channels(channels, line.expand, line.mid)
+                    se_channels = squeeze_channels(
+                        channels, mid, options.se, options.se_from, options.se_divisor
+                    )
+                path = f"stages.{s}.blocks.{b}"
+                ops = _block_ops(
+                    path,
+                    line.kind,
+                    channels,
+                    line.channels,
+                    mid,
+                    se_channels,
+                    _Layout.of(line),
+                    stride,
+                    size,
+                    options,
+                    line.full,
+                )
+                _check_slices(line, ops)
+                residual = line.skip and stride == 1 and channels == line.channels
+                out_size = ops[-1].out_size
+                blocks.append(
+                    BlockPlan(
+                        path=path,
+                        stage=s,
+                        index=b,
+                        number=number,
+                        kind=line.kind,
+                        in_channels=channels,
+                        out_channels=line.channels,
+                        mid_channels=mid,
+                        kernel=line.kernel,
+                        stride=stride,
+                        expand=mid / channels if line.mid is not None else line.expand,
+                        se_channels=se_channels,
+                        act=options.act,
+                        # block i of N drops its branch with probability rate·i/N (N after
+                        # depth scaling: torchvision's convention, see tensorflow/tpu#381)
+                        drop_path=options.drop_path * number / total if residual else 0.0,
+                        residual=residual,
+                        in_size=size,
+                        out_size=out_size,
+                        ops=ops,
+                    )
+                )
+                number += 1
+                size, channels = out_size, line.channels
         stages.append(
             StagePlan(
                 index=s,
@@ -603,15 +668,17 @@ def lower(
                 kind=stage.kind,
                 kernel=stage.kernel,
                 stride=stage.stride,
-                expand=stage.expand,
-                se=options.se if stage.kind != "conv" else 0.0,
-                repeats=stage.repeats,
-                out_channels=stage.channels,
+                expand=blocks[0].expand,
+                se=first_options.se if stage.kind != "conv" else 0.0,
+                repeats=len(blocks),
+                out_channels=channels,
                 in_size=stage_in_size,
                 out_size=size,
                 blocks=tuple(blocks),
+                lines=len(stage.all_lines()),
             )
         )
+    head_pool = network.head.pool
     head = _conv(
         "head",
         "head",
@@ -619,7 +686,7 @@ def lower(
         network.head.channels,
         network.head.kernels[0],
         network.head.stride,
-        size,
+        1 if head_pool == "first" else size,  # after the pool, the map is 1×1
         _options(network.head, defaults),
     )
     classifier = ClassifierPlan(
@@ -637,4 +704,5 @@ def lower(
         head=head,
         classifier=classifier,
         scaling=scaling or Multipliers(),
+        head_pool=head_pool,
     )

@@ -245,8 +245,21 @@ def kind_name(kind: str, expand: float) -> str:
 
 def activation(act: str | None) -> str:
     names = {"silu": "SiLU", "relu": "ReLU", "relu6": "ReLU6", "hardswish": "HardSwish",
-             "gelu": "GELU"}
-    return "linear" if act is None else names.get(act, act)
+             "gelu": "GELU", "hard_sigmoid": "HardSigmoid"}
+    return "linear" if act is None or act == "none" else names.get(act, act)
+
+
+def gate_name(gate: str) -> str:
+    """The gate of a squeeze-and-excitation, as drawn."""
+    return {"sigmoid": "sigmoid", "hard_sigmoid": "hard-sigmoid"}.get(gate, gate)
+
+
+def squeeze_excite(block: BlockPlan) -> SqueezeExciteOp | None:
+    return next((op for op in block.ops if isinstance(op, SqueezeExciteOp)), None)
+
+
+def norm_label(op: ConvOp) -> str:
+    return " · bias, no norm" if op.norm == "none" else ""
 
 
 def clip(text: str, limit: int = 48) -> str:
@@ -317,12 +330,13 @@ def conv_end_part(op: ConvOp, kind: str, total: Cost, prefix: str, before: ConvO
     """The stem or the head: one convolution."""
     own = op_cost(op)
     stride = f" s{op.stride}" if op.stride > 1 else ""
+    pooled = op.role == "head" and op.in_size == 1 and op.out_size == 1
     box = Box(
         node_id(op.path, prefix),
         kind,
         (
-            title(op.role),
-            body(f"Conv {op.kernel}×{op.kernel}{stride} · {activation(op.act)}"),
+            title(f"{op.role} (after avgpool)" if pooled else op.role),
+            body(f"Conv {op.kernel}×{op.kernel}{stride}{norm_label(op)} · {activation(op.act)}"),
             # only the output width: "3 → 32 → 40 ch" would mix up the two kinds of arrow
             body(changed(str(op.out_channels), str(before.out_channels) if before else None),
                  " ch out"),
@@ -342,8 +356,8 @@ def classifier_part(plan: Plan, total: Cost, prefix: str, base: Plan | None) -> 
         "classifier",
         (
             title("classifier"),
-            body("avgpool · dropout ", changed(f"{head.dropout:g}", f"{was.dropout:g}" if was
-                                                else None)),
+            body("dropout " if plan.pooled_head else "avgpool · dropout ",
+                 changed(f"{head.dropout:g}", f"{was.dropout:g}" if was else None)),
             body(f"FC · {head.classes} classes"),
             *cost_rows(own, total, classifier_cost(was) if was else None),
         ),
@@ -468,17 +482,21 @@ def wrapped(groups: Sequence[Sequence[Part]]) -> tuple[Part, tuple[tuple[str, ..
 
 
 def stage_summary(stage: StagePlan) -> str:
-    """`MBConv6 k5 s2 · SiLU · SE 0.25 sigmoid`: what every block of the stage is."""
+    """`MBConv6 k5 s2 · SiLU · SE 0.25 sigmoid`: what every block of the stage is (of a stage
+    of several block lines, the first line's shape, and how many more lines follow)."""
     gates = dict.fromkeys(se_gate(block) for block in stage.blocks if block.se_channels)
-    se = f" · SE {stage.se:g} {'/'.join(gates)}" if stage.se else ""
+    gate = "/".join(gate_name(name) for name in gates)
+    se = f" · SE {stage.se:g} {gate}" if stage.se else (f" · SE {gate}" if gates else "")
     acts = "/".join(dict.fromkeys(activation(block.act) for block in stage.blocks))
     kernel = kernel_text(stage.kernel)
-    return f"{kind_name(stage.kind, stage.expand)} k{kernel} s{stage.stride} · {acts}{se}"
+    more = f" · +{stage.lines - 1} line{'s' if stage.lines > 2 else ''}" if stage.lines > 1 else ""
+    return f"{kind_name(stage.kind, stage.expand)} k{kernel} s{stage.stride} · {acts}{se}{more}"
 
 
 def se_gate(block: BlockPlan) -> str:
     """The gate of the block's squeeze-and-excitation (`sigmoid`), or "" where it has none."""
-    return next((op.gate for op in block.ops if isinstance(op, SqueezeExciteOp)), "")
+    se = squeeze_excite(block)
+    return se.gate if se is not None else ""
 
 
 def stage_counts(stage: StagePlan, was: StagePlan | None = None) -> tuple[Text, ...]:
@@ -594,7 +612,7 @@ def block_layout(block: BlockPlan) -> tuple[Row, ...]:
 def block_part(block: BlockPlan, prefix: str) -> Part:
     """Block detail: one box per block."""
     own = block_cost(block)
-    se = f" · SE {block.se_channels} {se_gate(block)}" if block.se_channels else ""
+    se = f" · SE {block.se_channels} {gate_name(se_gate(block))}" if block.se_channels else ""
     box = Box(
         node_id(block.path, prefix),
         block.kind,
@@ -630,7 +648,7 @@ def op_rows(op: Op) -> tuple[Row, ...]:
         return (
             title("squeeze-excite"),
             body(f"{op.channels} → {op.squeeze} → {op.channels} · {activation(op.act)}"),
-            body(f"{op.gate} gate"),
+            body(f"{gate_name(op.gate)} gate"),
         )
     if isinstance(op, RoutingOp):
         return (
@@ -657,7 +675,7 @@ def op_rows(op: Op) -> tuple[Row, ...]:
     experts = f" · {op.experts} experts" if op.experts else ""
     return (
         title(f"{op.role} {op.kernel}×{op.kernel}{stride}{experts}"),
-        body(f"{channels} · {activation(op.act)}"),
+        body(f"{channels}{norm_label(op)} · {activation(op.act)}"),
     )
 
 

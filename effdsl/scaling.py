@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,28 +25,53 @@ from effdsl.errors import ScalingError
 # ---- the reference rounding rules ----------------------------------------------------------
 
 
-def round_channels(channels: int, width: float, divisor: int = 8) -> int:
-    """Scale a channel count by `width`, to a multiple of `divisor`, never more than 10% down.
+def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> int:
+    """`value` rounded to the nearest multiple of `divisor`, but never below `round_limit` of it.
 
-    Rounding to a multiple of 8 keeps tensor-core and vector kernels efficient; rounding to the
-    nearest multiple (not down) keeps the net close to the intended width, and the +divisor
-    correction stops small layers from losing more than 10% of their channels (TF reference
-    `round_filters`, torchvision `_make_divisible`).
+    Multiples of 8 keep tensor-core and vector kernels efficient; rounding to the nearest (not
+    down) keeps the net close to the intended width, and adding one divisor back when the
+    result lost more than 10% stops small layers from shrinking too far (TF reference
+    `round_filters`, torchvision `_make_divisible`, timm `make_divisible`, whose `round_limit`
+    this is: timm's EfficientNetV2-B3 turns the rule off with 0).
     """
-    scaled = channels * width
-    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * scaled:
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < round_limit * value:
         rounded += divisor
     return int(rounded)
 
 
-def round_repeats(repeats: int, depth: float) -> int:
-    """Scale a stage's block count by `depth`, rounding up so no stage ever loses a block.
+def round_channels(channels: int, width: float, divisor: int = 8, round_limit: float = 0.9) -> int:
+    """Scale a channel count by `width`, to a multiple of `divisor` (see `make_divisible`)."""
+    return make_divisible(channels * width, divisor, round_limit)
+
+
+def round_repeats(repeats: int, depth: float, rounding: str = "up") -> int:
+    """Scale a stage's block count by `depth`: `up` so no stage ever loses a block
+    (EfficientNet), or to the `nearest` count, half to even as Python rounds (TinyNet).
 
     Products that are integers in decimal (5 × 1.4 = 7) can land a hair above the integer in
     binary floating point; rounding to 9 decimals first keeps `ceil` from adding a block there.
     """
+    if rounding == "nearest":
+        return max(1, round(repeats * depth))
     return max(1, math.ceil(round(repeats * depth, 9)))
+
+
+def split_repeats(repeats: Sequence[int], total: int) -> list[int]:
+    """Share a stage's scaled block count `total` among its lines in proportion to `repeats`.
+
+    timm's rule: from the last line back, each gets its share rounded (half to even) and at
+    least one, so the first line, usually the one that changes the stride or the width, is
+    the least likely to be repeated. One line gets `total`.
+    """
+    left, left_total = sum(repeats), total
+    shares = []
+    for count in reversed(repeats):
+        share = max(1, round(count / left * left_total))
+        shares.append(share)
+        left -= count
+        left_total -= share
+    return shares[::-1]
 
 
 def round_resolution(resolution: int, factor: float) -> int:
@@ -244,32 +270,66 @@ def _from_phi(
 # ---- the transforms -------------------------------------------------------------------------
 
 
-def scale_block(block: Any, factors: Multipliers, divisor: int) -> Any:
-    """One block with its channels (and, for a stage, repeats) scaled, unless it opts out."""
+def scale_block(block: Any, factors: Multipliers, scaling: ast.Scaling) -> Any:
+    """One block with its channels (and expanded width) scaled, unless it opts out."""
     update: dict[str, Any] = {}
     if block.scales_width and factors.width != 1.0:
-        update["channels"] = round_channels(block.channels, factors.width, divisor)
-    if isinstance(block, ast.Stage) and block.scales_depth and factors.depth != 1.0:
-        update["repeats"] = round_repeats(block.repeats, factors.depth)
-    for name, bound in (("channels", ast.MAX_CHANNELS), ("repeats", ast.MAX_REPEATS)):
+        width = round_channels(block.channels, factors.width, scaling.divisor, scaling.round_limit)
+        if isinstance(block, ast.Head) and not block.shrink:
+            width = max(width, block.channels)  # never narrower than written
+        update["channels"] = width
+        if isinstance(block, ast.Line) and block.mid is not None:
+            update["mid"] = round_channels(
+                block.mid, factors.width, scaling.divisor, scaling.round_limit
+            )
+    _check_bounds(block, update)
+    return block.model_copy(update=update) if update else block
+
+
+def _check_bounds(block: ast.Node, update: dict[str, Any]) -> None:
+    for name, bound in (
+        ("channels", ast.MAX_CHANNELS),
+        ("mid", ast.MAX_CHANNELS),
+        ("repeats", ast.MAX_REPEATS),
+    ):
         if update.get(name, 0) > bound:
             raise ScalingError(
                 f"scaling gives {update[name]} {name} in `{block.keyword}`, beyond the "
                 f"language's bound of {bound}",
                 block.span,
             )
-    return block.model_copy(update=update) if update else block
+
+
+def scale_stage(stage: ast.Stage, factors: Multipliers, scaling: ast.Scaling) -> ast.Stage:
+    """A stage with every line's width scaled and its block count scaled as a whole.
+
+    The lines that scale their depth share the stage's scaled count (`split_repeats`), so a
+    stage of several lines grows as timm's builder grows it; a one-line stage gets
+    `round_repeats`.
+    """
+    lines = [scale_block(line, factors, scaling) for line in stage.all_lines()]
+    scaled = [i for i, line in enumerate(lines) if line.scales_depth]
+    if scaled and factors.depth != 1.0:
+        counts = [lines[i].repeats for i in scaled]
+        total = round_repeats(sum(counts), factors.depth, scaling.depth_round)
+        for i, count in zip(scaled, split_repeats(counts, total), strict=True):
+            update = {"repeats": count}
+            _check_bounds(lines[i], update)
+            lines[i] = lines[i].model_copy(update=update)
+    first, *rest = lines
+    assert isinstance(first, ast.Stage)
+    return first.model_copy(update={"lines": tuple(rest)}) if rest else first
 
 
 def apply(network: ast.Network, factors: Multipliers) -> ast.Network:
     """The network with `factors` baked in: channels, repeats, input size, dropout."""
     _require(network, ast.Network, "network")
     _require(factors, Multipliers, "factors")
-    divisor = network.scaling.divisor
+    scaling = network.scaling
     update: dict[str, Any] = {
-        "stem": scale_block(network.stem, factors, divisor),
-        "stages": tuple(scale_block(s, factors, divisor) for s in network.stages),
-        "head": scale_block(network.head, factors, divisor),
+        "stem": scale_block(network.stem, factors, scaling),
+        "stages": tuple(scale_stage(s, factors, scaling) for s in network.stages),
+        "head": scale_block(network.head, factors, scaling),
         "presets": (),
     }
     if factors.resolution is not None and factors.resolution != network.input.size:

@@ -80,7 +80,13 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu6": lambda: nn.ReLU6(inplace=True),
     "hardswish": Hardswish,
     "gelu": nn.GELU,
+    # max(0, min(1, x/6 + 1/2)): torchvision's and timm's `hard_sigmoid` (timm's own fallback,
+    # relu6(x + 3) / 6, is the same function)
+    "hard_sigmoid": nn.Hardsigmoid,
 }
+
+#: The gate functions of squeeze-and-excitation.
+GATES: dict[str, Callable[[], nn.Module]] = {"sigmoid": nn.Sigmoid, "hard_sigmoid": nn.Hardsigmoid}
 
 
 def activation(name: str | None) -> nn.Module:
@@ -97,7 +103,11 @@ def activation(name: str | None) -> nn.Module:
 
 
 class ConvBNAct(nn.Module):
-    """Convolution (no bias), batch norm, activation: a `ConvOp` with symmetric padding."""
+    """Convolution, batch norm, activation: a `ConvOp` with symmetric padding.
+
+    The conv has no bias (the batch norm's shift does a bias's job) unless the op has no
+    normalisation (`norm="none"`), and then `bn` is the identity.
+    """
 
     def __init__(self, op: ConvOp, padding: int) -> None:
         super().__init__()
@@ -108,14 +118,23 @@ class ConvBNAct(nn.Module):
             op.stride,
             padding,
             groups=op.groups,
-            bias=False,  # the batch norm's shift does a bias's job
+            bias=op.bias,
         )
-        self.bn = nn.BatchNorm2d(op.out_channels, eps=op.bn_eps, momentum=op.bn_momentum)
+        self.bn = norm_layer(op)
         self.act = activation(op.act)
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.act(self.bn(self.conv(x)))
         return out
+
+
+def norm_layer(op: ConvOp) -> nn.Module:
+    """The normalisation after `op`'s conv."""
+    if op.norm == "none":
+        return nn.Identity()
+    if op.norm == "batch":
+        return nn.BatchNorm2d(op.out_channels, eps=op.bn_eps, momentum=op.bn_momentum)
+    raise BuildError(f"the PyTorch backend has no normalisation `{op.norm}`")
 
 
 class PaddedConvBNAct(ConvBNAct):
@@ -147,12 +166,16 @@ class SqueezeExcite(nn.Module):
         self.reduce = nn.Conv2d(op.channels, op.squeeze, 1)
         self.act = activation(op.act)
         self.expand = nn.Conv2d(op.squeeze, op.channels, 1)
+        if op.gate not in GATES:
+            raise BuildError(f"the PyTorch backend has no gate `{op.gate}`")
+        self.gate = GATES[op.gate]()
 
     def forward(self, x: Tensor) -> Tensor:
         scale = x.mean((2, 3), keepdim=True)  # N, C, 1, 1
         scale = self.act(self.reduce(scale))  # N, squeeze, 1, 1
         scale = self.expand(scale)  # N, C, 1, 1
-        return x * torch.sigmoid(scale)  # N, C, H, W
+        out: Tensor = x * self.gate(scale)  # N, C, H, W
+        return out
 
 
 class MixedConvBNAct(nn.Module):
@@ -381,7 +404,9 @@ class Stage(nn.Module):
 class EfficientNet(nn.Module):
     """Stem, stages, head, global average pool, dropout, linear classifier.
 
-    `plan` is the plan it was built from; `feature_info` describes every stage's output.
+    With a pooled head (`plan.pooled_head`, MobileNetV3) the pool comes before the head, which
+    then acts on a 1×1 map. `plan` is the plan it was built from; `feature_info` describes
+    every stage's output.
     """
 
     def __init__(self, plan: Plan) -> None:
@@ -393,16 +418,21 @@ class EfficientNet(nn.Module):
         self.classifier = nn.Linear(plan.classifier.in_features, plan.classifier.classes)
         self.plan = plan
         self.feature_info = plan.feature_info()
+        self.pooled_head = plan.pooled_head
 
     def forward_features(self, x: Tensor) -> Tensor:
+        """The feature map before the global pool: after the head, or (pooled head) before."""
         x = self.stem(x)  # N, C_stem, H/2, W/2
         for stage in self.stages:
             x = stage(x)
-        out: Tensor = self.head(x)  # N, C_head, H/32, W/32
-        return out
+        if not self.pooled_head:
+            x = self.head(x)  # N, C_head, H/32, W/32
+        return x
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.forward_features(x)
+        if self.pooled_head:
+            x = self.head(x.mean((2, 3), keepdim=True))  # N, C_head, 1, 1
         x = x.mean((2, 3))  # N, C_head
         logits: Tensor = self.classifier(self.dropout(x))  # N, classes
         return logits
@@ -587,12 +617,14 @@ class PooledSqueezeExcite(nn.Module):
         self.reduce = layer.reduce
         self.act = layer.act
         self.expand = layer.expand
+        self.gate = layer.gate
 
     def forward(self, x: Tensor) -> Tensor:
         scale = x.mean((2, 3))  # N, C
         scale = F.linear(scale, self.reduce.weight.flatten(1), self.reduce.bias)  # N, squeeze
         scale = F.linear(self.act(scale), self.expand.weight.flatten(1), self.expand.bias)
-        return x * torch.sigmoid(scale)[:, :, None, None]  # N, C, H, W
+        out: Tensor = x * self.gate(scale)[:, :, None, None]  # N, C, H, W
+        return out
 
 
 @checked

@@ -25,8 +25,11 @@ def validate_parts(
     stages: Sequence[ast.Stage],
     presets: Sequence[ast.Preset],
     ends: Sequence[ast.Block],
+    lines: Sequence[ast.Line] = (),
 ) -> list[EffError]:
     """The global rules over the statements that were read, in source order.
+
+    `lines` are `block` lines not (yet) attached to their stage.
 
     The parser calls this with the statements that built even when others had errors, so that
     one run reports a file's per-line and whole-network errors together.
@@ -44,7 +47,8 @@ def validate_parts(
                     f"{block.kind} blocks in stages",
                 )
             )
-    for block in (*ends, *stages):
+    every_line = [line for stage in stages for line in stage.all_lines()]
+    for block in (*ends, *every_line, *lines):
         if block.kind == "conv" and block.se:
             errors.append(
                 EffSemanticError(

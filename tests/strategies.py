@@ -26,6 +26,8 @@ scalings = st.builds(
     beta=st.floats(1.0, 2.0),
     gamma=st.floats(1.0, 2.0),
     divisor=st.sampled_from([1, 4, 8, 16]),
+    round_limit=st.sampled_from([0.0, 0.9]),
+    depth_round=st.sampled_from(["up", "nearest"]),
 )
 defaults = st.builds(
     ast.Defaults,
@@ -35,6 +37,11 @@ defaults = st.builds(
     bn_momentum=st.sampled_from([0.1, 0.01, 0.0003]),
     drop_path=rates,
     padding=st.sampled_from(ast.PADDINGS),
+    se_from=st.sampled_from(["input", "expanded"]),
+    se_divisor=st.one_of(maybe(), st.sampled_from([1, 8])),
+    se_act=st.one_of(maybe(), st.sampled_from(ast.ACTIVATIONS)),
+    se_gate=st.sampled_from(ast.GATES),
+    norm=st.sampled_from(ast.NORMS),
 )
 presets = st.builds(
     ast.Preset,
@@ -54,6 +61,9 @@ def _options() -> dict[str, st.SearchStrategy[object]]:
         "drop_path": st.one_of(maybe(), rates),
         "padding": st.one_of(maybe(), st.sampled_from(ast.PADDINGS)),
         "fix": st.sampled_from(ast.FIXES),
+        "se_gate": st.one_of(maybe(), st.sampled_from(ast.GATES)),
+        "se_act": st.one_of(maybe(), st.sampled_from(ast.ACTIVATIONS)),
+        "norm": st.one_of(maybe(), st.sampled_from(ast.NORMS)),
     }
 
 
@@ -65,11 +75,20 @@ conv_blocks = {
     **_options(),
 }
 stems = st.builds(ast.Stem, **conv_blocks)  # type: ignore[arg-type]
-heads = st.builds(ast.Head, **conv_blocks)  # type: ignore[arg-type]
+heads = st.one_of(
+    st.builds(ast.Head, **conv_blocks),  # type: ignore[arg-type]
+    st.builds(
+        ast.Head,
+        **{**conv_blocks, "kernel": st.just(1), "stride": st.just(1)},  # type: ignore[arg-type]
+        pool=st.just("first"),
+        shrink=st.booleans(),
+    ),
+)
 
 
 @st.composite
-def stages(draw: st.DrawFn) -> ast.Stage:
+def lines(draw: st.DrawFn, line: type[ast.Line]) -> dict[str, object]:
+    """The fields of a `stage` or `block` line."""
     kind = draw(st.sampled_from(ast.BLOCK_KINDS))
     expand = 1.0 if kind == "conv" else draw(st.sampled_from([1.0, 1.5, 3.0, 4.0, 6.0]))
     se = None if kind == "conv" else draw(st.one_of(maybe(), st.just(0.0), ratios))
@@ -84,18 +103,33 @@ def stages(draw: st.DrawFn) -> ast.Stage:
         }
     elif kind == "condconv":
         kind_options = {"experts": draw(st.integers(2, 5))}
-    return ast.Stage(
+    fields: dict[str, object] = dict(
         kind=kind,
-        expand=expand,
         kernel=kernel,
-        **kind_options,  # type: ignore[arg-type]
+        **kind_options,
         stride=draw(st.integers(1, 2)),
         channels=draw(st.integers(1, 64)),
         repeats=draw(st.integers(1, 4)),
         se=se,
         skip=draw(st.booleans()),
-        name=draw(st.one_of(maybe(), words, names)),
         **{key: draw(strategy) for key, strategy in _options().items()},
+    )
+    if kind != "conv" and draw(st.booleans()):
+        fields["mid"] = draw(st.integers(1, 96))
+    else:
+        fields["expand"] = expand
+    if kind != "conv":
+        fields["full"] = draw(st.booleans())
+    return fields
+
+
+@st.composite
+def stages(draw: st.DrawFn) -> ast.Stage:
+    more = draw(st.lists(lines(ast.BlockLine), max_size=2))
+    return ast.Stage(
+        **draw(lines(ast.Stage)),  # type: ignore[arg-type]
+        name=draw(st.one_of(maybe(), words, names)),
+        lines=tuple(ast.BlockLine(**fields) for fields in more),  # type: ignore[arg-type]
     )
 
 

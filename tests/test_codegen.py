@@ -188,7 +188,7 @@ def test_imports_only_torch_and_the_standard_library() -> None:
 def test_defines_the_classes_it_uses_and_nothing_else() -> None:
     b0 = to_python(lowered((SPECS / "b0.eff").read_text()))
     assert defined_names(b0) == {
-        "math", "torch", "nn", "ACTIVATIONS", "drop_path", "ConvBNAct", "SqueezeExcite",
+        "math", "torch", "nn", "ACTIVATIONS", "drop_path", "ConvBNAct", "SqueezeExcite", "GATES",
         "MBConv", "Stage", "EfficientnetB0", "main",
     }
     v2 = lowered(V2_LIKE)

@@ -84,7 +84,7 @@ def test_rendered_errors_have_file_line_caret(case: Case) -> None:
         ("stge mbconv e6 k3 s2 c24 x2", "did you mean `stage`?"),
         ("stage mbconv e6 k3 s2 c24 x2 kernal=3", "did you mean `kernel`?"),
         ("stage mbcnv e6 k3 s2 c24 x2", "did you mean `mbconv`?"),
-        ("stage mbconv e6 k3 s2 c24 x2 act=swish", "did you mean `hardswish`?"),
+        ("stage mbconv e6 k3 s2 c24 x2 act=hardswsh", "did you mean `hardswish`?"),
         ("stage mbconv e6 k3 s2 c24 x2 act=tanh", "one of `silu`, `relu`"),
         ("stage mbconv e6 k3 s2 c24 x2 se=0", "write `se=none`"),
         ("stage mbconv e6 k3 s2 c24 r2", "repeats are written x2"),
