@@ -461,7 +461,8 @@ def random_block(rng: random.Random, keyword: str) -> str:
     plain = keyword not in lines or rng.random() < 0.2 or not others
     kind = "conv" if plain else rng.choice(others)
     shape = [kind]
-    if kind != "conv":
+    mid = keyword in lines and kind != "conv" and rng.random() < 0.1
+    if kind != "conv" and not mid:
         shape.append("e" + _pick(rng, (1, 1.5, 4, 6), (0.5, 1000, 1001)))
     if kind == "mixconv" and rng.random() < 0.7:  # a kernel list, now and then a bad one
         kernels = rng.sample((1, 3, 5, 7, 9, 11), rng.randint(2, 4))
@@ -486,12 +487,12 @@ def random_block(rng: random.Random, keyword: str) -> str:
     extra += _squeeze_options(rng, 0.1)
     if rng.random() < 0.1:
         extra.append("norm=" + rng.choice(ast.NORMS))
-    if keyword in lines and rng.random() < 0.1:
+    if mid:
         extra.append("mid=" + _pick(rng, (16, 24, 100), (0, 1_000_001)))
-    if keyword in lines and rng.random() < 0.1:
+    if keyword in lines and kind != "conv" and rng.random() < 0.1:
         extra.append("full=" + rng.choice(("yes", "no")))
     if keyword == "head" and rng.random() < 0.3:
-        extra.append("pool=" + rng.choice(("first", "last", "middle")))
+        extra.append("pool=" + _pick(rng, ("first", "last"), ("middle",)))
     if keyword == "head" and rng.random() < 0.1:
         extra.append("shrink=" + rng.choice(("no", "yes")))
     if rng.random() < 0.1:
@@ -512,13 +513,13 @@ def _squeeze_options(rng: random.Random, rate: float) -> list[str]:
     """Squeeze-and-excitation options, each with probability `rate`."""
     options = []
     if rng.random() < rate:
-        options.append("se_from=" + rng.choice(("input", "expanded", "output")))
+        options.append("se_from=" + _pick(rng, ("input", "expanded"), ("output",)))
     if rng.random() < rate:
         options.append("se_divisor=" + _pick(rng, (1, 8), (0, 1025)))
     if rng.random() < rate:
         options.append("se_act=" + rng.choice((*ast.ACTIVATIONS, "swish")))
     if rng.random() < rate:
-        options.append("se_gate=" + rng.choice((*ast.GATES, "hswish")))
+        options.append("se_gate=" + _pick(rng, ast.GATES, ("hswish",)))
     return options
 
 
@@ -549,7 +550,8 @@ def _spec(rng: random.Random) -> str:
             + _pick(rng, (1.15, 1), (1000,))
             + " divisor="
             + _pick(rng, (8, 1, 16), (1024, 0))
-            + rng.choice(("", " round_limit=0", " round_limit=0.9", " round_limit=2"))
+            + rng.choice(("", " round_limit=0", " round_limit=0.9"))
+            + _pick(rng, ("",), (" round_limit=2",))
             + rng.choice(("", " depth_round=up", " depth_round=nearest"))
         )
     if rng.random() < 0.5:

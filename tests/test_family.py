@@ -54,6 +54,16 @@ TWINS = [
     Twin("mobilenetv3-small.eff", "small_075", "mobilenetv3_small_075"),
     Twin("mobilenetv3-small.eff", "small_050", "mobilenetv3_small_050"),
     Twin("mobilenetv3-minimal.eff", None, "tf_mobilenetv3_large_minimal_100"),
+    Twin("fbnet-c.eff", None, "fbnetc_100"),
+    Twin("spnasnet.eff", None, "spnasnet_100"),
+    Twin("efficientnet-edgetpu.eff", "s", "efficientnet_es"),
+    Twin("efficientnet-edgetpu.eff", "m", "efficientnet_em"),
+    Twin("tinynet.eff", "a", "tinynet_a"),
+    Twin("tinynet.eff", "b", "tinynet_b"),
+    Twin("tinynet.eff", "c", "tinynet_c"),
+    Twin("tinynet.eff", "d", "tinynet_d"),
+    Twin("tinynet.eff", "e", "tinynet_e"),
+    Twin("efficientnetv2-rw-s.eff", None, "efficientnetv2_rw_s"),
 ]
 
 
@@ -106,7 +116,16 @@ def assert_same_logits(theirs: nn.Module, network: effdsl.Network, source: str) 
 
 @pytest.mark.parametrize(
     "twin",
-    [pytest.param(TWINS[0], marks=pytest.mark.slow), TWINS[4], TWINS[5]],
+    [
+        pytest.param(TWINS[0], marks=pytest.mark.slow),
+        TWINS[4],
+        TWINS[5],
+        TWINS[6],  # FBNet-C: e1 blocks that keep their expansion conv
+        TWINS[7],  # SPNASNet: stages of several lines, the first in timm's `ds` block
+        pytest.param(TWINS[9], marks=pytest.mark.slow),  # EdgeTPU-M: mid=, fused blocks
+        TWINS[14],  # TinyNet-E: repeats rounded to the nearest, the head's floor
+        pytest.param(TWINS[15], marks=pytest.mark.slow),  # V2-RW-S: fused e1 with projection
+    ],
     ids=str,
 )
 def test_timm_weights_give_the_same_logits(twin: Twin) -> None:
