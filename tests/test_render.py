@@ -90,10 +90,10 @@ GOLDEN_CASES = {
     "b0-stage-lr": lambda: renderer.to_dot(b0(), rankdir="LR"),
     # hard-sigmoid SE gates, ReLU inside SE, a stage of three lines, the head after the pool
     "mobilenetv3-large-block": lambda: renderer.to_dot(
-        effdsl.load(SPECS / "mobilenetv3-large.eff"), detail="block"
+        effdsl.lower(effdsl.load(SPECS / "mobilenetv3-large.eff")), detail="block"
     ),
     "mobilenetv3-large-layer": lambda: renderer.to_dot(
-        effdsl.load(SPECS / "mobilenetv3-large.eff"), detail="layer"
+        effdsl.lower(effdsl.load(SPECS / "mobilenetv3-large.eff")), detail="layer"
     ),
 }
 
