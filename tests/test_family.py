@@ -56,13 +56,12 @@ TWINS = [
     Twin("mobilenetv3-minimal.eff", None, "tf_mobilenetv3_large_minimal_100"),
     Twin("fbnet-c.eff", None, "fbnetc_100"),
     Twin("spnasnet.eff", None, "spnasnet_100"),
-    Twin("efficientnet-edgetpu.eff", "s", "efficientnet_es"),
-    Twin("efficientnet-edgetpu.eff", "m", "efficientnet_em"),
-    Twin("tinynet.eff", "a", "tinynet_a"),
-    Twin("tinynet.eff", "b", "tinynet_b"),
-    Twin("tinynet.eff", "c", "tinynet_c"),
-    Twin("tinynet.eff", "d", "tinynet_d"),
-    Twin("tinynet.eff", "e", "tinynet_e"),
+    Twin("efficientnet-edgetpu.eff", "es", "efficientnet_es"),
+    Twin("efficientnet-edgetpu.eff", "em", "efficientnet_em"),
+    Twin("tinynet.eff", "tinynet_a", "tinynet_a"),
+    Twin("tinynet.eff", "tinynet_b", "tinynet_b"),
+    Twin("tinynet.eff", "tinynet_c", "tinynet_c"),
+    Twin("tinynet.eff", "tinynet_d", "tinynet_d"),
     Twin("efficientnetv2-rw-s.eff", None, "efficientnetv2_rw_s"),
 ]
 
@@ -114,17 +113,22 @@ def assert_same_logits(theirs: nn.Module, network: effdsl.Network, source: str) 
     theirs.load_state_dict(back, strict=True)
 
 
+def twin(name: str, slow: bool = False) -> object:
+    found = next(t for t in TWINS if t.timm == name)
+    return pytest.param(found, marks=pytest.mark.slow) if slow else found
+
+
 @pytest.mark.parametrize(
     "twin",
     [
-        pytest.param(TWINS[0], marks=pytest.mark.slow),
-        TWINS[4],
-        TWINS[5],
-        TWINS[6],  # FBNet-C: e1 blocks that keep their expansion conv
-        TWINS[7],  # SPNASNet: stages of several lines, the first in timm's `ds` block
-        pytest.param(TWINS[9], marks=pytest.mark.slow),  # EdgeTPU-M: mid=, fused blocks
-        TWINS[14],  # TinyNet-E: repeats rounded to the nearest, the head's floor
-        pytest.param(TWINS[15], marks=pytest.mark.slow),  # V2-RW-S: fused e1 with projection
+        twin("mobilenetv3_large_100", slow=True),
+        twin("mobilenetv3_small_050"),
+        twin("tf_mobilenetv3_large_minimal_100"),
+        twin("fbnetc_100"),  # e1 blocks that keep their expansion conv
+        twin("spnasnet_100"),  # stages of several lines, the first in timm's `ds` block
+        twin("efficientnet_em", slow=True),  # mid=, fused blocks
+        twin("tinynet_d"),  # repeats rounded to the nearest, the head's floor
+        twin("efficientnetv2_rw_s", slow=True),  # fused e1 that keeps its projection
     ],
     ids=str,
 )
