@@ -402,8 +402,9 @@ def expanded_channels(in_channels: int, expand: float, mid: int | None = None) -
 
 def squeeze_channels(
     in_channels: int,
-    mid_channels: int,
     se: float,
+    *,
+    mid_channels: int | None = None,
     source: str = "input",
     divisor: int | None = None,
 ) -> int:
@@ -412,7 +413,8 @@ def squeeze_channels(
     `divisor` where the spec asks (MobileNetV3: `make_divisible(mid / 4, 8)`)."""
     if se <= 0:
         return 0
-    width = (mid_channels if source == "expanded" else in_channels) * se
+    expanded = mid_channels if mid_channels is not None else in_channels
+    width = (expanded if source == "expanded" else in_channels) * se
     if divisor is not None:
         return make_divisible(width, divisor)
     return max(1, int(width))
@@ -616,7 +618,11 @@ def lower(
                 else:
                     mid = expanded_channels(channels, line.expand, line.mid)
                     se_channels = squeeze_channels(
-                        channels, mid, options.se, options.se_from, options.se_divisor
+                        channels,
+                        options.se,
+                        mid_channels=mid,
+                        source=options.se_from,
+                        divisor=options.se_divisor,
                     )
                 path = f"stages.{s}.blocks.{b}"
                 ops = _block_ops(
