@@ -32,7 +32,7 @@ from pydantic.json_schema import SkipJsonSchema
 from effdsl.errors import EffSemanticError, Span
 
 Activation = Literal["silu", "relu", "relu6", "hardswish", "gelu", "hard_sigmoid", "none"]
-BlockKind = Literal["conv", "mbconv", "fused_mbconv", "mixconv", "condconv"]
+BlockKind = Literal["conv", "mbconv", "fused_mbconv", "mixconv", "condconv", "separable"]
 Padding = Literal["symmetric", "same"]
 Fix = Literal["none", "depth", "width", "all"]
 Gate = Literal["sigmoid", "hard_sigmoid"]
@@ -310,8 +310,8 @@ class Block(BlockOptions):
     """What the stem, every stage and the head share: a block kind and its shape."""
 
     kind: BlockKind = Field(
-        description="`conv`, `mbconv`, `fused_mbconv`, `mixconv` (mixed-kernel depthwise) or "
-        "`condconv` (per-sample expert kernels)."
+        description="`conv`, `mbconv`, `fused_mbconv`, `mixconv` (mixed-kernel depthwise), "
+        "`condconv` (per-sample expert kernels) or `separable` (depthwise-separable)."
     )
     expand: float = Field(default=1.0, ge=1.0, le=MAX_EXPAND, description="Expansion ratio (e).")
     kernel: Kernel = Field(
@@ -377,8 +377,10 @@ class Block(BlockOptions):
 
     @model_validator(mode="after")
     def _conv_has_no_expansion(self) -> Block:
-        if self.kind == "conv" and self.expand != 1.0:
-            raise ValueError("a `conv` block has no expansion ratio; use mbconv or fused_mbconv")
+        if self.kind in ("conv", "separable") and self.expand != 1.0:
+            raise ValueError(
+                f"a `{self.kind}` block has no expansion ratio; use mbconv or fused_mbconv"
+            )
         return self
 
     # Options of one block kind: checked per field (the kind comes first), so that an error
@@ -478,12 +480,12 @@ class Line(Block):
     @model_validator(mode="after")
     def _expanded_width_once(self) -> Line:
         if self.mid is not None:
-            if self.kind == "conv":
-                raise ValueError("a `conv` block has no expanded width; remove `mid=`")
+            if self.kind in ("conv", "separable"):
+                raise ValueError(f"a `{self.kind}` block has no expanded width; remove `mid=`")
             if "expand" in self.model_fields_set and self.expand != 1.0:
                 raise ValueError("give the expansion as a ratio (e) or a width (mid=), not both")
-        if self.full and self.kind == "conv":
-            raise ValueError("a `conv` block has no expansion; remove `full=`")
+        if self.full and self.kind in ("conv", "separable"):
+            raise ValueError(f"a `{self.kind}` block has no expansion; remove `full=`")
         if self.full and self.kind in ("mixconv", "condconv"):
             raise ValueError(f"`full=` is for mbconv and fused_mbconv, not `{self.kind}`")
         return self

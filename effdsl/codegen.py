@@ -51,6 +51,8 @@ BLOCK_CLASSES = {
     ("fused_mbconv", ("conv",)): "ConvBlock",  # expansion 1: a single k×k conv
     ("fused_mbconv", ("expand", "se", "project")): "FusedMBConv",
     ("fused_mbconv", ("expand", "project")): "FusedMBConv",
+    ("separable", ("depthwise", "pointwise")): "SeparableConv",
+    ("separable", ("depthwise", "se", "pointwise")): "SeparableConv",
     **{
         (kind, (*routing, *expand, "depthwise", *se, "project")): name
         for kind, name, routing in (
@@ -64,7 +66,7 @@ BLOCK_CLASSES = {
 }
 
 #: The block classes in the order they are defined.
-BLOCK_ORDER = ("ConvBlock", "MBConv", "FusedMBConv", "MixConv", "CondConv")
+BLOCK_ORDER = ("ConvBlock", "MBConv", "FusedMBConv", "MixConv", "CondConv", "SeparableConv")
 
 # Names the generated module may define besides the model class.
 _FIXED_NAMES = (
@@ -416,6 +418,41 @@ class ConvBlock(nn.Module):
 {_RESIDUAL}'''
 
 
+def _separable(used: _Used, padding: str) -> str:
+    norm_arg, norm = _norm(used)
+    se = _se_parts(used, channels="cin")
+    return f'''\
+class SeparableConv(nn.Module):
+    """Depthwise-separable conv: k×k depthwise, squeeze-and-excitation, 1×1 pointwise, both
+    convs with their activation (MobileNetV1's block; `residual` is always False)."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int,
+        padding: {padding},{se["{squeeze_arg}"]}
+        act: str | None,
+        eps: float,
+        momentum: float,
+        drop_rate: float,
+        residual: bool,{se["{gate_arg}"]}{norm_arg}
+    ) -> None:
+        super().__init__()
+        self.depthwise = ConvBNAct(
+            cin, cin, kernel, stride, padding, groups=cin, act=act, eps=eps, momentum=momentum{norm}
+        ){se["{se_layer}"]}
+        self.pointwise = ConvBNAct(cin, cout, 1, act=act, eps=eps, momentum=momentum{norm})
+        self.drop_rate = drop_rate
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.depthwise(x){se["{se_step}"]}
+        out = self.pointwise(out)
+{_RESIDUAL}'''
+
+
 def _inverted_residual(name: str, used: _Used, padding: str) -> str:
     """MBConv or FusedMBConv: they differ in where the k×k conv is and what it sees."""
     norm_arg, norm = _norm(used)
@@ -689,9 +726,10 @@ class Stage(nn.Module):
         return x'''
 
 
-def _se_parts(used: _Used) -> dict[str, str]:
-    """The squeeze-and-excitation arguments, layer and step of an inverted residual's source:
-    its width, its own activation and its gate where the plan has them."""
+def _se_parts(used: _Used, channels: str = "mid") -> dict[str, str]:
+    """The squeeze-and-excitation arguments, layer and step of a block class's source: its
+    width, its own activation and its gate where the plan has them; it gates the tensor of
+    `channels` channels (the name of the constructor's argument)."""
     if not used.squeeze_excite:
         return {"{squeeze_arg}": "", "{gate_arg}": "", "{se_layer}": "", "{se_step}": ""}
     se_act = "se_act" if used.se_options else "act"
@@ -700,7 +738,7 @@ def _se_parts(used: _Used) -> dict[str, str]:
         "{squeeze_arg}": "\n        squeeze: int,"
         + ("\n        se_act: str | None," if used.se_options else ""),
         "{gate_arg}": '\n        gate: str = "sigmoid",' if gates else "",
-        "{se_layer}": f"\n        self.se = SqueezeExcite(mid, squeeze, {se_act}"
+        "{se_layer}": f"\n        self.se = SqueezeExcite({channels}, squeeze, {se_act}"
         f"{', gate' if gates else ''}) if squeeze else nn.Identity()",
         "{se_step}": "\n        out = self.se(out)",
     }
@@ -724,6 +762,8 @@ def _block_classes(used: _Used) -> list[str]:
         elif name == "CondConv":
             any_padding = {**parts, "{padding}": "int | tuple[int, int, int, int]"}
             classes += [_filled(_COND_CONV, any_padding), _filled(_COND_CONV_BLOCK, any_padding)]
+        elif name == "SeparableConv":
+            classes.append(_separable(used, padding))
         else:
             classes.append(_inverted_residual(name, used, padding))
     return classes
@@ -762,6 +802,7 @@ SPATIAL_ROLES = {
     "FusedMBConv": "expand",
     "MixConv": "depthwise",
     "CondConv": "depthwise",
+    "SeparableConv": "depthwise",
 }
 
 
@@ -816,7 +857,7 @@ def _block_call(block: BlockPlan, used: _Used) -> str:
     spatial = _spatial_op(block, name)
     kernels, stride, paddings = _shape_of(spatial)
     args = [str(block.in_channels)]
-    if name != "ConvBlock":
+    if name not in ("ConvBlock", "SeparableConv"):
         args.append(str(block.mid_channels))
     args.append(str(block.out_channels))
     if name == "MixConv":
@@ -855,7 +896,7 @@ def _block_call(block: BlockPlan, used: _Used) -> str:
 
 
 def _stage_comment(stage: StagePlan) -> str:
-    expand = "" if stage.kind == "conv" else f" e{stage.expand:g}"
+    expand = "" if stage.kind in ("conv", "separable") else f" e{stage.expand:g}"
     return (
         f"# {stage.index} {stage.name!r}: {stage.kind}{expand} k{kernel_text(stage.kernel)} "
         f"s{stage.stride} c{stage.out_channels} x{stage.repeats}, "
@@ -870,7 +911,7 @@ def _signatures(used: _Used) -> list[str]:
         squeeze += " se_act,"
     lines = []
     for name in used.blocks:
-        channels = "in, out" if name == "ConvBlock" else "in, mid, out"
+        channels = "in, out" if name in ("ConvBlock", "SeparableConv") else "in, mid, out"
         extra = "" if name == "ConvBlock" else squeeze
         shape = {
             "MixConv": "kernels, stride, paddings, expand_groups, project_groups,",

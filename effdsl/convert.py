@@ -160,6 +160,8 @@ def _timm_conv_name(block: BlockPlan, op: ConvOp | MixedConvOp) -> str:
         return "conv_exp" if block.kind == "fused_mbconv" else "conv_pw"
     if op.role == "project":
         return "conv_pwl" if expanded else "conv_pw"
+    if op.role == "pointwise":
+        return "conv_pw"
     return "conv_dw" if op.role == "depthwise" else "conv"
 
 

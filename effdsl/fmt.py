@@ -99,7 +99,9 @@ def _block_cells(block: ast.Block) -> list[str]:
 
     A line that gives its expanded width (`mid=`) has no ratio to show.
     """
-    ratio = block.kind == "conv" or (isinstance(block, ast.Line) and block.mid is not None)
+    ratio = block.kind in ("conv", "separable") or (
+        isinstance(block, ast.Line) and block.mid is not None
+    )
     expand = "" if ratio else f"e{format_number(block.expand)}"
     repeats = f"x{block.repeats}" if isinstance(block, ast.Line) else ""
     named = " ".join(_named(block, skip=_SHAPE))

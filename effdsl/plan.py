@@ -498,6 +498,24 @@ def _block_ops(
     ops: list[Op] = []
     kernel = layout.kernels[0]
     experts = layout.experts
+    if kind == "separable":  # depthwise, SE, pointwise with its activation (MobileNetV1)
+        depthwise = _conv(
+            f"{path}.depthwise", "depthwise", in_channels, in_channels, kernel, stride, size,
+            options, groups=in_channels,
+        )
+        ops.append(depthwise)
+        size = depthwise.out_size
+        if se_channels:
+            se_act = _act(options.se_act if options.se_act is not None else options.act)
+            ops.append(
+                SqueezeExciteOp(
+                    f"{path}.se", in_channels, se_channels, se_act, size, options.se_gate
+                )
+            )
+        ops.append(
+            _conv(f"{path}.pointwise", "pointwise", in_channels, out_channels, 1, 1, size, options)
+        )
+        return tuple(ops)
     if kind == "conv":
         return (
             _conv(f"{path}.conv", "conv", in_channels, out_channels, kernel, stride, size, options),
@@ -513,12 +531,12 @@ def _block_ops(
             )
             ops.append(_with_experts(expand, experts))
             width = mid
-        depthwise = _mixed(
+        spatial = _mixed(
             f"{path}.depthwise", "depthwise", width, width, layout.kernels, stride, size, options,
             depthwise=True,
         )
-        ops.append(_with_experts(depthwise, experts))
-        size = depthwise.out_size
+        ops.append(_with_experts(spatial, experts))
+        size = spatial.out_size
     else:  # fused_mbconv
         if mid == in_channels and not full:  # ratio 1: one k×k conv-BN-act does it all
             return (
@@ -615,6 +633,11 @@ def lower(
                 stride = line.stride if r == 0 else 1
                 if line.kind == "conv":
                     mid, se_channels = channels, 0
+                elif line.kind == "separable":
+                    mid = channels
+                    se_channels = squeeze_channels(
+                        channels, options.se, source=options.se_from, divisor=options.se_divisor
+                    )
                 else:
                     mid = expanded_channels(channels, line.expand, line.mid)
                     se_channels = squeeze_channels(
@@ -639,7 +662,13 @@ def lower(
                     line.full,
                 )
                 _check_slices(line, ops)
-                residual = line.skip and stride == 1 and channels == line.channels
+                # a separable block has no residual connection (MobileNetV1, timm's `dsa`)
+                residual = (
+                    line.kind != "separable"
+                    and line.skip
+                    and stride == 1
+                    and channels == line.channels
+                )
                 out_size = ops[-1].out_size
                 blocks.append(
                     BlockPlan(

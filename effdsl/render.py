@@ -87,6 +87,7 @@ PALETTE: dict[str, Swatch] = {
     "mbconv": Swatch("#d8eed5", "#3a8a3a", "MBConv"),
     "mixconv": Swatch("#fbf3c4", "#a88a12", "MixConv"),
     "condconv": Swatch("#f5d9ec", "#a4497f", "CondConv"),
+    "separable": Swatch("#e3ecf7", "#4f6f9a", "SepConv"),
     "head": Swatch("#d3eeea", "#2a8579", "head"),
     "classifier": Swatch("#f6d5d5", "#b04848", "classifier"),
     "add": Swatch("#ffffff", "#777777", "residual add"),
@@ -99,6 +100,7 @@ STAGE_TINT: dict[str, str] = {
     "mbconv": "#f3faf2",
     "mixconv": "#fffcea",
     "condconv": "#fdf3f9",
+    "separable": "#f4f7fb",
 }
 BLOCK_TINT = "#ffffff"
 
@@ -238,8 +240,8 @@ def ratio(number: float) -> str:
 
 def kind_name(kind: str, expand: float) -> str:
     """`MBConv6`, `Fused-MBConv4`, `Conv`: the kind as the papers write it."""
-    if kind == "conv":
-        return "Conv"
+    if kind in ("conv", "separable"):
+        return PALETTE[kind].legend
     return f"{PALETTE[kind].legend}{ratio(expand)}"
 
 

@@ -23,6 +23,7 @@ BLOCK_NAMES = {
     "fused_mbconv": "FusedMBConv",
     "mixconv": "MixConv",
     "condconv": "CondConv",
+    "separable": "SepConv",
 }
 
 
@@ -71,7 +72,7 @@ def summarize(network: ast.Network, factors: Multipliers) -> Summary:
 def block_label(stage: StagePlan) -> str:
     """`MBConv6`, `FusedMBConv4`, `Conv`: the paper's way of naming a stage's block."""
     name = BLOCK_NAMES[stage.kind]
-    if stage.kind == "conv":
+    if stage.kind in ("conv", "separable"):
         return name
     expand = f"{stage.expand:g}"
     return f"{name}{expand}"

@@ -304,9 +304,9 @@ def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
 # ---- blocks, stages, networks ---------------------------------------------------------------
 
 # The order in which a block runs its ops; every block kind's ops are a subsequence of it
-# (mbconv: expand?, depthwise, se?, project; fused: expand, se?, project; conv: conv; a
-# condconv block starts with its routing function).
-OP_ORDER = ("routing", "conv", "expand", "depthwise", "se", "project")
+# (mbconv: expand?, depthwise, se?, project; fused: expand, se?, project; conv: conv;
+# separable: depthwise, se?, pointwise; a condconv block starts with its routing function).
+OP_ORDER = ("routing", "conv", "expand", "depthwise", "se", "pointwise", "project")
 
 
 def _block_layers(block: BlockPlan) -> dict[str, nn.Module]:
@@ -339,6 +339,7 @@ class Block(nn.Module):
         self.expand = layers.get("expand")
         self.depthwise = layers.get("depthwise")
         self.se = layers.get("se")
+        self.pointwise = layers.get("pointwise")
         self.project = layers.get("project")
         self.residual = block.residual
         self.drop_rate = block.drop_path
@@ -353,6 +354,8 @@ class Block(nn.Module):
             out = self.depthwise(out)  # N, C_mid, H/s, W/s
         if self.se is not None:
             out = self.se(out)  # N, C_mid, H/s, W/s
+        if self.pointwise is not None:
+            out = self.pointwise(out)  # N, C_out, H/s, W/s (separable: with its activation)
         if self.project is not None:
             out = self.project(out)  # N, C_out, H/s, W/s
         return self._residual(out, x)

@@ -25,6 +25,8 @@ VALUE_DOCS = {
     "stride, squeeze-and-excitation, 1×1 projection without activation.",
     ("kind", "fused_mbconv"): "Fused-MBConv: k×k expansion conv with the stride, optional SE, "
     "1×1 projection; with e = 1 a single k×k conv-BN-act.",
+    ("kind", "separable"): "Depthwise-separable: depthwise k×k with the stride, optional SE, "
+    "1×1 pointwise conv, both convs with their activation; no residual (MobileNetV1, LCNet).",
     ("act", "silu"): "SiLU (swish): x · sigmoid(x).",
     ("act", "relu"): "ReLU: max(x, 0).",
     ("act", "relu6"): "ReLU6: min(max(x, 0), 6).",
