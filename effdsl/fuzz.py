@@ -129,8 +129,9 @@ NUMBERS = (
 )
 WORDS = (
     "network", "input", "scaling", "defaults", "preset", "stem", "stage", "head", "classifier",
-    "conv", "mbconv", "fused_mbconv", "mixconv", "condconv", "k3.5.7", "k3.5.7.9.11.13.15.17",
-    "k3.5.", "k.3", "k3..5", "k1.0.1", "e6.5.7", "experts=4", "experts=1", "experts=65",
+    "conv", "mbconv", "fused_mbconv", "mixconv", "condconv", "separable", "k3.5.7",
+    "k3.5.7.9.11.13.15.17", "k3.5.", "k.3", "k3..5", "k1.0.1", "e6.5.7", "experts=4", "experts=1",
+    "experts=65",
     "expand_groups=2", "project_groups=64", "project_groups=0", "kernel=3.5",
     "{", "}", "=", '"', "#", "\\", "se=none", "se=0",
     "name=x", 'name="a b"', "skip=maybe", "fix=all", "act=tanh", "padding=same", "kernel=3",
@@ -461,8 +462,10 @@ def random_block(rng: random.Random, keyword: str) -> str:
     plain = keyword not in lines or rng.random() < 0.2 or not others
     kind = "conv" if plain else rng.choice(others)
     shape = [kind]
-    mid = keyword in lines and kind != "conv" and rng.random() < 0.1
-    if kind != "conv" and not mid:
+    # conv and separable have no expansion: now and then they get one anyway, an error
+    expanded = kind not in ("conv", "separable") or rng.random() < 0.05
+    mid = keyword in lines and expanded and rng.random() < 0.1
+    if expanded and not mid:
         shape.append("e" + _pick(rng, (1, 1.5, 4, 6), (0.5, 1000, 1001)))
     if kind == "mixconv" and rng.random() < 0.7:  # a kernel list, now and then a bad one
         kernels = rng.sample((1, 3, 5, 7, 9, 11), rng.randint(2, 4))
@@ -489,7 +492,7 @@ def random_block(rng: random.Random, keyword: str) -> str:
         extra.append("norm=" + rng.choice(ast.NORMS))
     if mid:
         extra.append("mid=" + _pick(rng, (16, 24, 100), (0, 1_000_001)))
-    if keyword in lines and kind != "conv" and rng.random() < 0.1:
+    if keyword in lines and expanded and rng.random() < 0.1:
         extra.append("full=" + rng.choice(("yes", "no")))
     if keyword == "head" and rng.random() < 0.3:
         extra.append("pool=" + _pick(rng, ("first", "last"), ("middle",)))

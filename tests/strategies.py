@@ -90,7 +90,8 @@ heads = st.one_of(
 def lines(draw: st.DrawFn, line: type[ast.Line]) -> dict[str, object]:
     """The fields of a `stage` or `block` line."""
     kind = draw(st.sampled_from(ast.BLOCK_KINDS))
-    expand = 1.0 if kind == "conv" else draw(st.sampled_from([1.0, 1.5, 3.0, 4.0, 6.0]))
+    expanded = kind not in ("conv", "separable")  # the kinds with an expansion ratio
+    expand = 1.0 if not expanded else draw(st.sampled_from([1.0, 1.5, 3.0, 4.0, 6.0]))
     se = None if kind == "conv" else draw(st.one_of(maybe(), st.just(0.0), ratios))
     kernel: ast.Kernel = draw(odd_kernels)
     kind_options: dict[str, object] = {}
@@ -114,11 +115,11 @@ def lines(draw: st.DrawFn, line: type[ast.Line]) -> dict[str, object]:
         skip=draw(st.booleans()),
         **{key: draw(strategy) for key, strategy in _options().items()},
     )
-    if kind != "conv" and draw(st.booleans()):
+    if expanded and draw(st.booleans()):
         fields["mid"] = draw(st.integers(1, 96))
     else:
         fields["expand"] = expand
-    if kind != "conv":
+    if expanded:
         fields["full"] = draw(st.booleans())
     return fields
 

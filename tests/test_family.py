@@ -36,9 +36,15 @@ class Twin:
     spec: str
     preset: str | None
     timm: str
+    #: timm's `tf_` port of TensorFlow weights: TensorFlow's SAME padding and batch-norm ε 1e-3,
+    #: which a spec for those weights would set in its `defaults` line
+    tf: bool = False
 
     def network(self, resolution: int | None = None) -> effdsl.Network:
         network = effdsl.load(SPECS / self.spec)
+        if self.tf:
+            defaults = network.defaults.model_copy(update={"padding": "same", "bn_eps": 0.001})
+            network = network.model_copy(update={"defaults": defaults})
         if self.preset is None and resolution is None:
             return network
         return effdsl.scale(network, preset=self.preset, resolution=resolution)
@@ -63,6 +69,13 @@ TWINS = [
     Twin("tinynet.eff", "tinynet_c", "tinynet_c"),
     Twin("tinynet.eff", "tinynet_d", "tinynet_d"),
     Twin("efficientnetv2-rw-s.eff", None, "efficientnetv2_rw_s"),
+    *(Twin("lcnet.eff", name, name) for name in ("lcnet_035", "lcnet_050", "lcnet_075")),
+    *(Twin("lcnet.eff", name, name) for name in ("lcnet_100", "lcnet_150")),
+    Twin("mobilenetv1-100h.eff", None, "mobilenetv1_100h"),
+    Twin("mixnet-s.eff", None, "mixnet_s"),
+    Twin("mixnet-s.eff", None, "tf_mixnet_s", tf=True),
+    *(Twin("mixnet-m.eff", f"mixnet_{size}", f"mixnet_{size}") for size in ("m", "l", "xl", "xxl")),
+    *(Twin("mixnet-m.eff", f"mixnet_{size}", f"tf_mixnet_{size}", tf=True) for size in ("m", "l")),
 ]
 
 
@@ -129,6 +142,9 @@ def twin(name: str, slow: bool = False) -> object:
         twin("efficientnet_em", slow=True),  # mid=, fused blocks
         twin("tinynet_d"),  # repeats rounded to the nearest, the head's floor
         twin("efficientnetv2_rw_s", slow=True),  # fused e1 that keeps its projection
+        twin("lcnet_050"),  # separable blocks, SE of the input with a hard-sigmoid gate
+        twin("mixnet_s"),  # mixed kernels, grouped 1×1 convs
+        twin("tf_mixnet_s"),  # the same with SAME padding: uneven pads per kernel size
     ],
     ids=str,
 )
