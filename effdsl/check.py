@@ -100,7 +100,10 @@ def _smallest_resolution(plan: Plan) -> int:
 
 
 def _largest_kernel(op: ConvOp | MixedConvOp) -> int:
-    return max(op.kernels) if isinstance(op, MixedConvOp) else op.kernel
+    """The kernel a map must be as large as. A MixConv's kernels are a mixture by design: its
+    wide slices look at the whole map on purpose (MixNet runs 9×9 slices on 7×7 maps at
+    224 px), so it collapses only when its smallest kernel outgrows the map."""
+    return min(op.kernels) if isinstance(op, MixedConvOp) else op.kernel
 
 
 def _position(problem: EffError) -> tuple[str, int, int]:

@@ -462,8 +462,8 @@ def random_block(rng: random.Random, keyword: str) -> str:
     plain = keyword not in lines or rng.random() < 0.2 or not others
     kind = "conv" if plain else rng.choice(others)
     shape = [kind]
-    # conv and separable have no expansion: now and then they get one anyway, an error
-    expanded = kind not in ("conv", "separable") or rng.random() < 0.05
+    # conv and separable have no expansion (random_attribute still gives them one now and then)
+    expanded = kind not in ("conv", "separable")
     mid = keyword in lines and expanded and rng.random() < 0.1
     if expanded and not mid:
         shape.append("e" + _pick(rng, (1, 1.5, 4, 6), (0.5, 1000, 1001)))

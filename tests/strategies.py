@@ -119,7 +119,7 @@ def lines(draw: st.DrawFn, line: type[ast.Line]) -> dict[str, object]:
         fields["mid"] = draw(st.integers(1, 96))
     else:
         fields["expand"] = expand
-    if expanded:
+    if kind in ("mbconv", "fused_mbconv"):  # the kinds whose e1 form may keep its 1×1 conv
         fields["full"] = draw(st.booleans())
     return fields
 

@@ -147,6 +147,12 @@ def test_a_net_scaled_far_down_warns_that_its_maps_collapse() -> None:
     assert collapse_warnings(effdsl.lower(effdsl.scale(effdsl.load(B0), phi=-20, resolution=64)))
 
 
+def test_a_mixconv_collapses_when_its_smallest_kernel_outgrows_the_map() -> None:
+    mixnet = effdsl.load(SPECS / "mixnet-s.eff")  # 9×9 slices on 7×7 maps at 224 px: no warning
+    (warning,) = collapse_warnings(effdsl.lower(effdsl.scale(mixnet, resolution=64)))
+    assert warning.message.endswith("runs a 3×3 conv on 2×2 maps (input 64 px)")
+
+
 def test_reference_specs_do_not_warn() -> None:
     for spec in SPECS.glob("*.eff"):
         assert collapse_warnings(effdsl.lower(effdsl.load(spec))) == [], spec

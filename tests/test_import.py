@@ -102,7 +102,7 @@ def test_import_names_its_source_and_library_in_a_header_comment() -> None:
 IMPORTER_PENDING = {
     "mobilenetv3-large", "mobilenetv3-small", "mobilenetv3-minimal", "fbnet-c", "spnasnet",
     "efficientnet-edgetpu", "tinynet", "efficientnetv2-rw-s", "lcnet", "mobilenetv1",
-    "mobilenetv1-100h",
+    "mobilenetv1-100h", "mixnet-s", "mixnet-m",
 }
 
 
