@@ -62,10 +62,12 @@ class Bars(Reporter):
             self._line(f"[{self.scored + 1}/{self.total}] {coefficients(key)}: scoring "
                        f"(trial {trial})")
 
-    def epoch(self, done: int, epochs: int, loss: float, top1: float) -> None:
+    def epoch(self, done: int, epochs: int, loss: float, right: int, seen: int) -> None:
         """One epoch of the candidate this process trains (called by the `--data` scorer)."""
+        top1 = right / max(seen, 1)
         if not self.bars:
-            self._line(f"    epoch {done}/{epochs}: loss {loss:.4f}, val top-1 {top1:.4f}")
+            self._line(f"    epoch {done}/{epochs}: loss {loss:.4f}, val top-1 {top1:.4f} "
+                       f"({right}/{seen})")
             return
         if self._inner is None:
             from tqdm import tqdm

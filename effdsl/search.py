@@ -19,7 +19,8 @@ folder (`effdsl.train`), `--score MODULE:FUNCTION` calls `function(model, resolu
 — each candidate is a trial of an Optuna study in a storage (an SQLite file by default, a
 PostgreSQL/MySQL URL or a journal file for many machines), so any number of processes share the
 grid, each candidate is scored once, a crashed worker's candidate is taken over, and rerunning
-resumes (`effdsl.study`).
+resumes (`effdsl.study`). Launched by torchrun, the processes of one `--data` search train each
+candidate together, rank 0 alone using the storage (`effdsl.distributed`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TextIO
 
-from effdsl import ast
+from effdsl import ast, distributed
 from effdsl.cost import cost
 from effdsl.errors import EffError, ScalingError
 from effdsl.files import atomic_write
@@ -386,25 +387,46 @@ def search(
     if not scored:
         return result
     reporter = reporter or Reporter()
-    if data is not None:
-        recipe = recipe or Recipe()
-        images = ImageData.open(data, recipe)
-        name = DATA_SCORER
-        identity = {"recipe": recipe.identity(), "data": images.identity()}
-        score = _data_score(network, images, recipe, reporter)
-    else:
+    if data is None:
         assert scorer is not None
+        if distributed.launched():
+            raise EffError("under torchrun, only --data trains a candidate across processes",
+                           hint="start --score workers as separate effdsl search processes")
         name = SCORER_ALIASES.get(scorer, scorer)
-        identity = {}
         score = _custom_score(network, name)
-    if threads is not None:
-        score = _with_threads(score, threads)
-    plan = _plan(result, candidates, spec_fingerprint(network), name, identity)
-    opened = open_storage(storage or DEFAULT_STORAGE, heartbeat=heartbeat)
-    shown = parse_storage(storage or DEFAULT_STORAGE).shown
-    running = open_study(opened, study or network.name, plan)
-    work(running, plan, score, reporter)
-    return study_result(running.study_name, shown, plan, read_rows(running, plan))
+        if threads is not None:
+            score = _with_threads(score, threads)
+        plan = _plan(result, candidates, spec_fingerprint(network), name, {})
+        return _run_study(plan, score, reporter, storage, study, heartbeat, None)
+    recipe = recipe or Recipe()
+    images = ImageData.open(data, recipe)
+    identity = {"recipe": recipe.identity(), "data": images.identity()}
+    plan = _plan(result, candidates, spec_fingerprint(network), DATA_SCORER, identity)
+    with distributed.join() as group:  # the processes torchrun started, or this one alone
+        recipe.check_split(group.world)
+        if not group.leader:
+            reporter = Reporter()  # rank 0 alone reports
+        score = _data_score(network, images, recipe, reporter, group)
+        if threads is not None:
+            score = _with_threads(score, threads)
+        if not group.leader:
+            final: SearchResult = distributed.follow(group, score)
+            return final
+        return _run_study(plan, score, reporter, storage, study, heartbeat, group)
+
+
+def _run_study(plan: StudyPlan, score: Callable[[Key], float], reporter: Reporter,
+               storage: str | None, study: str | None, heartbeat: int,
+               group: distributed.Group | None) -> SearchResult:
+    """Open the study and score its candidates (rank 0 of a group sends each to the others)."""
+    with distributed.Leader(group) as leader:
+        opened = open_storage(storage or DEFAULT_STORAGE, heartbeat=heartbeat)
+        shown = parse_storage(storage or DEFAULT_STORAGE).shown
+        running = open_study(opened, study or plan.network, plan)
+        work(running, plan, leader.scores(score), reporter, idle=leader.idle)
+        final = study_result(running.study_name, shown, plan, read_rows(running, plan))
+        leader.finish(final)
+        return final
 
 
 def status(storage: str, study: str | None = None) -> SearchResult:
@@ -532,13 +554,13 @@ def _with_threads(score: Callable[[Key], float], threads: int) -> Callable[[Key]
 
 
 def _data_score(network: ast.Network, images: ImageData, recipe: Recipe,
-                reporter: Reporter) -> Callable[[Key], float]:
-    """Score a candidate by training it on `images` (`effdsl.train`)."""
+                reporter: Reporter, group: distributed.Group) -> Callable[[Key], float]:
+    """Score a candidate by training it on `images` (`effdsl.train`) with the `group`."""
     from effdsl.train import train_score
 
     def score(key: Key) -> float:
         return train_score(scaled_at_phi_one(network, *key), images, recipe,
-                           report=reporter.epoch)
+                           report=reporter.epoch, group=group)
 
     return score
 
@@ -752,7 +774,10 @@ def register_search(subparsers: Any) -> None:
     scoring.add_argument(
         "--data", metavar="DIR",
         help="rank by validation top-1 after training each candidate on the image folder DIR "
-        "(DIR/CLASS/* split with a fixed seed, or DIR/train/CLASS/* and DIR/val/CLASS/*)",
+        "(DIR/CLASS/* split with a fixed seed, or DIR/train/CLASS/* and DIR/val/CLASS/*); "
+        "launched by `torchrun --nproc-per-node N -m effdsl search ...`, the N processes train "
+        "each candidate together (DDP: NCCL on GPUs, gloo on the CPU; --batch is split "
+        "between them; rank 0 alone uses the storage and prints)",
     )
     scoring.add_argument(
         "--storage", metavar="URL",
@@ -779,7 +804,8 @@ def register_search(subparsers: Any) -> None:
     training.add_argument("--epochs", type=_count, metavar="N",
                           help=f"epochs per candidate (default {Recipe.epochs})")
     training.add_argument("--batch", type=_count, metavar="N",
-                          help=f"images per step (default {Recipe.batch})")
+                          help=f"images per step, all processes together under torchrun "
+                          f"(default {Recipe.batch})")
     training.add_argument("--lr", type=_number, metavar="LR",
                           help="peak learning rate (default 0.1·batch/256 for SGD, "
                           "0.016·batch/256 for RMSprop)")
@@ -844,6 +870,8 @@ def run_search(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
             )
         finally:
             reporter.close()
+    if not distributed.is_leader():
+        return 0  # under torchrun, rank 0 prints the result and writes the spec
     if args.json:
         print(json.dumps(to_json(result, args.top), indent=2), file=out)
     else:

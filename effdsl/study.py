@@ -463,8 +463,9 @@ class Reporter:
     def started(self, key: Key, trial: int) -> None:
         """This process starts scoring `key`."""
 
-    def epoch(self, done: int, epochs: int, loss: float, top1: float) -> None:
-        """An epoch of the candidate this process trains (the `--data` scorer reports them)."""
+    def epoch(self, done: int, epochs: int, loss: float, right: int, seen: int) -> None:
+        """An epoch of the candidate this process trains (the `--data` scorer reports them):
+        its mean training loss, and `right` of the `seen` validation images classified right."""
 
     def finished(self, key: Key, score: float, seconds: float) -> None:
         """This process scored `key`."""
@@ -493,6 +494,7 @@ def work(
     *,
     poll: float = 2.0,
     rng: random.Random | None = None,
+    idle: Callable[[float], None] = time.sleep,
 ) -> WorkSummary:
     """Score candidates of `study` until every one is scored.
 
@@ -500,6 +502,7 @@ def work(
     holds — the next grid point, else one whose trials all failed — and score it. When the rest
     are being scored elsewhere, wait for them (a worker that dies is then noticed and its
     candidate taken over); without heartbeats (a journal file) there is nothing to wait for.
+    `idle(poll)` does the waiting (under torchrun, rank 0 also tells the other ranks it waits).
     """
     optuna = require_optuna()
     from optuna.storages import fail_stale_trials
@@ -529,7 +532,7 @@ def work(
             if not waiting_said:
                 reporter.note(f"waiting for {len(running)} candidates being scored elsewhere")
                 waiting_said = True
-            time.sleep(poll)
+            idle(poll)
             continue
         if claimed is None:
             continue

@@ -23,7 +23,15 @@ recipe below — the paper's ingredients at small scale:
 
 On a GPU it trains in channels_last with bfloat16 autocast (float16 with a grad scaler where
 bfloat16 is not supported). Model weights, data order and augmentations follow fixed seeds, so a
-candidate scores the same again on the same machine with the same `workers`.
+candidate scores the same again on the same machine with the same `workers` and processes.
+
+Under torchrun (`effdsl.distributed`) every process of the group trains the same candidate: the
+model in DistributedDataParallel, `batch` images per step split evenly between the processes
+(so the recipe, learning rate included, means the same whatever the number of devices), each
+process its share of the training images per epoch (DistributedSampler) and of the validation
+images; losses and correct/total counts are summed over the group, so every process reports
+and returns the same global figures. Batch-norm statistics are re-estimated by every process on
+the same images, so the replicas stay identical.
 Imports torch and torchvision.
 """
 
@@ -37,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from effdsl import ast
+from effdsl.distributed import Group, join
 from effdsl.errors import EffError
 
 OPTIMIZERS = ("sgd", "rmsprop")
@@ -51,7 +60,8 @@ STD = (0.229, 0.224, 0.225)
 PRECISE_BN_IMAGES = 512
 SEED = 0
 
-Report = Callable[[int, int, float, float], None]  # (epoch done, epochs, loss, val top-1)
+# (epoch done, epochs, mean training loss, validation images right, validation images seen)
+Report = Callable[[int, int, float, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,12 @@ class Recipe:
             raise EffError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
         if not 0 <= self.workers <= 256:
             raise EffError(f"--workers must be in [0, 256], got {self.workers}")
+
+    def check_split(self, processes: int) -> None:
+        """Refuse a batch that `processes` training together cannot share evenly."""
+        if self.batch % processes:
+            raise EffError(f"--batch {self.batch} cannot be split evenly between {processes} "
+                           "processes", hint=f"give a multiple of {processes}")
 
     @property
     def learning_rate(self) -> float:
@@ -163,15 +179,10 @@ def _split(
 # ---- training --------------------------------------------------------------------------------
 
 
-def _device() -> Any:
+def _loaders(data: ImageData, recipe: Recipe, resolution: int, group: Group
+             ) -> tuple[Any, ...]:
     import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _loaders(data: ImageData, recipe: Recipe, resolution: int, device: Any) -> tuple[Any, ...]:
-    import torch
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, DistributedSampler
     from torchvision import transforms
     from torchvision.datasets.folder import default_loader
 
@@ -201,68 +212,90 @@ def _loaders(data: ImageData, recipe: Recipe, resolution: int, device: Any) -> t
             path, label = self.rows[index]
             return self.transform(default_loader(path)), label
 
-    pin = device.type == "cuda"
+    pin = group.device.type == "cuda"
     common: dict[str, Any] = {"num_workers": recipe.workers, "pin_memory": pin,
                               "persistent_workers": recipe.workers > 0}
-    generator = torch.Generator().manual_seed(SEED)
-    train = DataLoader(Files(data.train, train_tf), batch_size=recipe.batch, shuffle=True,
-                       drop_last=len(data.train) > recipe.batch, generator=generator, **common)
-    calibration = DataLoader(Files(data.train[:PRECISE_BN_IMAGES], eval_tf),
-                             batch_size=recipe.batch, **common)
-    val = DataLoader(Files(data.val, eval_tf), batch_size=recipe.batch, **common)
+    batch = recipe.batch // group.world  # per process; the recipe's batch is the group's
+    images = Files(data.train, train_tf)
+    # a seeded shuffle per epoch (set_epoch), the same order on every rank, each rank every
+    # world-th image of it; every rank gets as many, so all take the same number of steps
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        images, num_replicas=group.world, rank=group.rank, shuffle=True, seed=SEED)
+    train = DataLoader(images, batch_size=batch, sampler=sampler,
+                       drop_last=len(sampler) > batch, **common)
+    # every rank re-estimates batch norm on the same images, so the replicas stay identical
+    calibration = DataLoader(Files(data.train[:PRECISE_BN_IMAGES], eval_tf), batch_size=batch,
+                             **common)
+    val = DataLoader(Files(tuple(group.shard(data.val)), eval_tf), batch_size=batch, **common)
     return train, calibration, val
 
 
 def train_score(
-    network: ast.Network, data: ImageData, recipe: Recipe, *, report: Report | None = None
+    network: ast.Network,
+    data: ImageData,
+    recipe: Recipe,
+    *,
+    report: Report | None = None,
+    group: Group | None = None,
 ) -> float:
-    """Train `network` (already scaled) on `data` with `recipe`; its validation top-1 in [0, 1]."""
+    """Train `network` (already scaled) on `data` with `recipe`; its validation top-1 in [0, 1].
+
+    `group` (from `effdsl.distributed.join`) is the set of processes that train it together;
+    by default this process alone, on the GPU when there is one.
+    """
     import torch
     from torch import nn
 
     from effdsl.torch_build import build
 
-    device = _device()
-    resolution = network.input.size
-    torch.manual_seed(SEED)  # weights, then dropout, drop-path and augmentations
-    model = build(network, num_classes=len(data.classes)).to(device)
+    if group is None:
+        with join() as alone:
+            return train_score(network, data, recipe, report=report, group=alone)
+    recipe.check_split(group.world)
+    device = group.device
     cuda = device.type == "cuda"
+    torch.manual_seed(SEED)  # the weights: the same on every rank
+    model = build(network, num_classes=len(data.classes)).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
+    trained = group.wrap(model)  # DistributedDataParallel under torchrun
+    torch.manual_seed(SEED + group.rank)  # dropout, drop-path, augmentations: each rank its own
     half = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and half == torch.float16)
-    train, calibration, val = _loaders(data, recipe, resolution, device)
+    train, calibration, val = _loaders(data, recipe, network.input.size, group)
     optimizer = _optimizer(model, recipe)
     steps = recipe.epochs * len(train)
     warmup = len(train)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, steps,
                                                                                    warmup))
     criterion = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
-    top1 = 0.0
+    right = seen = 0
     for epoch in range(recipe.epochs):
-        model.train()
-        total, seen = 0.0, 0
+        train.sampler.set_epoch(epoch)
+        trained.train()
+        total, count = 0.0, 0.0
         for images, labels in train:
             images = _to(images, device, cuda)  # B, C, H, W
             labels = labels.to(device, non_blocking=True)  # B
             with torch.autocast(device.type, dtype=half, enabled=cuda):
-                loss = criterion(model(images), labels)
+                loss = criterion(trained(images), labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             schedule.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise EffError(f"training diverged at epoch {epoch + 1} (loss {value})",
-                               hint="lower --lr")
-            total += value * len(labels)
-            seen += len(labels)
+            # summed over the group, so that every rank sees a divergence at the same step
+            step_total, step_count = group.sum([float(loss.detach()) * len(labels), len(labels)])
+            if not math.isfinite(step_total):
+                raise EffError(f"training diverged at epoch {epoch + 1} "
+                               f"(loss {step_total / step_count})", hint="lower --lr")
+            total += step_total
+            count += step_count
         _precise_batch_norm(model, calibration, device, cuda)
-        top1 = _top1(model, val, device, cuda, half)
+        right, seen = (int(n) for n in group.sum(_top1_counts(model, val, device, cuda, half)))
         if report is not None:
-            report(epoch + 1, recipe.epochs, total / max(seen, 1), top1)
-    return top1
+            report(epoch + 1, recipe.epochs, total / max(count, 1), right, seen)
+    return right / max(seen, 1)
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
@@ -314,7 +347,9 @@ def _precise_batch_norm(model: Any, loader: Any, device: Any, cuda: bool) -> Non
     model.eval()
 
 
-def _top1(model: Any, loader: Any, device: Any, cuda: bool, half: Any) -> float:
+def _top1_counts(model: Any, loader: Any, device: Any, cuda: bool, half: Any
+                 ) -> tuple[int, int]:
+    """(images classified right, images seen) of `loader` (this rank's share of validation)."""
     import torch
 
     model.eval()
@@ -324,4 +359,4 @@ def _top1(model: Any, loader: Any, device: Any, cuda: bool, half: Any) -> float:
             logits = model(_to(images, device, cuda))  # B, classes
             right += int((logits.argmax(1).cpu() == labels).sum())
             seen += len(labels)
-    return right / max(seen, 1)
+    return right, seen

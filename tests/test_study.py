@@ -268,14 +268,16 @@ def test_training_scores_tell_a_good_candidate_from_a_clearly_bad_one(textures: 
     network = effdsl.parse(TINY)
     recipe = Recipe(epochs=4, batch=16)
     data = ImageData.open(textures, recipe)
-    epochs: list[tuple[int, float]] = []
-    good = train_score(network, data, recipe, report=lambda e, n, loss, top1: epochs.append(
-        (e, top1)))
+    epochs: list[tuple[int, int, int]] = []
+    good = train_score(network, data, recipe, report=lambda e, n, loss, right, seen: epochs.append(
+        (e, right, seen)))
     # the same net looking at 8-pixel thumbnails (the smallest input a spec allows): most
     # stripes blur into grey
     blind = network.model_copy(update={"input": network.input.model_copy(update={"size": 8})})
     bad = train_score(blind, data, recipe)
-    assert [e for e, _ in epochs] == [1, 2, 3, 4]
+    assert [e for e, _, _ in epochs] == [1, 2, 3, 4]
+    assert {seen for _, _, seen in epochs} == {len(data.val)}
+    assert good == epochs[-1][1] / len(data.val)  # the score is the last epoch's top-1
     assert good >= 0.9, good
     assert bad <= 0.7 and good - bad >= 0.3, (good, bad)  # three classes: chance is 1/3
     assert train_score(network, data, recipe) == good  # fixed seeds: the same score again
@@ -409,8 +411,8 @@ def test_progress_draws_bars_in_a_terminal_and_writes_lines_elsewhere() -> None:
     def follow(bars: Bars) -> None:
         bars.study(3, 1, (0.5, (1.0, 1.0, 1.2)))
         bars.started((1.1, 1.0, 1.0), 4)
-        bars.epoch(1, 2, 0.9, 0.6)
-        bars.epoch(2, 2, 0.5, 0.8)
+        bars.epoch(1, 2, 0.9, 3, 5)
+        bars.epoch(2, 2, 0.5, 4, 5)
         bars.finished((1.1, 1.0, 1.0), 0.8, 2.0)
         bars.close()
 
@@ -423,8 +425,8 @@ def test_progress_draws_bars_in_a_terminal_and_writes_lines_elsewhere() -> None:
     follow(Bars(log, bars=False))
     assert log.getvalue().splitlines()[:3] == [
         "[2/3] α=1.1 β=1 γ=1: scoring (trial 4)",
-        "    epoch 1/2: loss 0.9000, val top-1 0.6000",
-        "    epoch 2/2: loss 0.5000, val top-1 0.8000",
+        "    epoch 1/2: loss 0.9000, val top-1 0.6000 (3/5)",
+        "    epoch 2/2: loss 0.5000, val top-1 0.8000 (4/5)",
     ]
     assert log.getvalue().splitlines()[3].startswith(
         "[2/3] α=1.1 β=1 γ=1 score=0.8 (2.0 s; best 0.8 at α=1.1 β=1 γ=1; about ")
