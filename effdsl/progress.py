@@ -18,10 +18,12 @@ from typing import Any, TextIO
 from effdsl.study import Key, Reporter
 
 
-def _columns() -> int:
-    """The terminal's width; 100 where it reports none (a pseudo-terminal of size 0 × 0 would
-    make tqdm draw nothing)."""
-    return shutil.get_terminal_size((100, 24)).columns or 100
+def _size() -> dict[str, int]:
+    """tqdm's `ncols` and `nrows`: the terminal's, or 100 × 24 where it reports 0 × 0 (a
+    pseudo-terminal given no size, as `script` or `docker run -t` make). Left to itself, tqdm
+    reads such a terminal's rows as -1 and draws no bar at all."""
+    columns, rows = shutil.get_terminal_size((100, 24))
+    return {"ncols": columns or 100, "nrows": rows or 24}
 
 
 def coefficients(key: Key) -> str:
@@ -40,6 +42,7 @@ class Bars(Reporter):
         self.best: tuple[float, Key] | None = None
         self.start = time.perf_counter()
         self.mine = 0
+        self._began = time.time()  # when this process started its current candidate
         self._outer: Any = None
         self._inner: Any = None
 
@@ -53,11 +56,12 @@ class Bars(Reporter):
             from tqdm import tqdm
 
             self._outer = tqdm(total=total, initial=scored, desc="candidates", unit="cand",
-                               file=self.stream, ncols=_columns(), position=0, mininterval=0)
+                               file=self.stream, position=0, mininterval=0, **_size())
         self._outer.set_postfix_str(self._best_text(), refresh=False)
         self._outer.update(scored - self._outer.n)
 
     def started(self, key: Key, trial: int) -> None:
+        self._began = time.time()
         if not self.bars:
             self._line(f"[{self.scored + 1}/{self.total}] {coefficients(key)}: scoring "
                        f"(trial {trial})")
@@ -73,8 +77,10 @@ class Bars(Reporter):
             from tqdm import tqdm
 
             self._inner = tqdm(total=epochs, desc="  epochs", unit="ep", file=self.stream,
-                               ncols=_columns(), position=1, leave=False,
-                               mininterval=0)
+                               position=1, leave=False, mininterval=0, **_size())
+            # drawn at the first epoch's end, but timed from the candidate's start, so that
+            # its rate and time left count that epoch
+            self._inner.start_t = self._inner.last_print_t = self._began
         self._inner.set_postfix_str(f"loss {loss:.3f} top-1 {top1:.3f}", refresh=False)
         self._inner.update(done - self._inner.n)
 

@@ -430,3 +430,25 @@ def test_progress_draws_bars_in_a_terminal_and_writes_lines_elsewhere() -> None:
     ]
     assert log.getvalue().splitlines()[3].startswith(
         "[2/3] α=1.1 β=1 γ=1 score=0.8 (2.0 s; best 0.8 at α=1.1 β=1 γ=1; about ")
+
+
+def test_bars_show_on_a_terminal_that_reports_no_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pty
+
+    from effdsl.progress import Bars
+
+    # `script` and `docker run -t` give a pseudo-terminal of 0 × 0, as a new one is here: tqdm
+    # reads the size of stderr, and with none it would draw no bar at all
+    master, slave = pty.openpty()
+    with os.fdopen(slave, "w", encoding="utf-8") as terminal:
+        monkeypatch.setattr(sys, "stderr", terminal)
+        bars = Bars(sys.stderr)
+        assert bars.bars  # a terminal
+        bars.study(2, 0, None)
+        bars.started((1.0, 1.0, 1.0), 0)
+        bars.epoch(1, 3, 0.9, 3, 5)
+        bars.close()
+        terminal.flush()
+        drawn = os.read(master, 65536).decode()
+    os.close(master)
+    assert "candidates:   0%" in drawn and "epochs:  33%" in drawn and "top-1 0.600" in drawn
