@@ -2,19 +2,22 @@
 
     network = compose(facts)      # ast.Network; raises ImportRefused
 
-The model's stages stay stages; a stage's blocks collapse to one line (`x4`) when they agree,
-and the expansion and squeeze ratios are the shortest decimals that give every block's widths
-under the language's own rounding (`effdsl.plan.expanded_channels`, `squeeze_channels`).
-Options are factored out: the value most statements use goes to `defaults` (ties go to the
-language's own default, which is then left unsaid) and the rest are overrides. Anything the
-language cannot say is refused, naming the module and the feature, never approximated.
+The model's stages stay stages. Within a stage, consecutive blocks that agree collapse into one
+line (`x4`); a block that differs starts a further `block` line of the same stage. Expansion
+and squeeze widths are said the way the references compute them: the shortest decimal ratio
+that gives every block's width under the language's own rounding
+(`effdsl.plan.expanded_channels`, `squeeze_channels`), else the width itself (`mid=`). Options
+are factored out: the value most lines use goes to `defaults` (the language's own default stays
+while some lines use it, unless another covers two thirds of them) and the rest are
+overrides. Anything the language cannot say is refused, naming the module and the feature,
+never approximated.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from effdsl import ast
@@ -24,23 +27,48 @@ from effdsl.plan import expanded_channels, squeeze_channels
 
 T = TypeVar("T")
 
-#: The options a block inherits from `defaults`, in the order `fmt` prints them.
-OPTIONS = ("act", "se", "bn_eps", "bn_momentum", "padding")
+#: The options a line inherits from `defaults` and may override.
+OPTIONS = (
+    "act",
+    "se",
+    "bn_eps",
+    "bn_momentum",
+    "padding",
+    "se_from",
+    "se_divisor",
+    "se_act",
+    "se_gate",
+    "norm",
+)
+#: Options that only mean something on a line with squeeze-and-excitation.
+SE_OPTIONS = ("se_from", "se_divisor", "se_act", "se_gate")
+
+#: How squeeze widths are tried, in order: (se_from, se_divisor).
+SQUEEZE_RULES: tuple[tuple[str, int | None], ...] = (
+    ("input", None),
+    ("expanded", 8),
+    ("expanded", None),
+    ("input", 8),
+)
 
 
 @dataclass(frozen=True)
 class Line:
-    """One block as the language would say it, before its stage collapses the repeats."""
+    """One block as the language would say it, before lines collapse the repeats."""
 
     path: str
     kind: str  # conv, mbconv, fused_mbconv
+    full: bool  # expansion 1 that keeps its 1×1 conv
     kernel: int
     stride: int
     in_channels: int
     mid_channels: int
     out_channels: int
     squeeze: int  # 0: no squeeze-and-excitation
+    se_act: str | None
+    se_gate: str | None
     act: str
+    norm: str
     bn_eps: float
     bn_momentum: float
     padding: str | None  # None: every conv has stride 1, where SAME and symmetric agree
@@ -53,6 +81,7 @@ class Composer:
 
     def __init__(self, facts: ModelFacts) -> None:
         self.facts = facts
+        self.squeeze_rules = SQUEEZE_RULES  # reordered by `network` to the model's own rule
 
     def refuse(self, path: str, feature: str, detail: str = "") -> ImportRefused:
         """The refusal `SOURCE: PATH: FEATURE (DETAIL)`; `feature` alone groups refusals."""
@@ -61,22 +90,22 @@ class Composer:
 
     # ---- convolutions -------------------------------------------------------------------
 
-    def _plain(self, conv: ConvFact, *, depthwise: bool = False, act: bool = True) -> None:
-        """Refuse a conv the language's conv-BN-act op cannot be."""
+    def _plain(self, conv: ConvFact, *, depthwise: bool = False, act: bool = True) -> str:
+        """Refuse a conv the language's conv-norm-act op cannot be; return its norm."""
         if conv.norm is None:
-            raise self.refuse(conv.path, "convolution without a norm layer")
-        if conv.norm != "batchnorm":
+            if not conv.bias:
+                raise self.refuse(conv.path, "convolution without a norm or a bias")
+            norm = "none"
+        elif conv.norm != "batchnorm":
             raise self.refuse(conv.path, f"norm layer {conv.norm} (the language has batch norm)")
-        if conv.bias:
+        elif conv.bias:
             raise self.refuse(conv.path, "convolution with a bias before its norm")
+        else:
+            norm = "batch"
         if depthwise and not conv.depthwise:
-            raise self.refuse(
-                conv.path, "grouped convolution (group_size)", f"groups={conv.groups}"
-            )
+            raise self.refuse(conv.path, "grouped convolution (group_size)", f"groups={conv.groups}")
         if not depthwise and conv.groups != 1:
-            raise self.refuse(
-                conv.path, "grouped convolution (group_size)", f"groups={conv.groups}"
-            )
+            raise self.refuse(conv.path, "grouped convolution (group_size)", f"groups={conv.groups}")
         if conv.kernel % 2 == 0:
             raise self.refuse(conv.path, "even kernel", str(conv.kernel))
         if act and conv.act is None:
@@ -85,6 +114,7 @@ class Composer:
             raise self.refuse(conv.path, "activation after the projection", conv.act)
         if conv.act is not None and conv.act not in ast.ACTIVATIONS:
             raise self.refuse(conv.path, f"activation {conv.act} after a convolution")
+        return norm
 
     def _padding(self, convs: Sequence[ConvFact]) -> str | None:
         modes = {conv.padding for conv in convs if conv.stride > 1}
@@ -92,89 +122,85 @@ class Composer:
             raise self.refuse(convs[0].path, "SAME and symmetric padding in one block")
         return modes.pop() if modes else None
 
-    def _norm_args(self, convs: Sequence[ConvFact]) -> tuple[float, float]:
-        args = {(conv.bn_eps, conv.bn_momentum) for conv in convs}
+    def _uniform(self, convs: Sequence[ConvFact], norms: Sequence[str]) -> tuple[float, float, str]:
+        args = {(conv.bn_eps, conv.bn_momentum) for conv in convs if conv.norm is not None}
         if len(args) > 1:
             raise self.refuse(convs[0].path, "batch norms with different eps or momentum")
-        return args.pop()
+        if len(set(norms)) > 1:
+            raise self.refuse(convs[0].path, "convolutions with and without norms in one block")
+        eps, momentum = args.pop() if args else (1e-5, 0.1)
+        return eps, momentum, norms[0]
 
     # ---- blocks -------------------------------------------------------------------------
 
     def line(self, block: BlockFact) -> Line:
         """The block as one line of the language, or a refusal."""
         convs = block.convs
+        full = False
         if block.kind == "conv":
             (conv,) = convs
-            self._plain(conv)
+            norms = [self._plain(conv)]
             kind, mid, kernel = "conv", conv.in_channels, conv.kernel
         elif block.kind == "ds":
             depthwise, pointwise = convs
-            self._plain(depthwise, depthwise=True)
             if pointwise.act is not None:
                 raise self.refuse(
                     pointwise.path,
                     "depthwise-separable block with an activation after the pointwise conv (dsa)",
                 )
-            self._plain(pointwise, act=False)
+            norms = [self._plain(depthwise, depthwise=True), self._plain(pointwise, act=False)]
             if pointwise.kernel != 1:
-                raise self.refuse(pointwise.path, f"pointwise conv with kernel {pointwise.kernel}")
+                raise self.refuse(pointwise.path, "pointwise conv with a k×k kernel")
             kind, mid, kernel = "mbconv", depthwise.out_channels, depthwise.kernel
         elif block.kind == "ir":
             expand, depthwise, project = convs
-            self._plain(expand)
-            self._plain(depthwise, depthwise=True)
-            self._plain(project, act=False)
+            norms = [
+                self._plain(expand),
+                self._plain(depthwise, depthwise=True),
+                self._plain(project, act=False),
+            ]
             if expand.kernel != 1 or project.kernel != 1:
                 raise self.refuse(block.path, "inverted residual with a k×k expansion/projection")
-            if expand.out_channels == expand.in_channels:
-                raise self.refuse(
-                    expand.path,
-                    "inverted residual with expansion 1 that keeps its 1×1 expansion conv",
-                )
             kind, mid, kernel = "mbconv", expand.out_channels, depthwise.kernel
+            full = mid == expand.in_channels
         elif block.kind == "er":
             expand, project = convs
-            self._plain(expand)
-            self._plain(project, act=False)
+            norms = [self._plain(expand), self._plain(project, act=False)]
             if project.kernel != 1:
-                raise self.refuse(project.path, f"projection with kernel {project.kernel}")
-            if expand.out_channels == expand.in_channels:
-                raise self.refuse(
-                    project.path,
-                    "fused block with expansion 1 that keeps its 1×1 projection",
-                )
+                raise self.refuse(project.path, "projection with a k×k kernel")
             kind, mid, kernel = "fused_mbconv", expand.out_channels, expand.kernel
+            full = mid == expand.in_channels
         else:  # pragma: no cover - readers only produce the kinds above
             raise self.refuse(block.path, f"block kind {block.kind}")
         act = convs[0].act
         assert act is not None
         if any(conv.act not in (act, None) for conv in convs):
             raise self.refuse(block.path, "different activations inside one block")
-        squeeze = 0
+        squeeze, se_act, se_gate = 0, None, None
         if block.se is not None:
             se = block.se
-            if se.gate != "sigmoid":
+            if se.gate not in ast.GATES:
                 raise self.refuse(se.path, f"squeeze-and-excitation gate {se.gate}")
-            if se.act != act:
-                raise self.refuse(
-                    se.path,
-                    "squeeze-and-excitation activation differs from the block's",
-                    f"{se.act} in a {act} block",
-                )
+            if se.act not in ast.ACTIVATIONS:
+                raise self.refuse(se.path, f"squeeze-and-excitation activation {se.act}")
             if se.channels != mid:
                 raise self.refuse(se.path, "squeeze-and-excitation not on the expanded width")
-            squeeze = se.squeeze
-        eps, momentum = self._norm_args(convs)
+            squeeze, se_act, se_gate = se.squeeze, se.act, se.gate
+        eps, momentum, norm = self._uniform(convs, norms)
         return Line(
             path=block.path,
             kind=kind,
+            full=full,
             kernel=kernel,
             stride=block.stride,
             in_channels=block.in_channels,
             mid_channels=mid,
             out_channels=block.out_channels,
             squeeze=squeeze,
+            se_act=se_act,
+            se_gate=se_gate,
             act=act,
+            norm=norm,
             bn_eps=eps,
             bn_momentum=momentum,
             padding=self._padding(convs),
@@ -182,23 +208,24 @@ class Composer:
             drop_path=block.drop_path,
         )
 
-    # ---- stages -------------------------------------------------------------------------
+    # ---- lines --------------------------------------------------------------------------
 
-    def stage(self, index: int, lines: Sequence[Line]) -> dict[str, Any]:
-        """The fields of one `stage` statement for `lines`, all one shape, or a refusal."""
+    def fields(self, lines: Sequence[Line]) -> dict[str, Any] | None:
+        """The fields of one block line saying all of `lines`, or None when they cannot be one
+        line (different shapes, no common ratio)."""
         first = lines[0]
-        for line in lines[1:]:
-            if line.stride != 1:
-                raise self.refuse(line.path, "a stride after the first block of a stage")
-            for name in ("kind", "kernel", "out_channels", "act", "bn_eps", "bn_momentum"):
-                if getattr(line, name) != getattr(first, name):
-                    raise self.refuse(
-                        line.path,
-                        "several block lines in one stage",
-                        f"{name} {getattr(first, name)} then {getattr(line, name)}",
-                    )
-            if line.padding not in (first.padding, None) and first.padding is not None:
-                raise self.refuse(line.path, "SAME and symmetric padding in one stage")
+        same = ("kind", "full", "kernel", "out_channels", "act", "norm", "bn_eps", "bn_momentum")
+        same += ("se_act", "se_gate")
+        if any(getattr(line, name) != getattr(first, name) for line in lines for name in same):
+            return None
+        if any(line.stride != 1 for line in lines[1:]):
+            return None
+        paddings = {line.padding for line in lines} - {None}
+        if len(paddings) > 1:
+            return None
+        skip = self._skip(lines)
+        if skip is None:
+            return None
         fields: dict[str, Any] = {
             "kind": first.kind,
             "kernel": first.kernel,
@@ -206,143 +233,183 @@ class Composer:
             "channels": first.out_channels,
             "repeats": len(lines),
             "act": first.act,
+            "norm": first.norm,
             "bn_eps": first.bn_eps,
             "bn_momentum": first.bn_momentum,
-            "padding": next((line.padding for line in lines if line.padding), None),
+            "padding": paddings.pop() if paddings else None,
+            "skip": skip,
         }
-        if first.kind != "conv":
-            fields["expand"] = self._ratio(
-                lines,
-                lambda line: line.mid_channels,
-                expanded_channels,
-                "expansion",
-                at_least_one=True,
-            )
-            squeezes = [line.squeeze for line in lines]
-            if any(squeezes) and not all(squeezes):
-                raise self.refuse(
-                    lines[squeezes.index(0)].path,
-                    "several block lines in one stage",
-                    "blocks with and without squeeze-and-excitation",
-                )
-            fields["se"] = (
-                self._ratio(lines, lambda line: line.squeeze, squeeze_channels, "squeeze")
-                if all(squeezes)
-                else 0.0
-            )
-        fields["skip"] = self._skip(index, lines)
+        if first.kind == "conv":
+            return fields
+        if first.full:
+            fields["full"] = True
+        else:
+            expansion = self._expansion(lines)
+            if expansion is None:
+                return None
+            fields.update(expansion)
+        if first.squeeze:
+            if not all(line.squeeze for line in lines):
+                return None
+            squeeze = self._squeeze(lines, fields.get("expand", 1.0), fields.get("mid"))
+            if squeeze is None:
+                return None
+            fields.update(squeeze)
+            fields["se_act"] = first.se_act
+            fields["se_gate"] = first.se_gate
+        elif any(line.squeeze for line in lines):
+            return None
+        else:
+            fields["se"] = 0.0
         return fields
 
-    def _ratio(
-        self,
-        lines: Sequence[Line],
-        width: Callable[[Line], int],
-        rounding: Callable[[int, float], int],
-        what: str,
-        *,
-        at_least_one: bool = False,
-    ) -> float:
-        """The shortest decimal r with `rounding(line.in_channels, r) == width(line)` for all."""
+    def _expansion(self, lines: Sequence[Line]) -> dict[str, Any] | None:
+        """`expand` as the shortest ratio giving every block's width, else `mid`."""
         first = lines[0]
-        exact = width(first) / first.in_channels
-        for digits in range(6):
-            candidate = round(exact, digits)
-            if candidate <= 0 or (at_least_one and candidate < 1) or candidate > ast.MAX_EXPAND:
+        if all(line.mid_channels == line.in_channels for line in lines):
+            return {}
+        exact = first.mid_channels / first.in_channels
+        for digits in range(4):
+            ratio = round(exact, digits)
+            if not 1.0 < ratio <= ast.MAX_EXPAND:
                 continue
-            if what == "squeeze" and candidate > 1:
-                break
-            if all(rounding(line.in_channels, candidate) == width(line) for line in lines):
-                return float(candidate)
-        widths = ", ".join(f"{width(line)} from {line.in_channels}" for line in lines)
-        if what == "squeeze":
-            feature = "squeeze-and-excitation width not a ratio ≤ 1 of the block input"
-        else:
-            feature = "expanded widths that are not one ratio of the block inputs"
-        raise self.refuse(first.path, feature, widths)
+            if all(expanded_channels(line.in_channels, ratio) == line.mid_channels for line in lines):
+                return {"expand": float(ratio)}
+        if all(line.mid_channels == first.mid_channels for line in lines):
+            return {"mid": first.mid_channels}
+        return None
 
-    def _skip(self, index: int, lines: Sequence[Line]) -> bool:
-        """Whether the stage keeps the language's residual rule (`skip=no` turns it off)."""
-        allowed = [
-            line for line in lines if line.stride == 1 and line.in_channels == line.out_channels
-        ]
+    def _squeeze(self, lines: Sequence[Line], expand: float, mid: int | None) -> dict[str, Any] | None:
+        """`se`, `se_from` and `se_divisor` giving every block's squeeze width."""
+        first = lines[0]
+        for source, divisor in self.squeeze_rules:
+            base = first.mid_channels if source == "expanded" else first.in_channels
+            exact = first.squeeze / base
+            candidates = [round(exact, digits) for digits in range(5)]
+            if divisor is not None:
+                candidates = [0.25, *candidates]
+            for ratio in candidates:
+                if not 0.0 < ratio <= 1.0:
+                    continue
+                if all(
+                    squeeze_channels(
+                        line.in_channels, line.mid_channels, ratio, source, divisor
+                    )
+                    == line.squeeze
+                    for line in lines
+                ):
+                    return {"se": float(ratio), "se_from": source, "se_divisor": divisor}
+        return None
+
+    def _rule_order(self, lines: Sequence[Line]) -> tuple[tuple[str, int | None], ...]:
+        """The squeeze rules, the one that fits most of the model's blocks first: a model has
+        one rule, and a block that several rules fit is said by the model's."""
+        squeezed = [line for line in lines if line.squeeze]
+        fits = Counter()  # type: Counter[tuple[str, int | None]]
+        for rule in SQUEEZE_RULES:
+            self.squeeze_rules = (rule,)
+            fits[rule] = sum(1 for line in squeezed if self._squeeze([line], 1.0, None))
+        return tuple(sorted(SQUEEZE_RULES, key=lambda rule: -fits[rule]))
+
+    def _skip(self, lines: Sequence[Line]) -> bool | None:
+        """Whether the line keeps the language's residual rule (`skip=no` turns it off)."""
+        allowed = [line for line in lines if line.stride == 1 and line.in_channels == line.out_channels]
         for line in lines:
             if line.residual and line not in allowed:
                 raise self.refuse(line.path, "a residual connection across a shape change")
         kept = {line.residual for line in allowed}
         if len(kept) > 1:
-            raise self.refuse(
-                lines[0].path,
-                "several block lines in one stage",
-                "blocks with and without residuals",
-            )
+            return None
         return kept.pop() if kept else True
+
+    def stage(self, lines: Sequence[Line]) -> list[dict[str, Any]]:
+        """The block lines of one stage: consecutive blocks that agree share a line."""
+        groups: list[list[Line]] = []
+        for line in lines:
+            joined = self.fields([*groups[-1], line]) if groups else None
+            # one width for blocks of different ratios (`mid=`) hides the table's ratios:
+            # a block whose own ratio is one starts its own line instead
+            if joined is not None and "mid" in joined and "mid" not in (self.fields([line]) or {}):
+                joined = None
+            if joined is not None:
+                groups[-1].append(line)
+            else:
+                groups.append([line])
+        out = []
+        for group in groups:
+            fields = self.fields(group)
+            if fields is None:
+                first = group[0]
+                if first.squeeze:
+                    raise self.refuse(
+                        first.path,
+                        "squeeze-and-excitation width no ratio gives",
+                        f"{first.squeeze} from {first.in_channels} in, {first.mid_channels} "
+                        "expanded",
+                    )
+                raise self.refuse(first.path, "a block the language cannot say as one line")
+            out.append(fields)
+        return out
 
     # ---- the network --------------------------------------------------------------------
 
     def network(self) -> ast.Network:
         facts = self.facts
-        self._plain(facts.stem)
+        stem_norm = self._plain(facts.stem)
         if facts.head is None:
             raise self.refuse("head", "no head conv (pooling straight after the last stage)")
-        if facts.head_style != "conv":
-            raise self.refuse(
-                facts.head.path,
-                "head conv after the global pool (efficient head: pool, 1×1 conv, act, linear)",
-            )
-        self._plain(facts.head)
+        head_norm = self._plain(facts.head)
         if facts.stem.stride > 2 or facts.head.stride > 2:
             raise self.refuse(facts.stem.path, "a stride above 2")
         lines = [[self.line(block) for block in stage] for stage in facts.stages]
-        stages = [self.stage(i, stage) for i, stage in enumerate(lines)]
-        if any(stage["kind"] == "fused_mbconv" for stage in stages):
+        self.squeeze_rules = self._rule_order([line for stage in lines for line in stage])
+        stages = [self.stage(stage) for stage in lines]
+        every = [line for stage in stages for line in stage]
+        if any(line["kind"] == "fused_mbconv" for line in every):
             # a lone conv block is what Fused-MBConv e1 is; in a fused network, write it so
-            for stage in stages:
-                if stage["kind"] == "conv":
-                    stage.update(kind="fused_mbconv", expand=1.0, se=0.0)
-        ends = [
-            {
-                "kind": "conv",
-                "kernel": conv.kernel,
-                "stride": conv.stride,
-                "channels": conv.out_channels,
-                "act": conv.act,
-                "bn_eps": conv.bn_eps,
-                "bn_momentum": conv.bn_momentum,
-                "padding": conv.padding if conv.stride > 1 else None,
-            }
-            for conv in (facts.stem, facts.head)
-        ]
-        statements = [ends[0], *stages, ends[1]]
-        defaults = {
-            name: _most_common(
-                [s[name] for s in statements if s.get(name) is not None],
-                ast.Defaults.model_fields[name].default,
+            for line in every:
+                if line["kind"] == "conv":
+                    line.update(kind="fused_mbconv", se=0.0)
+        ends = []
+        for conv, norm in ((facts.stem, stem_norm), (facts.head, head_norm)):
+            ends.append(
+                {
+                    "kind": "conv",
+                    "kernel": conv.kernel,
+                    "stride": conv.stride,
+                    "channels": conv.out_channels,
+                    "act": conv.act,
+                    "norm": norm,
+                    "bn_eps": conv.bn_eps if norm == "batch" else None,
+                    "bn_momentum": conv.bn_momentum if norm == "batch" else None,
+                    "padding": conv.padding if conv.stride > 1 else None,
+                }
             )
-            for name in OPTIONS
-        }
-        defaults["se"] = _most_common(
-            [s["se"] for s in stages if s["kind"] != "conv"],
-            ast.Defaults.model_fields["se"].default,
-        )
+        if facts.head_style == "post_pool":
+            ends[1]["pool"] = "first"
+        statements = [ends[0], *every, ends[1]]
+        defaults = self._defaults(statements, every)
         defaults["drop_path"] = self._drop_path(lines)
         for statement in statements:
-            for name in OPTIONS:
-                if statement.get(name) is None or statement[name] == defaults[name]:
-                    statement.pop(name, None)
-            if statement.get("skip") is True:
-                del statement["skip"]
-            if statement["kind"] == "conv":
-                statement.pop("se", None)
+            self._overrides(statement, defaults)
         set_defaults = {
             name: value
             for name, value in defaults.items()
             if value != ast.Defaults.model_fields[name].default
         }
+        built = []
+        for stage in stages:
+            head, *rest = stage
+            built.append(
+                ast.Stage(**head, lines=tuple(ast.BlockLine(**line) for line in rest))
+                if rest
+                else ast.Stage(**head)
+            )
         network: dict[str, Any] = {
             "name": facts.name,
             "input": ast.Input(size=facts.resolution, channels=facts.in_channels),
             "stem": ast.Stem(**statements[0]),
-            "stages": tuple(ast.Stage(**stage) for stage in statements[1:-1]),
+            "stages": tuple(built),
             "head": ast.Head(**statements[-1]),
             "classifier": ast.Classifier(
                 **_given(dropout=facts.dropout, node=ast.Classifier), classes=facts.classes
@@ -351,6 +418,50 @@ class Composer:
         if set_defaults:
             network["defaults"] = ast.Defaults(**set_defaults)
         return ast.Network(**network)
+
+    def _defaults(self, statements: list[dict[str, Any]], lines: list[dict[str, Any]]) -> dict[str, Any]:
+        """The `defaults` statement: per option, the value fewest overrides need."""
+        language = {name: ast.Defaults.model_fields[name].default for name in OPTIONS}
+        defaults: dict[str, Any] = {}
+        for name in ("act", "norm", "bn_eps", "bn_momentum", "padding"):
+            values = [s[name] for s in statements if s.get(name) is not None]
+            defaults[name] = _most_common(values, language[name])
+        blocks = [line for line in lines if line["kind"] != "conv"]
+        defaults["se"] = _most_common([line["se"] for line in blocks], language["se"])
+        squeezed = [line for line in blocks if line.get("se")]
+        for name in ("se_from", "se_divisor", "se_gate"):
+            defaults[name] = _most_common([line[name] for line in squeezed], language[name])
+        # se_act unset means "the block's own": count what each choice saves
+        effective = [(line["se_act"], line["act"]) for line in squeezed]
+        choices = [None, *sorted({se for se, _ in effective})]
+        defaults["se_act"] = min(
+            choices,
+            key=lambda choice: sum(
+                se != (choice if choice is not None else act) for se, act in effective
+            ),
+        )
+        return defaults
+
+    @staticmethod
+    def _overrides(statement: dict[str, Any], defaults: dict[str, Any]) -> None:
+        """Leave in `statement` only the options that differ from `defaults`."""
+        squeezed = bool(statement.get("se"))
+        act = statement.get("act") or defaults["act"]
+        for name in OPTIONS:
+            if name not in statement:
+                continue
+            value = statement[name]
+            inherited = defaults[name]
+            if name == "se_act" and squeezed:
+                if value == (defaults["se_act"] if defaults["se_act"] is not None else act):
+                    statement.pop(name)
+                continue
+            if value is None or value == inherited or (name in SE_OPTIONS and not squeezed):
+                statement.pop(name)
+        if statement.get("skip") is True:
+            del statement["skip"]
+        if statement["kind"] == "conv":
+            statement.pop("se", None)
 
     def _drop_path(self, stages: Sequence[Sequence[Line]]) -> float:
         """The network's stochastic-depth rate: block i of N has rate·i/N (residuals only)."""
@@ -361,13 +472,11 @@ class Composer:
             for number, line in enumerate(blocks)
             if line.residual and number > 0
         }
-        unused = [line for line in blocks if not line.residual and line.drop_path]
         if len(rates) > 1:
             raise self.refuse(blocks[0].path, "drop-path rates that do not grow linearly")
         rate = rates.pop() if rates else 0.0
         if rate == 0.0 and any(line.residual and line.drop_path for line in blocks):
             raise self.refuse(blocks[0].path, "a drop-path rate on the first block")
-        del unused  # rates on blocks without a residual never run: nothing to write
         return rate
 
 
