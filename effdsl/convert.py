@@ -18,6 +18,12 @@ part in the other library's EfficientNet / EfficientNetV2:
     head.{conv,bn}                  features.<S+1>.{0,1}         conv_head, bn2
     classifier                      classifier.1                 classifier
 
+torchvision's MobileNetV2 (`torchvision.mobilenet_v2`) numbers its blocks in one flat
+`features` list, each block's layers `conv.k.{0,1}` and the projection `conv.<k>` with its batch
+norm `conv.<k+1>`; MnasNet (`torchvision.mnasnet`) is one flat `layers` list: stem `0`/`1`, the
+first stage's single separable block `3`/`4`, `6`/`7`, one `Sequential` per later stage at
+`<stage + 7>`, whose blocks' layers are `layers.{0,1,3,4,6,7}`, and the head `14`/`15`.
+
 A network whose head comes after the global pool (`head ... pool=first`) is laid out as the
 libraries' MobileNetV3 classes lay it out: timm names the head `conv_head` (with `bias`, or
 `norm_head` after it); torchvision numbers every block in one flat `features` list
@@ -41,6 +47,14 @@ from effdsl.errors import CheckpointError
 from effdsl.plan import BlockPlan, ConvOp, MixedConvOp, Op, Plan, RoutingOp, SqueezeExciteOp, lower
 
 LIBRARIES = ("torchvision", "timm")
+
+#: torchvision lays its mobile nets out three ways: EfficientNet's and MobileNetV3's
+#: (`torchvision`, told apart by the head), MobileNetV2's and MnasNet's. `source="torchvision"`
+#: tells them apart by a key only that layout has; `target=` names the layout.
+TORCHVISION_LAYOUTS = {
+    "torchvision.mobilenet_v2": "features.1.conv.0.0.weight",
+    "torchvision.mnasnet": "layers.0.weight",
+}
 
 Shape = tuple[int, ...]
 
@@ -188,12 +202,71 @@ def _timm_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
     yield plan.head, {"conv": "conv_head", "bn": "norm_head" if plan.pooled_head else "bn2"}
 
 
-_NAMES = {"torchvision": _torchvision_names, "timm": _timm_names}
+def _mobilenet_v2_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
+    """torchvision's MobileNetV2: `features.0` the stem, `features.<n+1>.conv` block n's
+    layers (`k.0` conv, `k.1` norm; the projection `k` and its norm `k+1`), then the head."""
+    _no_squeeze(plan, "torchvision.mobilenet_v2")
+    yield plan.stem, {"conv": "features.0.0", "bn": "features.0.1"}
+    for block in plan.blocks():
+        where = f"features.{block.number + 1}.conv"
+        *layers, project = block.ops
+        for k, op in enumerate(layers):
+            yield op, {"conv": f"{where}.{k}.0", "bn": f"{where}.{k}.1"}
+        k = len(layers)
+        yield project, {"conv": f"{where}.{k}", "bn": f"{where}.{k + 1}"}
+    last = plan.block_count + 1
+    yield plan.head, {"conv": f"features.{last}.0", "bn": f"features.{last}.1"}
+
+
+def _mnasnet_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
+    """torchvision's MnasNet: one flat `layers` list (see the module's docstring)."""
+    _no_squeeze(plan, "torchvision.mnasnet")
+    first = plan.stages[0].blocks
+    if len(first) != 1 or len(first[0].ops) != 2 or len(plan.stages) != 7:
+        raise CheckpointError(
+            f"`{plan.name}` is not laid out as torchvision's MnasNet: a first stage of one "
+            "separable block (depthwise, pointwise), then six stages"
+        )
+    yield plan.stem, {"conv": "layers.0", "bn": "layers.1"}
+    for op, at in zip(first[0].ops, (3, 6), strict=True):
+        yield op, {"conv": f"layers.{at}", "bn": f"layers.{at + 1}"}
+    for stage in plan.stages[1:]:
+        for block in stage.blocks:
+            where = f"layers.{stage.index + 7}.{block.index}.layers"
+            if len(block.ops) != 3:
+                raise CheckpointError(
+                    f"`{block.path}` has {len(block.ops)} layers where torchvision's MnasNet "
+                    "blocks have three convs"
+                )
+            for op, at in zip(block.ops, (0, 3, 6), strict=True):
+                yield op, {"conv": f"{where}.{at}", "bn": f"{where}.{at + 1}"}
+    yield plan.head, {"conv": "layers.14", "bn": "layers.15"}
+
+
+def _no_squeeze(plan: Plan, library: str) -> None:
+    """MobileNetV2 and MnasNet have no squeeze-and-excitation, MixConv or CondConv layers."""
+    for block in plan.blocks():
+        for op in block.ops:
+            if not isinstance(op, ConvOp) or op.experts or op.norm != "batch":
+                raise CheckpointError(
+                    f"{library} has no layer like `{op.path}` ({type(op).__name__})",
+                    hint="convert such networks' checkpoints with source='timm'",
+                )
+
+
+_NAMES = {
+    "torchvision": _torchvision_names,
+    "timm": _timm_names,
+    "torchvision.mobilenet_v2": _mobilenet_v2_names,
+    "torchvision.mnasnet": _mnasnet_names,
+}
 
 
 def _classifier_name(plan: Plan, library: str) -> str:
     if library == "timm":
         return "classifier"
+    if library in TORCHVISION_LAYOUTS:
+        return "classifier.1"  # Dropout, Linear
     # torchvision's classifier: Dropout, Linear; MobileNetV3's: Linear, Hardswish, Dropout, Linear
     return "classifier.3" if plan.pooled_head else "classifier.1"
 
@@ -202,7 +275,8 @@ def layout(plan: Plan, library: str) -> tuple[Entry, ...]:
     """Every tensor of `plan`'s state_dict, in order, under effdsl's and `library`'s keys."""
     if library not in _NAMES:
         raise CheckpointError(
-            f"no checkpoint layout `{library}`", hint=f"use one of {', '.join(LIBRARIES)}"
+            f"no checkpoint layout `{library}`",
+            hint=f"use one of {', '.join((*LIBRARIES, *TORCHVISION_LAYOUTS))}",
         )
     entries = [entry for op, names in _NAMES[library](plan) for entry in _op_entries(op, names)]
     classifier = plan.classifier
@@ -239,9 +313,11 @@ def convert_state_dict(
     else:
         raise CheckpointError(
             "give exactly one of source= (convert into effdsl's layout) and target= (out of it)",
-            hint=f"libraries: {', '.join(LIBRARIES)}",
+            hint=f"libraries: {', '.join((*LIBRARIES, *TORCHVISION_LAYOUTS))}",
         )
     plan = _plan(network)
+    if library == "torchvision" and into_ours:
+        library = _torchvision_layout(state_dict)
     entries = layout(plan, library)
     moves = [(e.theirs, e.ours, e) if into_ours else (e.ours, e.theirs, e) for e in entries]
     from_layout = library if into_ours else "effdsl"
@@ -252,6 +328,14 @@ def convert_state_dict(
         for old, new, entry in moves
         if old in state_dict
     }
+
+
+def _torchvision_layout(state_dict: Mapping[str, Any]) -> str:
+    """Which of torchvision's layouts a checkpoint is in, by a key only that layout has."""
+    for name, key in TORCHVISION_LAYOUTS.items():
+        if key in state_dict:
+            return name
+    return "torchvision"
 
 
 def _reshaped(tensor: Any, shape: Shape) -> Any:

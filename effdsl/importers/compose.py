@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from effdsl import ast
@@ -43,6 +43,8 @@ OPTIONS = (
 #: Options that only mean something on a line with squeeze-and-excitation.
 SE_OPTIONS = ("se_from", "se_divisor", "se_act", "se_gate")
 
+GROUPED = "grouped convolution (group_size)"
+
 #: How squeeze widths are tried, in order: (se_from, se_divisor).
 SQUEEZE_RULES: tuple[tuple[str, int | None], ...] = (
     ("input", None),
@@ -57,9 +59,9 @@ class Line:
     """One block as the language would say it, before lines collapse the repeats."""
 
     path: str
-    kind: str  # conv, mbconv, fused_mbconv
+    kind: str  # conv, mbconv, fused_mbconv, separable, mixconv, condconv
     full: bool  # expansion 1 that keeps its 1×1 conv
-    kernel: int
+    kernel: ast.Kernel  # a mixconv's list of kernels, one per channel slice
     stride: int
     in_channels: int
     mid_channels: int
@@ -74,6 +76,9 @@ class Line:
     padding: str | None  # None: every conv has stride 1, where SAME and symmetric agree
     residual: bool
     drop_path: float
+    expand_groups: int = 1  # mixconv: the 1×1 expansion cut into this many channel slices
+    project_groups: int = 1
+    experts: int = 0  # condconv
 
 
 class Composer:
@@ -103,10 +108,10 @@ class Composer:
         else:
             norm = "batch"
         if depthwise and not conv.depthwise:
-            raise self.refuse(conv.path, "grouped convolution (group_size)", f"groups={conv.groups}")
+            raise self.refuse(conv.path, GROUPED, f"groups={conv.groups}")
         if not depthwise and conv.groups != 1:
-            raise self.refuse(conv.path, "grouped convolution (group_size)", f"groups={conv.groups}")
-        if conv.kernel % 2 == 0:
+            raise self.refuse(conv.path, GROUPED, f"groups={conv.groups}")
+        if any(kernel % 2 == 0 for kernel in conv.kernels or (conv.kernel,)):
             raise self.refuse(conv.path, "even kernel", str(conv.kernel))
         if act and conv.act is None:
             raise self.refuse(conv.path, "convolution without an activation")
@@ -137,21 +142,31 @@ class Composer:
         """The block as one line of the language, or a refusal."""
         convs = block.convs
         full = False
+        experts = self._experts(block)
+        mixed = any(conv.kernels for conv in convs)
+        groups = (1, 1)  # a mixconv's expansion and projection slices
         if block.kind == "conv":
             (conv,) = convs
             norms = [self._plain(conv)]
-            kind, mid, kernel = "conv", conv.in_channels, conv.kernel
+            kind, mid, kernel = "conv", conv.in_channels, _kernel(conv)
         elif block.kind == "ds":
             depthwise, pointwise = convs
-            if pointwise.act is not None:
-                raise self.refuse(
-                    pointwise.path,
-                    "depthwise-separable block with an activation after the pointwise conv (dsa)",
-                )
-            norms = [self._plain(depthwise, depthwise=True), self._plain(pointwise, act=False)]
-            if pointwise.kernel != 1:
+            separable = pointwise.act is not None  # MobileNetV1's block: no residual
+            norms = [
+                self._plain(depthwise, depthwise=True),
+                self._plain(pointwise, act=separable),
+            ]
+            if not _pointwise(pointwise):
                 raise self.refuse(pointwise.path, "pointwise conv with a k×k kernel")
-            kind, mid, kernel = "mbconv", depthwise.out_channels, depthwise.kernel
+            if separable and block.residual:
+                raise self.refuse(
+                    block.path, "depthwise-separable block with an activation and a residual"
+                )
+            if separable and (mixed or experts):
+                raise self.refuse(block.path, "separable block with MixConv or CondConv layers")
+            kind = "separable" if separable else "mbconv"
+            mid, kernel = depthwise.out_channels, _kernel(depthwise)
+            groups = (1, pointwise.slices)
         elif block.kind == "ir":
             expand, depthwise, project = convs
             norms = [
@@ -159,19 +174,33 @@ class Composer:
                 self._plain(depthwise, depthwise=True),
                 self._plain(project, act=False),
             ]
-            if expand.kernel != 1 or project.kernel != 1:
+            if not (_pointwise(expand) and _pointwise(project)):
                 raise self.refuse(block.path, "inverted residual with a k×k expansion/projection")
-            kind, mid, kernel = "mbconv", expand.out_channels, depthwise.kernel
+            kind, mid, kernel = "mbconv", expand.out_channels, _kernel(depthwise)
             full = mid == expand.in_channels
+            groups = (expand.slices, project.slices)
         elif block.kind == "er":
             expand, project = convs
             norms = [self._plain(expand), self._plain(project, act=False)]
-            if project.kernel != 1:
+            if not _pointwise(project):
                 raise self.refuse(project.path, "projection with a k×k kernel")
+            if mixed or experts:
+                raise self.refuse(block.path, "fused block with MixConv or CondConv layers")
             kind, mid, kernel = "fused_mbconv", expand.out_channels, expand.kernel
             full = mid == expand.in_channels
         else:  # pragma: no cover - readers only produce the kinds above
             raise self.refuse(block.path, f"block kind {block.kind}")
+        if mixed and experts:
+            raise self.refuse(block.path, "MixConv and CondConv in one block")
+        if mixed or experts:
+            kind = "mixconv" if mixed else "condconv"
+            if full:
+                raise self.refuse(
+                    block.path,
+                    f"{kind} block with expansion 1 that keeps its 1×1 expansion conv",
+                )
+        else:
+            groups = (1, 1)
         act = convs[0].act
         assert act is not None
         if any(conv.act not in (act, None) for conv in convs):
@@ -187,6 +216,8 @@ class Composer:
                 raise self.refuse(se.path, "squeeze-and-excitation not on the expanded width")
             squeeze, se_act, se_gate = se.squeeze, se.act, se.gate
         eps, momentum, norm = self._uniform(convs, norms)
+        if kind in ("mixconv", "condconv") and norm != "batch":
+            raise self.refuse(block.path, f"{kind} block without batch norm")
         return Line(
             path=block.path,
             kind=kind,
@@ -206,7 +237,20 @@ class Composer:
             padding=self._padding(convs),
             residual=block.residual,
             drop_path=block.drop_path,
+            expand_groups=groups[0],
+            project_groups=groups[1],
+            experts=experts,
         )
+
+    def _experts(self, block: BlockFact) -> int:
+        """CondConv's experts: on every conv of the block, with its routing function."""
+        experts = {conv.experts for conv in block.convs}
+        if len(experts) > 1:
+            raise self.refuse(block.path, "CondConv on some of a block's convolutions only")
+        count = experts.pop()
+        if count != block.routing:
+            raise self.refuse(block.path, "CondConv without one routing function for the block")
+        return count
 
     # ---- lines --------------------------------------------------------------------------
 
@@ -214,8 +258,9 @@ class Composer:
         """The fields of one block line saying all of `lines`, or None when they cannot be one
         line (different shapes, no common ratio)."""
         first = lines[0]
-        same = ("kind", "full", "kernel", "out_channels", "act", "norm", "bn_eps", "bn_momentum")
-        same += ("se_act", "se_gate")
+        same: tuple[str, ...] = ("kind", "full", "kernel", "out_channels", "act", "norm")
+        same += ("bn_eps", "bn_momentum", "se_act", "se_gate", "expand_groups", "project_groups")
+        same += ("experts",)
         if any(getattr(line, name) != getattr(first, name) for line in lines for name in same):
             return None
         if any(line.stride != 1 for line in lines[1:]):
@@ -241,6 +286,12 @@ class Composer:
         }
         if first.kind == "conv":
             return fields
+        if first.expand_groups != 1:
+            fields["expand_groups"] = first.expand_groups
+        if first.project_groups != 1:
+            fields["project_groups"] = first.project_groups
+        if first.experts:
+            fields["experts"] = first.experts
         if first.full:
             fields["full"] = True
         else:
@@ -273,13 +324,16 @@ class Composer:
             ratio = round(exact, digits)
             if not 1.0 < ratio <= ast.MAX_EXPAND:
                 continue
-            if all(expanded_channels(line.in_channels, ratio) == line.mid_channels for line in lines):
+            widths = (expanded_channels(line.in_channels, ratio) for line in lines)
+            if all(width == line.mid_channels for width, line in zip(widths, lines, strict=True)):
                 return {"expand": float(ratio)}
         if all(line.mid_channels == first.mid_channels for line in lines):
             return {"mid": first.mid_channels}
         return None
 
-    def _squeeze(self, lines: Sequence[Line], expand: float, mid: int | None) -> dict[str, Any] | None:
+    def _squeeze(
+        self, lines: Sequence[Line], expand: float, mid: int | None
+    ) -> dict[str, Any] | None:
         """`se`, `se_from` and `se_divisor` giving every block's squeeze width."""
         first = lines[0]
         for source, divisor in self.squeeze_rules:
@@ -293,7 +347,11 @@ class Composer:
                     continue
                 if all(
                     squeeze_channels(
-                        line.in_channels, line.mid_channels, ratio, source, divisor
+                        line.in_channels,
+                        ratio,
+                        mid_channels=line.mid_channels,
+                        source=source,
+                        divisor=divisor,
                     )
                     == line.squeeze
                     for line in lines
@@ -313,7 +371,11 @@ class Composer:
 
     def _skip(self, lines: Sequence[Line]) -> bool | None:
         """Whether the line keeps the language's residual rule (`skip=no` turns it off)."""
-        allowed = [line for line in lines if line.stride == 1 and line.in_channels == line.out_channels]
+        if lines[0].kind == "separable":  # never a residual: nothing to turn off
+            return True
+        allowed = [
+            line for line in lines if line.stride == 1 and line.in_channels == line.out_channels
+        ]
         for line in lines:
             if line.residual and line not in allowed:
                 raise self.refuse(line.path, "a residual connection across a shape change")
@@ -419,7 +481,9 @@ class Composer:
             network["defaults"] = ast.Defaults(**set_defaults)
         return ast.Network(**network)
 
-    def _defaults(self, statements: list[dict[str, Any]], lines: list[dict[str, Any]]) -> dict[str, Any]:
+    def _defaults(
+        self, statements: list[dict[str, Any]], lines: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         """The `defaults` statement: per option, the value fewest overrides need."""
         language = {name: ast.Defaults.model_fields[name].default for name in OPTIONS}
         defaults: dict[str, Any] = {}
@@ -480,6 +544,16 @@ class Composer:
         return rate
 
 
+def _kernel(conv: ConvFact) -> ast.Kernel:
+    """The `k` of a conv: its kernel, or a MixConv's list of kernels."""
+    return conv.kernels or conv.kernel
+
+
+def _pointwise(conv: ConvFact) -> bool:
+    """Whether every kernel of `conv` (each slice of a MixConv) is 1×1."""
+    return set(conv.kernels or (conv.kernel,)) == {1}
+
+
 def _given(node: type[ast.Node], **fields: Any) -> dict[str, Any]:
     """`fields` without those equal to the node's default, so `fmt` leaves them unsaid."""
     return {
@@ -491,15 +565,15 @@ def _given(node: type[ast.Node], **fields: Any) -> dict[str, Any]:
 
 def _most_common(values: Sequence[T], default: T) -> T:
     """The value for `defaults`: the language's own default while some statements use it,
-    unless another value is used by at least two thirds of them (EfficientNetV2 writes `se`
-    on its MBConv stages, B0 factors it out); otherwise the most common value, the first on a
-    tie."""
+    unless another value is used by more than three quarters of them (B0 factors `se` out;
+    EfficientNetV2 and MobileNetV3-Small, with SE on 6 of 8 lines, write it per line);
+    otherwise the most common value, the first on a tie."""
     if not values:
         return default
     counts = Counter(values)
     best = max(counts.values())
     tied = [value for value in values if counts[value] == best]
-    if default in tied or (default in counts and 3 * best < 2 * len(values)):
+    if default in tied or (default in counts and 4 * best <= 3 * len(values)):
         return default
     return tied[0]
 

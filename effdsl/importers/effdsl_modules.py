@@ -15,6 +15,7 @@ from effdsl.errors import ImportRefused
 from effdsl.importers.facts import (
     BlockFact,
     ConvFact,
+    ConvShape,
     ModelFacts,
     Reader,
     SEFact,
@@ -26,13 +27,6 @@ def version() -> str:
     import effdsl
 
     return f"effdsl {effdsl.__version__}"
-
-
-#: effdsl's layers that the reader cannot read back yet, by class, and what they are.
-_UNREAD_LAYERS = {
-    "MixedConvBNAct": "MixConv (mixed kernels or grouped 1×1 convs)",
-    "CondConvBNAct": "CondConv (per-sample expert kernels)",
-}
 
 
 class EffdslReader(Reader):
@@ -49,46 +43,64 @@ class EffdslReader(Reader):
         *,
         padding: str | None = None,
     ) -> ConvFact:
-        """effdsl's conv-BN-act: children `conv`, `bn`, `act`, and `pad` for TF's SAME."""
+        """effdsl's conv-norm-act layers: `conv`, `bn`, `act` (and `pad` for TF's SAME);
+        MixConv's `convs` (one per channel slice, each after its `pads`); CondConv's expert
+        kernels as the rows of `weight`."""
+        if hasattr(module, "convs") and hasattr(module, "bn"):
+            pads = list(getattr(module, "pads", [None] * len(module.convs)))
+            slices = [
+                (conv, "same" if _padded(pad) else None)
+                for conv, pad in zip(module.convs, pads, strict=True)
+            ]
+            return self.mixed(f"{path}.convs", slices, module.bn, module.act)
+        if hasattr(module, "weight") and hasattr(module, "shape") and hasattr(module, "bn"):
+            out_channels, per_group, kernel, _ = module.shape
+            shape = ConvShape(
+                per_group * module.groups, out_channels, kernel, module.stride, module.groups
+            )
+            mode = "same" if _padded(getattr(module, "pad", None)) else "symmetric"
+            experts = int(module.weight.shape[0])
+            return self.experts(path, shape, experts, mode, module.bn, module.act)
         if not (hasattr(module, "conv") and hasattr(module, "bn")):
-            # MixConv's sliced convs and CondConv's expert kernels have other children
-            feature = _UNREAD_LAYERS.get(type(module).__name__, "a conv layer of another layout")
-            raise self.refuse(path, module, f"{feature}, which the importer does not read yet")
-        pad = getattr(module, "pad", None)
+            raise self.refuse(path, module, "a conv layer of another layout")
         return super().conv(
             f"{path}.conv",
             module.conv,
             module.bn,
             module.act,
-            padding="same" if pad is not None else None,
+            padding="same" if _padded(getattr(module, "pad", None)) else None,
         )
 
     def se(self, path: str, module: Any) -> SEFact:
         act = self.activation(f"{path}.act", module.act)
-        if act is None:
-            raise self.refuse(path, module, "squeeze-and-excitation without an activation")
+        gate = self.activation(f"{path}.gate", module.gate)
+        if gate is None:
+            raise self.refuse(path, module, "squeeze-and-excitation without a gate")
         return SEFact(
             path=path,
             channels=int(module.reduce.in_channels),
             squeeze=int(module.reduce.out_channels),
-            act=act,
-            gate="sigmoid",
+            act=act or "none",
+            gate=gate,
         )
 
     def block(self, path: str, block: Any) -> BlockFact:
         parts = {
             name: getattr(block, name)
-            for name in ("conv", "expand", "depthwise", "se", "project")
+            for name in ("routing", "conv", "expand", "depthwise", "se", "pointwise", "project")
             if getattr(block, name, None) is not None
             and type(getattr(block, name)).__name__ != "Identity"  # generated code's "absent"
         }
         convs = tuple(
-            self.conv(f"{path}.{name}", module) for name, module in parts.items() if name != "se"
+            self.conv(f"{path}.{name}", module)
+            for name, module in parts.items()
+            if name not in ("se", "routing")
         )
-        present = set(parts) - {"se"}
+        present = set(parts) - {"se", "routing"}
         kinds = {
             frozenset({"conv"}): "conv",
             frozenset({"depthwise", "project"}): "ds",
+            frozenset({"depthwise", "pointwise"}): "ds",
             frozenset({"expand", "depthwise", "project"}): "ir",
             frozenset({"expand", "project"}): "er",
         }
@@ -96,6 +108,9 @@ class EffdslReader(Reader):
         if kind is None:
             raise self.refuse(path, block, f"block with layers {', '.join(parts)}")
         se = self.se(f"{path}.se", parts["se"]) if "se" in parts else None
+        routing = parts.get("routing")
+        if routing is not None and int(routing.in_features) != convs[0].in_channels:
+            raise self.refuse(f"{path}.routing", routing, "routing not on the block input")
         return BlockFact(
             path=path,
             kind=kind,
@@ -103,6 +118,7 @@ class EffdslReader(Reader):
             se=se,
             residual=bool(block.residual),
             drop_path=float(block.drop_rate),
+            routing=0 if routing is None else int(routing.out_features),
         )
 
     def model(self, model: Any) -> ModelFacts:
@@ -121,11 +137,35 @@ class EffdslReader(Reader):
             stem=stem,
             stages=stages,
             head=head,
-            head_style="conv",
+            head_style="post_pool" if _pooled_head(model) else "conv",
             dropout=float(model.dropout.p),
             classes=int(model.classifier.out_features),
             params=parameter_count(model),
         )
+
+
+def _padded(pad: Any) -> bool:
+    """Whether a layer's `pad` is TF's SAME padding (a `ZeroPad2d`) rather than absent."""
+    return pad is not None and type(pad).__name__ == "ZeroPad2d"
+
+
+def _pooled_head(model: Any) -> bool:
+    """Whether the head runs after the global pool: `effdsl.build`'s `pooled_head`, else (a
+    generated class) whether the head sees a 1×1 map in a forward pass on the meta device."""
+    pooled = getattr(model, "pooled_head", None)
+    if pooled is not None:
+        return bool(pooled)
+    import torch
+
+    seen: list[tuple[int, ...]] = []
+    hook = model.head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape))
+    try:
+        size = _resolution(model)
+        with torch.no_grad():
+            model(torch.empty(1, model.stem.conv.in_channels, size, size, device="meta"))
+    finally:
+        hook.remove()
+    return tuple(seen[0][-2:]) == (1, 1)
 
 
 def _name(model: Any) -> str:

@@ -12,7 +12,7 @@ activations); the readers call them. Torch is only touched through the modules p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from effdsl.errors import ImportRefused
@@ -53,10 +53,19 @@ class ConvFact:
     bn_eps: float
     bn_momentum: float
     act: str | None  # a language activation name, or None
+    # MixConv: the kernel of each channel slice (two or more; `kernel` is the first), the
+    # slices cut as `effdsl.plan.split_channels` cuts them; () for an ordinary conv
+    kernels: tuple[int, ...] = ()
+    experts: int = 0  # CondConv: expert kernels mixed per sample (0: an ordinary conv)
 
     @property
     def depthwise(self) -> bool:
         return self.groups == self.in_channels == self.out_channels and self.groups > 1
+
+    @property
+    def slices(self) -> int:
+        """The channel slices a MixConv cuts its input into; 1 for an ordinary conv."""
+        return len(self.kernels) or 1
 
 
 @dataclass(frozen=True)
@@ -74,8 +83,9 @@ class SEFact:
 class BlockFact:
     """One block: `kind` names its structure, `convs` its convolutions in forward order.
 
-    kinds: `conv` (one conv), `ds` (depthwise, SE?, pointwise), `ir` (1×1 expansion,
-    depthwise, SE?, 1×1 projection), `er` (k×k expansion, SE?, 1×1 projection).
+    kinds: `conv` (one conv), `ds` (depthwise, SE?, pointwise; with an activation after the
+    pointwise conv it is MobileNetV1's separable block), `ir` (1×1 expansion, depthwise, SE?,
+    1×1 projection), `er` (k×k expansion, SE?, 1×1 projection).
     """
 
     path: str
@@ -84,6 +94,7 @@ class BlockFact:
     se: SEFact | None
     residual: bool
     drop_path: float  # this block's own rate (0: none)
+    routing: int = 0  # CondConv: experts weighted by a routing function of the pooled input
 
     @property
     def in_channels(self) -> int:
@@ -152,7 +163,7 @@ class Reader:
         padding: str | None = None,
     ) -> ConvFact:
         """A `Conv2d` with its norm (batch norm, or timm's norm+act in one) and activation."""
-        if type(conv).__name__ not in ("Conv2d", "Conv2dSame"):
+        if type(conv).__name__ not in ("Conv2d", "Conv2dSame", "ConvShape"):
             raise self.refuse(path, conv, _feature_of(conv))
         kernel_h, kernel_w = conv.kernel_size
         stride_h, stride_w = conv.stride
@@ -196,6 +207,72 @@ class Reader:
             act=activation,
         )
 
+    def mixed(
+        self,
+        path: str,
+        slices: list[tuple[Any, str | None]],
+        norm: Any = None,
+        act: Any = None,
+    ) -> ConvFact:
+        """MixConv: one conv per channel slice, `slices` as (conv, padding) in channel order,
+        the outputs concatenated, then the norm and activation. A single slice is a conv."""
+        from effdsl.plan import split_channels
+
+        facts = [
+            Reader.conv(self, f"{path}.{g}", conv, padding=padding)
+            for g, (conv, padding) in enumerate(slices)
+        ]
+        if len(facts) == 1:
+            return Reader.conv(self, path, slices[0][0], norm, act, padding=slices[0][1])
+        in_channels = sum(fact.in_channels for fact in facts)
+        out_channels = sum(fact.out_channels for fact in facts)
+        cut = (split_channels(in_channels, len(facts)), split_channels(out_channels, len(facts)))
+        if cut != (
+            tuple(fact.in_channels for fact in facts),
+            tuple(fact.out_channels for fact in facts),
+        ):
+            raise self.refuse(path, None, "a MixConv whose channel slices are not near-equal")
+        depthwise = all(fact.depthwise for fact in facts)
+        if not depthwise and any(fact.groups != 1 for fact in facts):
+            raise self.refuse(path, None, "a MixConv slice that is a grouped convolution")
+        if len({(fact.stride, fact.padding, fact.bias) for fact in facts}) > 1:
+            raise self.refuse(path, None, "MixConv slices of different strides or paddings")
+        whole = Reader.conv(self, path, slices[0][0], norm, act, padding=facts[0].padding)
+        return replace(
+            whole,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            groups=in_channels if depthwise else 1,
+            kernels=tuple(fact.kernel for fact in facts),
+        )
+
+    def condconv(self, path: str, conv: Any, norm: Any = None, act: Any = None) -> ConvFact:
+        """timm's `CondConv2d`: `num_experts` kernels in one weight, mixed per sample."""
+        if conv.bias is not None:
+            raise self.refuse(path, conv, "CondConv with a bias")
+        if tuple(conv.dilation) != (1, 1):
+            raise self.refuse(path, conv, "dilated convolution")
+        if conv.dynamic_padding:
+            padding = "same"
+        else:
+            half = (conv.kernel_size[0] - 1) // 2
+            if tuple(conv.padding) != (half, half):
+                raise self.refuse(path, conv, f"padding {tuple(conv.padding)}")
+            padding = "symmetric"
+        kernel, stride = conv.kernel_size[0], conv.stride[0]
+        if (kernel, stride) != (conv.kernel_size[1], conv.stride[1]):
+            raise self.refuse(path, conv, "non-square kernel or stride")
+        shape = ConvShape(conv.in_channels, conv.out_channels, kernel, stride, conv.groups)
+        return self.experts(path, shape, int(conv.num_experts), padding, norm, act)
+
+    def experts(
+        self, path: str, shape: ConvShape, experts: int, padding: str, norm: Any, act: Any
+    ) -> ConvFact:
+        """A CondConv conv of `experts` kernels of `shape`, with its norm and activation."""
+        # `Reader.conv`: a subclass's own `conv` reads its library's whole layer
+        fact = Reader.conv(self, path, shape, norm, act, padding=padding)
+        return replace(fact, experts=experts)
+
     def _padding(self, path: str, conv: Any) -> str:
         if type(conv).__name__ == "Conv2dSame":  # timm: SAME padding computed per input size
             return "same"
@@ -205,6 +282,21 @@ class Reader:
         if tuple(conv.padding) != (half, half):
             raise self.refuse(path, conv, f"padding {tuple(conv.padding)} for a k{half * 2 + 1}")
         return "symmetric"
+
+
+class ConvShape:
+    """A `Conv2d`-like view of a conv module of another class (CondConv's), for `conv`."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel: int, stride: int, groups: int
+    ) -> None:
+        self.kernel_size = (kernel, kernel)
+        self.stride = (stride, stride)
+        self.dilation = (1, 1)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.groups = groups
+        self.bias = None
 
 
 def _is_batch_norm(module: Any) -> bool:

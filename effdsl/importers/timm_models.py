@@ -28,7 +28,6 @@ MODULES = ("efficientnet", "mobilenetv3", "hardcorenas")
 
 #: Block classes that need language features the reader cannot express, by timm class name.
 _UNSUPPORTED_BLOCKS = {
-    "CondConvResidual": "CondConv (per-sample expert kernels and routing)",
     "UniversalInvertedResidual": "MobileNetV4 universal inverted bottleneck (UIR)",
     "MobileAttention": "MobileNetV4 attention block (MQA/MHA)",
 }
@@ -121,6 +120,16 @@ class TimmReader(Reader):
             if part is not None and type(part).__name__ != "Identity":
                 raise self.refuse(f"{path}.{name}", part, features[name])
 
+    def layer(self, path: str, conv: Any, norm: Any) -> ConvFact:
+        """A block's conv: a `Conv2d`, a `MixedConv2d` (one conv per channel slice, children
+        `0`, `1`, ...) or a `CondConv2d`, with its norm-and-activation."""
+        kind = type(conv).__name__
+        if kind == "MixedConv2d":
+            return self.mixed(path, [(child, None) for child in conv.values()], norm)
+        if kind == "CondConv2d":
+            return self.condconv(path, conv, norm)
+        return self.conv(path, conv, norm)
+
     def se(self, path: str, se: Any) -> SEFact | None:
         if type(se).__name__ == "Identity":
             return None
@@ -151,29 +160,37 @@ class TimmReader(Reader):
         elif kind == "DepthwiseSeparableConv":
             fact_kind = "ds"
             convs = (
-                self.conv(f"{path}.conv_dw", block.conv_dw, block.bn1),
-                self.conv(f"{path}.conv_pw", block.conv_pw, block.bn2),
+                self.layer(f"{path}.conv_dw", block.conv_dw, block.bn1),
+                self.layer(f"{path}.conv_pw", block.conv_pw, block.bn2),
             )
             se = self.se(f"{path}.se", block.se)
-        elif kind == "InvertedResidual":
+        elif kind in ("InvertedResidual", "CondConvResidual"):
             fact_kind = "ir"
             convs = (
-                self.conv(f"{path}.conv_pw", block.conv_pw, block.bn1),
-                self.conv(f"{path}.conv_dw", block.conv_dw, block.bn2),
-                self.conv(f"{path}.conv_pwl", block.conv_pwl, block.bn3),
+                self.layer(f"{path}.conv_pw", block.conv_pw, block.bn1),
+                self.layer(f"{path}.conv_dw", block.conv_dw, block.bn2),
+                self.layer(f"{path}.conv_pwl", block.conv_pwl, block.bn3),
             )
             se = self.se(f"{path}.se", block.se)
         elif kind == "EdgeResidual":
             fact_kind = "er"
             convs = (
-                self.conv(f"{path}.conv_exp", block.conv_exp, block.bn1),
-                self.conv(f"{path}.conv_pwl", block.conv_pwl, block.bn2),
+                self.layer(f"{path}.conv_exp", block.conv_exp, block.bn1),
+                self.layer(f"{path}.conv_pwl", block.conv_pwl, block.bn2),
             )
             se = self.se(f"{path}.se", block.se)
         else:
             raise self.refuse(path, block, "block class not in the EfficientNet builder")
         drop = block.drop_path
         rate = 0.0 if type(drop).__name__ == "Identity" else float(drop.drop_prob)
+        routing = 0
+        if kind == "CondConvResidual":
+            routing_fn = block.routing_fn
+            if int(routing_fn.in_features) != convs[0].in_channels:
+                raise self.refuse(
+                    f"{path}.routing_fn", routing_fn, "routing not on the block input"
+                )
+            routing = int(routing_fn.out_features)
         return BlockFact(
             path=path,
             kind=fact_kind,
@@ -181,6 +198,7 @@ class TimmReader(Reader):
             se=se,
             residual=bool(block.has_skip),
             drop_path=rate,
+            routing=routing,
         )
 
 
