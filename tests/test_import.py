@@ -179,6 +179,22 @@ def test_b0_and_b3_are_one_spec_up_to_a_preset() -> None:
     assert scaled.model_copy(update={"name": b3.name}) == b3.model_copy(update={"presets": ()})
 
 
+def test_mobilenetv3_large_variants_are_one_spec_with_a_preset_each() -> None:
+    """Block lines scale with the stage (1.5d's deeper stages split among its lines), and a
+    line whose single block has no residual takes the deeper variant's `skip=no`."""
+    family = import_family("timm:mobilenetv3_large_*")
+    assert family.network is not None and family.misfits == ()
+    assert [p.name for p in family.network.presets] == [
+        "mobilenetv3_large_075",
+        "mobilenetv3_large_100",
+        "mobilenetv3_large_150d",
+    ]
+    for preset in family.network.presets:
+        variant = import_model(f"timm:{preset.name}")
+        scaled = effdsl.lower(effdsl.scale(family.network, preset=preset.name))
+        assert effdsl.cost(scaled).params == effdsl.cost(effdsl.lower(variant)).params
+
+
 def test_family_says_which_variants_do_not_share_the_structure() -> None:
     family = import_family("timm:mobilenetv2_1*")
     assert family.network is not None

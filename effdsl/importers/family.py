@@ -23,6 +23,7 @@ from typing import Any
 from effdsl import ast
 from effdsl.arguments import checked
 from effdsl.errors import EffError, ImportRefused
+from effdsl.plan import lower
 from effdsl.scaling import round_channels, round_repeats, scale
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -45,7 +46,10 @@ def _comparable(network: ast.Network) -> ast.Network:
     comments, presets, input size and which blocks opt out of scaling."""
 
     def unfixed(block: Any) -> Any:
-        return block.model_copy(update={"fix": "none"})
+        update: dict[str, Any] = {"fix": "none"}
+        if isinstance(block, ast.Stage):
+            update["lines"] = tuple(unfixed(line) for line in block.lines)
+        return block.model_copy(update=update)
 
     return network.model_copy(
         update={
@@ -73,14 +77,10 @@ def _width(base: ast.Network, variant: ast.Network) -> tuple[float, set[int]] | 
     """A width multiplier taking base's channels to variant's, and the blocks (by position:
     stem, stages, head) that must keep their width, or None."""
     divisor = base.scaling.divisor
-    pairs = [
-        (b.channels, v.channels)
-        for b, v in zip(
-            [base.stem, *base.stages, base.head],
-            [variant.stem, *variant.stages, variant.head],
-            strict=True,
-        )
-    ]
+    ours, theirs = _blocks(base), _blocks(variant)
+    if len(ours) != len(theirs):
+        return None
+    pairs = [(b.channels, v.channels) for b, v in zip(ours, theirs, strict=True)]
     ratios = sorted(v / b for b, v in pairs if v != b)
     if not ratios:
         return 1.0, set()
@@ -92,7 +92,7 @@ def _width(base: ast.Network, variant: ast.Network) -> tuple[float, set[int]] | 
     for width in candidates:
         fixed = set()
         for position, (b, v) in enumerate(pairs):
-            if round_channels(b, width, divisor) == v:
+            if round_channels(b, width, divisor, base.scaling.round_limit) == v:
                 continue
             if b == v:
                 fixed.add(position)
@@ -107,7 +107,13 @@ def _depth(base: ast.Network, variant: ast.Network) -> tuple[float, set[int]] | 
     """A depth multiplier taking base's repeats to variant's, and the stages that keep theirs."""
     low, high = 0.0, float("inf")
     fixed: set[int] = set()
-    pairs = [(b.repeats, v.repeats) for b, v in zip(base.stages, variant.stages, strict=True)]
+    rounding = base.scaling.depth_round
+    if rounding != "up":  # the bounds below are ceil's; other roundings are tried by scaling
+        return 1.0, fixed
+    pairs = [
+        (b.total_repeats, v.total_repeats)
+        for b, v in zip(base.stages, variant.stages, strict=True)
+    ]
     for b, v in pairs:
         if v == 1 and b == 1:
             continue
@@ -133,18 +139,59 @@ def _depth(base: ast.Network, variant: ast.Network) -> tuple[float, set[int]] | 
     return depth, fixed
 
 
+def _with_skips(base: ast.Network, variant: ast.Network) -> ast.Network:
+    """`base` with the variant's `skip=` on each line where the base's blocks could have no
+    residual anyway (one block that changes shape): a deeper variant's extra blocks show
+    whether the line has them (MobileNetV3-Large 1.5d's second 1×1 conv block has none)."""
+    channels = base.stem.channels
+
+    def line_of(ours: Any, theirs: Any) -> Any:
+        nonlocal channels
+        alone = ours.repeats == 1 and (ours.stride != 1 or ours.channels != channels)
+        channels = ours.channels
+        if alone and ours.skip != theirs.skip:
+            return ours.model_copy(update={"skip": theirs.skip})
+        return ours
+
+    stages = []
+    for ours, theirs in zip(base.stages, variant.stages, strict=True):
+        if len(ours.lines) != len(theirs.lines):
+            return base
+        first = line_of(ours, theirs)
+        lines = tuple(line_of(a, b) for a, b in zip(ours.lines, theirs.lines, strict=True))
+        stages.append(first.model_copy(update={"lines": lines}) if lines else first)
+    return base.model_copy(update={"stages": tuple(stages)})
+
+
+def _blocks(network: ast.Network) -> list[Any]:
+    """The stem, every line of every stage in order, and the head: what a width scales."""
+    lines = [line for stage in network.stages for line in stage.all_lines()]
+    return [network.stem, *lines, network.head]
+
+
 def _with_fixes(base: ast.Network, widths: set[int], depths: set[int]) -> ast.Network:
-    blocks: list[Any] = [base.stem, *base.stages, base.head]
-    for position, block in enumerate(blocks):
-        stage = position - 1
+    """`base` with `fix=` on the blocks (positions in `_blocks`) that keep their width and the
+    stages (by index) that keep their depth: a stage's lines keep it with it."""
+    position = 0
+
+    def fixed(block: Any, stage: int | None) -> Any:
+        nonlocal position
         fix_width = position in widths
-        fix_depth = 0 <= stage < len(base.stages) and stage in depths
+        fix_depth = stage is not None and stage in depths
+        position += 1
         if fix_width or fix_depth:
             fix = "all" if fix_width and fix_depth else ("width" if fix_width else "depth")
-            blocks[position] = block.model_copy(update={"fix": fix})
-    return base.model_copy(
-        update={"stem": blocks[0], "stages": tuple(blocks[1:-1]), "head": blocks[-1]}
-    )
+            return block.model_copy(update={"fix": fix})
+        return block
+
+    stem = fixed(base.stem, None)
+    stages = []
+    for index, stage in enumerate(base.stages):
+        first = fixed(stage, index)
+        lines = tuple(fixed(line, index) for line in stage.lines)
+        stages.append(first.model_copy(update={"lines": lines}) if lines else first)
+    head = fixed(base.head, None)
+    return base.model_copy(update={"stem": stem, "stages": tuple(stages), "head": head})
 
 
 def preset_for(
@@ -163,6 +210,7 @@ def preset_for(
     fixed = _with_fixes(
         base, width[1] | base_fixed_widths(base), depth[1] | base_fixed_depths(base)
     )
+    fixed = _with_skips(fixed, variant)
     fields: dict[str, Any] = {"name": name}
     if width[0] != 1.0:
         fields["width"] = width[0]
@@ -184,7 +232,11 @@ def preset_for(
 
 
 def _difference(scaled: ast.Network, variant: ast.Network) -> str | None:
-    """The first statement where the scaled base and the variant differ, said briefly."""
+    """Where the scaled base and the variant differ, said briefly; None when they lower to the
+    same layers (an expansion written e2.3 in one and e2.2 in the other, giving the same
+    widths, is no difference)."""
+    if _layers(scaled) == _layers(variant):
+        return None
     pairs: list[tuple[str, Any, Any]] = [
         ("defaults", scaled.defaults, variant.defaults),
         ("stem", scaled.stem, variant.stem),
@@ -198,17 +250,32 @@ def _difference(scaled: ast.Network, variant: ast.Network) -> str | None:
     for where, ours, theirs in pairs:
         if ours != theirs:
             fields = [
-                f"{name} {getattr(ours, name)} vs {getattr(theirs, name)}"
+                f"{name} {_brief(getattr(ours, name))} vs {_brief(getattr(theirs, name))}"
                 for name in type(ours).model_fields
                 if name not in ast.TRIVIA and getattr(ours, name) != getattr(theirs, name)
             ]
             return f"{where} differs ({', '.join(fields)})"
-    return None
+    return "their layers differ"
+
+
+def _brief(value: Any) -> str:
+    """A field's value for a message: block lines as the `fmt` text of their shapes."""
+    if isinstance(value, tuple) and value and isinstance(value[0], ast.BlockLine):
+        return "[" + "; ".join(_brief(line) for line in value) + "]"
+    if isinstance(value, ast.BlockLine):
+        return f"{value.kind} e{value.expand:g} k{ast.kernel_text(value.kernel)} c{value.channels}"
+    return str(value)
+
+
+def _layers(network: ast.Network) -> tuple[Any, ...]:
+    """Every layer of the lowered network, with each block's residual and drop-path rate."""
+    plan = lower(network)
+    blocks = tuple((block.ops, block.residual, block.drop_path) for block in plan.blocks())
+    return (plan.stem, blocks, plan.head, plan.head_pool, plan.classifier)
 
 
 def base_fixed_widths(network: ast.Network) -> set[int]:
-    blocks = [network.stem, *network.stages, network.head]
-    return {i for i, block in enumerate(blocks) if block.fix in ("width", "all")}
+    return {i for i, block in enumerate(_blocks(network)) if block.fix in ("width", "all")}
 
 
 def base_fixed_depths(network: ast.Network) -> set[int]:
