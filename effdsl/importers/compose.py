@@ -490,6 +490,10 @@ class Composer:
         for name in ("act", "norm", "bn_eps", "bn_momentum", "padding"):
             values = [s[name] for s in statements if s.get(name) is not None]
             defaults[name] = _most_common(values, language[name])
+        # the network's activation is its stem's and head's where they agree (MixNet: ReLU,
+        # with swish in its later stages), however many stages override it
+        if statements[0]["act"] == statements[-1]["act"]:
+            defaults["act"] = statements[0]["act"]
         blocks = [line for line in lines if line["kind"] != "conv"]
         defaults["se"] = _most_common([line["se"] for line in blocks], language["se"])
         squeezed = [line for line in blocks if line.get("se")]
