@@ -30,6 +30,8 @@ T = TypeVar("T")
 #: The options a line inherits from `defaults` and may override.
 OPTIONS = (
     "act",
+    "norm_group_size",
+    "group_size",
     "se",
     "bn_eps",
     "bn_momentum",
@@ -69,7 +71,7 @@ class Line:
     squeeze: int  # 0: no squeeze-and-excitation
     se_act: str | None
     se_gate: str | None
-    act: str
+    act: str | None  # None: EvoNorm-S0's own non-linearity, any activation
     norm: str
     bn_eps: float
     bn_momentum: float
@@ -79,6 +81,9 @@ class Line:
     expand_groups: int = 1  # mixconv: the 1×1 expansion cut into this many channel slices
     project_groups: int = 1
     experts: int = 0  # condconv
+    group_size: int | None = None  # channels per group of the k×k conv; None: as the kind has it
+    fused: bool | None = None  # a conv block: whether it is a fused block of expansion 1
+    norm_group_size: int | None = None  # group norm and EvoNorm-S0
 
 
 class Composer:
@@ -95,24 +100,35 @@ class Composer:
 
     # ---- convolutions -------------------------------------------------------------------
 
-    def _plain(self, conv: ConvFact, *, depthwise: bool = False, act: bool = True) -> str:
-        """Refuse a conv the language's conv-norm-act op cannot be; return its norm."""
+    def _plain(
+        self, conv: ConvFact, *, depthwise: bool = False, act: bool = True, grouped: bool = False
+    ) -> str:
+        """Refuse a conv the language's conv-norm-act op cannot be; return its norm. With
+        `grouped`, the conv may be grouped (the k×k conv of a block: `group_size`)."""
         if conv.norm is None:
             if not conv.bias:
                 raise self.refuse(conv.path, "convolution without a norm or a bias")
             norm = "none"
-        elif conv.norm != "batchnorm":
-            raise self.refuse(conv.path, f"norm layer {conv.norm} (the language has batch norm)")
+        elif conv.norm not in ast.NORMS:
+            raise self.refuse(conv.path, f"norm layer {conv.norm} (not in the language)")
         elif conv.bias:
             raise self.refuse(conv.path, "convolution with a bias before its norm")
         else:
-            norm = "batch"
-        if depthwise and not conv.depthwise:
+            norm = conv.norm
+        if depthwise and not conv.depthwise and not (grouped and conv.groups > 1):
             raise self.refuse(conv.path, GROUPED, f"groups={conv.groups}")
-        if not depthwise and conv.groups != 1:
+        if not depthwise and conv.groups != 1 and not grouped:
             raise self.refuse(conv.path, GROUPED, f"groups={conv.groups}")
         if any(kernel % 2 == 0 for kernel in conv.kernels or (conv.kernel,)):
             raise self.refuse(conv.path, "even kernel", str(conv.kernel))
+        if conv.norm == "evonorm" and act != conv.norm_acts:
+            raise self.refuse(
+                conv.path, "EvoNorm-S0 " + ("without" if act else "with") + " its non-linearity"
+            )
+        if conv.norm_acts:
+            if conv.act is not None:
+                raise self.refuse(conv.path, "an activation after EvoNorm-S0's own")
+            return norm
         if act and conv.act is None:
             raise self.refuse(conv.path, "convolution without an activation")
         if not act and conv.act is not None:
@@ -127,10 +143,14 @@ class Composer:
             raise self.refuse(convs[0].path, "SAME and symmetric padding in one block")
         return modes.pop() if modes else None
 
-    def _uniform(self, convs: Sequence[ConvFact], norms: Sequence[str]) -> tuple[float, float, str]:
+    def _uniform(
+        self, convs: Sequence[ConvFact], norms: Sequence[str]
+    ) -> tuple[float, float, str]:
         args = {(conv.bn_eps, conv.bn_momentum) for conv in convs if conv.norm is not None}
         if len(args) > 1:
             raise self.refuse(convs[0].path, "batch norms with different eps or momentum")
+        if len({conv.norm_group_size for conv in convs if conv.norm_group_size}) > 1:
+            raise self.refuse(convs[0].path, "norms with different group sizes in one block")
         if len(set(norms)) > 1:
             raise self.refuse(convs[0].path, "convolutions with and without norms in one block")
         eps, momentum = args.pop() if args else (1e-5, 0.1)
@@ -147,15 +167,17 @@ class Composer:
         groups = (1, 1)  # a mixconv's expansion and projection slices
         if block.kind == "conv":
             (conv,) = convs
-            norms = [self._plain(conv)]
+            norms = [self._plain(conv, grouped=True)]
+            spatial = conv
             kind, mid, kernel = "conv", conv.in_channels, _kernel(conv)
         elif block.kind == "ds":
             depthwise, pointwise = convs
             separable = pointwise.act is not None  # MobileNetV1's block: no residual
             norms = [
-                self._plain(depthwise, depthwise=True),
+                self._plain(depthwise, depthwise=True, grouped=True),
                 self._plain(pointwise, act=separable),
             ]
+            spatial = depthwise
             if not _pointwise(pointwise):
                 raise self.refuse(pointwise.path, "pointwise conv with a k×k kernel")
             if separable and block.residual:
@@ -171,9 +193,10 @@ class Composer:
             expand, depthwise, project = convs
             norms = [
                 self._plain(expand),
-                self._plain(depthwise, depthwise=True),
+                self._plain(depthwise, depthwise=True, grouped=True),
                 self._plain(project, act=False),
             ]
+            spatial = depthwise
             if not (_pointwise(expand) and _pointwise(project)):
                 raise self.refuse(block.path, "inverted residual with a k×k expansion/projection")
             kind, mid, kernel = "mbconv", expand.out_channels, _kernel(depthwise)
@@ -181,7 +204,8 @@ class Composer:
             groups = (expand.slices, project.slices)
         elif block.kind == "er":
             expand, project = convs
-            norms = [self._plain(expand), self._plain(project, act=False)]
+            norms = [self._plain(expand, grouped=True), self._plain(project, act=False)]
+            spatial = expand
             if not _pointwise(project):
                 raise self.refuse(project.path, "projection with a k×k kernel")
             if mixed or experts:
@@ -192,6 +216,9 @@ class Composer:
             raise self.refuse(block.path, f"block kind {block.kind}")
         if mixed and experts:
             raise self.refuse(block.path, "MixConv and CondConv in one block")
+        group_size = self._group_size(block, kind, spatial, mid)
+        if group_size is not None and (mixed or experts):
+            raise self.refuse(spatial.path, "a grouped conv in a MixConv or CondConv block")
         if mixed or experts:
             kind = "mixconv" if mixed else "condconv"
             if full:
@@ -201,10 +228,11 @@ class Composer:
                 )
         else:
             groups = (1, 1)
-        act = convs[0].act
-        assert act is not None
-        if any(conv.act not in (act, None) for conv in convs):
+        # EvoNorm-S0's own non-linearity stands in for the activation, whichever it is: None
+        acts = {conv.act for conv in convs if conv.act is not None}
+        if len(acts) > 1:
             raise self.refuse(block.path, "different activations inside one block")
+        act = acts.pop() if acts else None
         squeeze, se_act, se_gate = 0, None, None
         if block.se is not None:
             se = block.se
@@ -240,7 +268,24 @@ class Composer:
             expand_groups=groups[0],
             project_groups=groups[1],
             experts=experts,
+            fused=block.fused,
+            group_size=group_size,
+            norm_group_size=max(conv.norm_group_size for conv in convs) or None,
         )
+
+    def _group_size(
+        self, block: BlockFact, kind: str, spatial: ConvFact, mid: int
+    ) -> int | None:
+        """The line's `group_size`: channels per group of the block's k×k conv, counted as
+        the language counts them (the expanded width over the groups for mbconv and
+        fused_mbconv, the input width for conv and separable); None where it is depthwise or
+        dense, as the kind has it."""
+        if spatial.groups == 1 or spatial.depthwise:
+            return None
+        width = mid if block.kind in ("ir", "er") else block.in_channels
+        if width % spatial.groups:
+            raise self.refuse(spatial.path, GROUPED, f"{width} channels in {spatial.groups}")
+        return width // spatial.groups
 
     def _experts(self, block: BlockFact) -> int:
         """CondConv's experts: on every conv of the block, with its routing function."""
@@ -260,7 +305,7 @@ class Composer:
         first = lines[0]
         same: tuple[str, ...] = ("kind", "full", "kernel", "out_channels", "act", "norm")
         same += ("bn_eps", "bn_momentum", "se_act", "se_gate", "expand_groups", "project_groups")
-        same += ("experts",)
+        same += ("experts", "group_size", "norm_group_size", "fused")
         if any(getattr(line, name) != getattr(first, name) for line in lines for name in same):
             return None
         if any(line.stride != 1 for line in lines[1:]):
@@ -283,6 +328,9 @@ class Composer:
             "bn_momentum": first.bn_momentum,
             "padding": paddings.pop() if paddings else None,
             "skip": skip,
+            "norm_group_size": first.norm_group_size,
+            "group_size": first.group_size,
+            "fused": first.fused,
         }
         if first.kind == "conv":
             return fields
@@ -427,11 +475,15 @@ class Composer:
         self.squeeze_rules = self._rule_order([line for stage in lines for line in stage])
         stages = [self.stage(stage) for stage in lines]
         every = [line for stage in stages for line in stage]
-        if any(line["kind"] == "fused_mbconv" for line in every):
-            # a lone conv block is what Fused-MBConv e1 is; in a fused network, write it so
-            for line in every:
-                if line["kind"] == "conv":
-                    line.update(kind="fused_mbconv", se=0.0)
+        fused_network = any(line["kind"] == "fused_mbconv" for line in every)
+        for line in every:
+            # a one-conv block is what Fused-MBConv e1 is: where the library says so, and
+            # where it does not (an effdsl module), a k×k one in a network of fused blocks
+            fused = line.pop("fused")
+            if fused is None:
+                fused = fused_network and line["kernel"] != 1
+            if line["kind"] == "conv" and fused:
+                line.update(kind="fused_mbconv", se=0.0)
         ends = []
         for conv, norm in ((facts.stem, stem_norm), (facts.head, head_norm)):
             ends.append(
@@ -442,8 +494,9 @@ class Composer:
                     "channels": conv.out_channels,
                     "act": conv.act,
                     "norm": norm,
-                    "bn_eps": conv.bn_eps if norm == "batch" else None,
+                    "bn_eps": conv.bn_eps if norm != "none" else None,
                     "bn_momentum": conv.bn_momentum if norm == "batch" else None,
+                    "norm_group_size": conv.norm_group_size or None,
                     "padding": conv.padding if conv.stride > 1 else None,
                 }
             )
@@ -487,12 +540,18 @@ class Composer:
         """The `defaults` statement: per option, the value fewest overrides need."""
         language = {name: ast.Defaults.model_fields[name].default for name in OPTIONS}
         defaults: dict[str, Any] = {}
-        for name in ("act", "norm", "bn_eps", "bn_momentum", "padding"):
+        for name in ("act", "norm", "bn_eps", "bn_momentum", "padding", "norm_group_size"):
             values = [s[name] for s in statements if s.get(name) is not None]
             defaults[name] = _most_common(values, language[name])
+        # `group_size` on `defaults` reaches every line but MixConv and CondConv ones, and no
+        # line can undo it: the default only where every such line has the same
+        sizes = {
+            line.get("group_size") for line in lines if line["kind"] not in ("mixconv", "condconv")
+        }
+        defaults["group_size"] = sizes.pop() if len(sizes) == 1 else None
         # the network's activation is its stem's and head's where they agree (MixNet: ReLU,
         # with swish in its later stages), however many stages override it
-        if statements[0]["act"] == statements[-1]["act"]:
+        if statements[0]["act"] == statements[-1]["act"] is not None:
             defaults["act"] = statements[0]["act"]
         blocks = [line for line in lines if line["kind"] != "conv"]
         defaults["se"] = _most_common([line["se"] for line in blocks], language["se"])

@@ -49,7 +49,7 @@ class ConvFact:
     groups: int
     padding: str  # "symmetric" (k-1)/2 on every side, or "same" (TensorFlow's SAME)
     bias: bool
-    norm: str | None  # "batchnorm", another norm's class name, or None (no norm)
+    norm: str | None  # batch, group, layer, evonorm, another norm's class name; None: no norm
     bn_eps: float
     bn_momentum: float
     act: str | None  # a language activation name, or None
@@ -57,6 +57,9 @@ class ConvFact:
     # slices cut as `effdsl.plan.split_channels` cuts them; () for an ordinary conv
     kernels: tuple[int, ...] = ()
     experts: int = 0  # CondConv: expert kernels mixed per sample (0: an ordinary conv)
+    norm_group_size: int = 0  # channels per group of a group norm or EvoNorm-S0
+    # EvoNorm-S0 with its own non-linearity (its `v`), which takes the activation's place
+    norm_acts: bool = False
 
     @property
     def depthwise(self) -> bool:
@@ -95,6 +98,9 @@ class BlockFact:
     residual: bool
     drop_path: float  # this block's own rate (0: none)
     routing: int = 0  # CondConv: experts weighted by a routing function of the pooled input
+    # a one-conv block: True where the library built it as a fused block of expansion 1
+    # (torchvision's FusedMBConv), False as a plain conv block, None where it does not say
+    fused: bool | None = None
 
     @property
     def in_channels(self) -> int:
@@ -176,8 +182,9 @@ class Reader:
         norm_name: str | None = None
         eps, momentum = 1e-5, 0.1
         activation: str | None = None
+        group_size, norm_acts = 0, False
         if norm is not None and type(norm).__name__ != "Identity":
-            norm_name = "batchnorm" if _is_batch_norm(norm) else type(norm).__name__
+            norm_name, group_size, norm_acts = self._norm(path, norm, int(conv.out_channels))
             eps = float(getattr(norm, "eps", 1e-5))
             momentum = float(getattr(norm, "momentum", 0.1) or 0.1)
             inner = getattr(norm, "act", None)  # timm's BatchNormAct2d carries its activation
@@ -205,7 +212,25 @@ class Reader:
             bn_eps=_short(eps),
             bn_momentum=_short(momentum),
             act=activation,
+            norm_group_size=group_size,
+            norm_acts=norm_acts,
         )
+
+    def _norm(self, path: str, norm: Any, channels: int) -> tuple[str, int, bool]:
+        """The language's name of a norm module, its channels per group (group norm,
+        EvoNorm-S0) and whether it applies a non-linearity of its own (EvoNorm-S0's `v`)."""
+        classes = {cls.__name__ for cls in type(norm).__mro__}
+        if "BatchNorm2d" in classes:
+            return "batch", 0, False
+        if "GroupNorm" in classes:
+            return "group", channels // int(norm.num_groups), False
+        if classes & {"EvoNorm2dS0", "EvoNormS0"}:
+            return "evonorm", channels // int(norm.groups), norm.v is not None
+        if "LayerNorm" in classes:
+            if tuple(norm.normalized_shape) != (channels,):
+                raise self.refuse(path, norm, "layer norm over more than the channels")
+            return "layer", 0, False
+        return type(norm).__name__, 0, False
 
     def mixed(
         self,
@@ -297,10 +322,6 @@ class ConvShape:
         self.out_channels = out_channels
         self.groups = groups
         self.bias = None
-
-
-def _is_batch_norm(module: Any) -> bool:
-    return any(cls.__name__ == "BatchNorm2d" for cls in type(module).__mro__)
 
 
 def _feature_of(module: Any) -> str:

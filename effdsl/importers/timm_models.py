@@ -199,6 +199,7 @@ class TimmReader(Reader):
             residual=bool(block.has_skip),
             drop_path=rate,
             routing=routing,
+            fused=False if fact_kind == "conv" else None,
         )
 
 

@@ -101,7 +101,13 @@ class TorchvisionReader(Reader):
         return tuple(convs), se
 
     def block(
-        self, path: str, convs: tuple[ConvFact, ...], se: SEFact | None, residual: bool, drop: float
+        self,
+        path: str,
+        convs: tuple[ConvFact, ...],
+        se: SEFact | None,
+        residual: bool,
+        drop: float,
+        fused: bool = False,
     ) -> BlockFact:
         """Name the block's structure from its convs, as the composer expects."""
         if len(convs) == 1:
@@ -115,7 +121,13 @@ class TorchvisionReader(Reader):
         else:
             raise self.refuse(path, None, f"block of {len(convs)} convolutions")
         return BlockFact(
-            path=path, kind=kind, convs=convs, se=se, residual=residual, drop_path=drop
+            path=path,
+            kind=kind,
+            convs=convs,
+            se=se,
+            residual=residual,
+            drop_path=drop,
+            fused=fused if kind == "conv" else None,
         )
 
     @staticmethod
@@ -185,7 +197,10 @@ class TorchvisionReader(Reader):
                 path = f"features.{i}.{j}"
                 convs, se = self.layers(f"{path}.block", list(block.block))
                 drop = float(block.stochastic_depth.p)
-                blocks.append(self.block(path, convs, se, bool(block.use_res_connect), drop))
+                fused = type(block).__name__ == "FusedMBConv"
+                blocks.append(
+                    self.block(path, convs, se, bool(block.use_res_connect), drop, fused)
+                )
             stages.append(tuple(blocks))
         last = len(features) - 1
         head = self.cna(f"features.{last}", features[-1])
