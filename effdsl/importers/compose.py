@@ -24,23 +24,28 @@ from effdsl import ast
 from effdsl.errors import ImportRefused
 from effdsl.importers.facts import BlockFact, ConvFact, ModelFacts
 from effdsl.plan import expanded_channels, squeeze_channels
+from effdsl.scaling import make_divisible
 
 T = TypeVar("T")
 
-#: The options a line inherits from `defaults` and may override.
-OPTIONS = (
-    "act",
-    "norm_group_size",
-    "group_size",
-    "se",
-    "bn_eps",
-    "bn_momentum",
-    "padding",
-    "se_from",
-    "se_divisor",
-    "se_act",
-    "se_gate",
-    "norm",
+#: The options a line inherits from `defaults` and may override, those the language has.
+OPTIONS: tuple[str, ...] = tuple(
+    name
+    for name in (
+        "act",
+        "norm_group_size",
+        "group_size",
+        "se",
+        "bn_eps",
+        "bn_momentum",
+        "padding",
+        "se_from",
+        "se_divisor",
+        "se_act",
+        "se_gate",
+        "norm",
+    )
+    if name in ast.Defaults.model_fields
 )
 #: Options that only mean something on a line with squeeze-and-excitation.
 SE_OPTIONS = ("se_from", "se_divisor", "se_act", "se_gate")
@@ -83,6 +88,9 @@ class Line:
     experts: int = 0  # condconv
     group_size: int | None = None  # channels per group of the k×k conv; None: as the kind has it
     fused: bool | None = None  # a conv block: whether it is a fused block of expansion 1
+    dw_start: int | None = None  # uir: the depthwise kernels before and after
+    dw_end: int | None = None
+    layer_scale: float = 0.0
     norm_group_size: int | None = None  # group norm and EvoNorm-S0
 
 
@@ -110,7 +118,9 @@ class Composer:
                 raise self.refuse(conv.path, "convolution without a norm or a bias")
             norm = "none"
         elif conv.norm not in ast.NORMS:
-            raise self.refuse(conv.path, f"norm layer {conv.norm} (not in the language)")
+            named = {"group": "group norm", "layer": "layer norm", "evonorm": "EvoNorm-S0"}
+            name = named.get(conv.norm, f"norm layer {conv.norm}")
+            raise self.refuse(conv.path, f"{name} (not in the language)")
         elif conv.bias:
             raise self.refuse(conv.path, "convolution with a bias before its norm")
         else:
@@ -212,11 +222,22 @@ class Composer:
                 raise self.refuse(block.path, "fused block with MixConv or CondConv layers")
             kind, mid, kernel = "fused_mbconv", expand.out_channels, expand.kernel
             full = mid == expand.in_channels
+        elif block.kind == "uir":
+            if "uir" not in ast.BLOCK_KINDS:
+                raise self.refuse(block.path, "MobileNetV4 universal inverted bottleneck (UIR)")
+            if mixed or experts:
+                raise self.refuse(block.path, "UIR block with MixConv or CondConv layers")
+            norms, mid, kernel, extra = self._uir(block)
+            kind, spatial = "uir", block.convs[0]
         else:  # pragma: no cover - readers only produce the kinds above
             raise self.refuse(block.path, f"block kind {block.kind}")
+        if block.kind != "uir":
+            extra = {}
         if mixed and experts:
             raise self.refuse(block.path, "MixConv and CondConv in one block")
         group_size = self._group_size(block, kind, spatial, mid)
+        if group_size is not None and "group_size" not in ast.Line.model_fields:
+            raise self.refuse(spatial.path, GROUPED, f"groups={spatial.groups}")
         if group_size is not None and (mixed or experts):
             raise self.refuse(spatial.path, "a grouped conv in a MixConv or CondConv block")
         if mixed or experts:
@@ -269,6 +290,9 @@ class Composer:
             project_groups=groups[1],
             experts=experts,
             fused=block.fused,
+            dw_start=extra.get("start"),
+            dw_end=extra.get("end"),
+            layer_scale=block.layer_scale,
             group_size=group_size,
             norm_group_size=max(conv.norm_group_size for conv in convs) or None,
         )
@@ -286,6 +310,30 @@ class Composer:
         if width % spatial.groups:
             raise self.refuse(spatial.path, GROUPED, f"{width} channels in {spatial.groups}")
         return width // spatial.groups
+
+    def _uir(self, block: BlockFact) -> tuple[list[str], int, int, dict[str, int]]:
+        """A universal inverted bottleneck's norms, expanded width, middle kernel (0: none)
+        and its extra depthwise kernels, checking that the stride is where the language puts
+        it: on the middle depthwise conv, else the start, else the end."""
+        convs = dict(zip(block.roles, block.convs, strict=True))
+        if "expand" not in convs or "project" not in convs:
+            raise self.refuse(block.path, "UIR block without its 1×1 expansion and projection")
+        norms = []
+        for role, conv in convs.items():
+            depthwise = role in ("start", "depthwise", "end")
+            acts = role in ("expand", "depthwise")
+            norms.append(self._plain(conv, depthwise=depthwise, act=acts))
+            if not depthwise and conv.kernel != 1:
+                raise self.refuse(conv.path, f"UIR {role} conv with a k×k kernel")
+        strided = [role for role, conv in convs.items() if conv.stride > 1]
+        first = next((r for r in ("depthwise", "start", "end") if r in convs), None)
+        if strided and strided != [first]:
+            raise self.refuse(block.path, "UIR block strided on another conv than the language's")
+        extra: dict[str, int] = {
+            role: convs[role].kernel for role in ("start", "end") if role in convs
+        }
+        middle = convs["depthwise"].kernel if "depthwise" in convs else 0
+        return norms, convs["expand"].out_channels, middle, extra
 
     def _experts(self, block: BlockFact) -> int:
         """CondConv's experts: on every conv of the block, with its routing function."""
@@ -305,7 +353,8 @@ class Composer:
         first = lines[0]
         same: tuple[str, ...] = ("kind", "full", "kernel", "out_channels", "act", "norm")
         same += ("bn_eps", "bn_momentum", "se_act", "se_gate", "expand_groups", "project_groups")
-        same += ("experts", "group_size", "norm_group_size", "fused")
+        same += ("experts", "group_size", "norm_group_size", "fused", "dw_start", "dw_end")
+        same += ("layer_scale",)
         if any(getattr(line, name) != getattr(first, name) for line in lines for name in same):
             return None
         if any(line.stride != 1 for line in lines[1:]):
@@ -328,10 +377,17 @@ class Composer:
             "bn_momentum": first.bn_momentum,
             "padding": paddings.pop() if paddings else None,
             "skip": skip,
-            "norm_group_size": first.norm_group_size,
-            "group_size": first.group_size,
             "fused": first.fused,
         }
+        if first.kind == "uir":
+            fields.update(dw_start=first.dw_start, dw_end=first.dw_end)
+            if first.layer_scale:
+                fields["layer_scale"] = first.layer_scale
+        # said only where set, so that a language without them reads the rest
+        if first.norm_group_size is not None:
+            fields["norm_group_size"] = first.norm_group_size
+        if first.group_size is not None:
+            fields["group_size"] = first.group_size
         if first.kind == "conv":
             return fields
         if first.expand_groups != 1:
@@ -365,16 +421,24 @@ class Composer:
     def _expansion(self, lines: Sequence[Line]) -> dict[str, Any] | None:
         """`expand` as the shortest ratio giving every block's width, else `mid`."""
         first = lines[0]
-        if all(line.mid_channels == line.in_channels for line in lines):
+        # a uir block always expands, rounding even e1 to a multiple of 8
+        uir = first.kind == "uir"
+        if not uir and all(line.mid_channels == line.in_channels for line in lines):
             return {}
         exact = first.mid_channels / first.in_channels
         for digits in range(4):
             ratio = round(exact, digits)
-            if not 1.0 < ratio <= ast.MAX_EXPAND:
+            low_ok = ratio >= 1.0 if uir else ratio > 1.0
+            if not low_ok or ratio > ast.MAX_EXPAND:
                 continue
-            widths = (expanded_channels(line.in_channels, ratio) for line in lines)
+            widths = (
+                make_divisible(line.in_channels * ratio)
+                if uir
+                else expanded_channels(line.in_channels, ratio)
+                for line in lines
+            )
             if all(width == line.mid_channels for width, line in zip(widths, lines, strict=True)):
-                return {"expand": float(ratio)}
+                return {"expand": float(ratio)} if ratio != 1.0 else {}
         if all(line.mid_channels == first.mid_channels for line in lines):
             return {"mid": first.mid_channels}
         return None
@@ -496,10 +560,11 @@ class Composer:
                     "norm": norm,
                     "bn_eps": conv.bn_eps if norm != "none" else None,
                     "bn_momentum": conv.bn_momentum if norm == "batch" else None,
-                    "norm_group_size": conv.norm_group_size or None,
                     "padding": conv.padding if conv.stride > 1 else None,
                 }
             )
+            if conv.norm_group_size:
+                ends[-1]["norm_group_size"] = conv.norm_group_size
         if facts.head_style == "post_pool":
             ends[1]["pool"] = "first"
         statements = [ends[0], *every, ends[1]]
@@ -541,6 +606,8 @@ class Composer:
         language = {name: ast.Defaults.model_fields[name].default for name in OPTIONS}
         defaults: dict[str, Any] = {}
         for name in ("act", "norm", "bn_eps", "bn_momentum", "padding", "norm_group_size"):
+            if name not in OPTIONS:
+                continue
             values = [s[name] for s in statements if s.get(name) is not None]
             defaults[name] = _most_common(values, language[name])
         # `group_size` on `defaults` reaches every line but MixConv and CondConv ones, and no
@@ -548,7 +615,8 @@ class Composer:
         sizes = {
             line.get("group_size") for line in lines if line["kind"] not in ("mixconv", "condconv")
         }
-        defaults["group_size"] = sizes.pop() if len(sizes) == 1 else None
+        if "group_size" in OPTIONS:
+            defaults["group_size"] = sizes.pop() if len(sizes) == 1 else None
         # the network's activation is its stem's and head's where they agree (MixNet: ReLU,
         # with swish in its later stages), however many stages override it
         if statements[0]["act"] == statements[-1]["act"] is not None:

@@ -88,7 +88,9 @@ class BlockFact:
 
     kinds: `conv` (one conv), `ds` (depthwise, SE?, pointwise; with an activation after the
     pointwise conv it is MobileNetV1's separable block), `ir` (1×1 expansion, depthwise, SE?,
-    1×1 projection), `er` (k×k expansion, SE?, 1×1 projection).
+    1×1 projection), `er` (k×k expansion, SE?, 1×1 projection), `uir` (MobileNetV4's
+    universal inverted bottleneck: depthwise start?, 1×1 expansion, depthwise?, SE?, 1×1
+    projection, depthwise end?, layer scale?; `roles` names each conv's part).
     """
 
     path: str
@@ -101,6 +103,10 @@ class BlockFact:
     # a one-conv block: True where the library built it as a fused block of expansion 1
     # (torchvision's FusedMBConv), False as a plain conv block, None where it does not say
     fused: bool | None = None
+    # `uir`: each conv's part (start, expand, depthwise, project, end), and the layer scale's
+    # initial value (0: none)
+    roles: tuple[str, ...] = ()
+    layer_scale: float = 0.0
 
     @property
     def in_channels(self) -> int:

@@ -28,7 +28,6 @@ MODULES = ("efficientnet", "mobilenetv3", "hardcorenas")
 
 #: Block classes that need language features the reader cannot express, by timm class name.
 _UNSUPPORTED_BLOCKS = {
-    "UniversalInvertedResidual": "MobileNetV4 universal inverted bottleneck (UIR)",
     "MobileAttention": "MobileNetV4 attention block (MQA/MHA)",
 }
 
@@ -130,6 +129,44 @@ class TimmReader(Reader):
             return self.condconv(path, conv, norm)
         return self.conv(path, conv, norm)
 
+    def uir(self, path: str, block: Any) -> BlockFact:
+        """MobileNetV4's block: `dw_start`, `pw_exp`, `dw_mid`, `se`, `pw_proj`, `dw_end`
+        (each a `ConvNormAct` or the identity), `layer_scale`."""
+        parts = (
+            ("start", "dw_start"),
+            ("expand", "pw_exp"),
+            ("depthwise", "dw_mid"),
+            ("project", "pw_proj"),
+            ("end", "dw_end"),
+        )
+        roles, convs = [], []
+        for role, name in parts:
+            module = getattr(block, name)
+            if type(module).__name__ == "Identity":
+                continue
+            if type(module).__name__ != "ConvNormAct":
+                raise self.refuse(f"{path}.{name}", module, "a UIR layer of another layout")
+            self._absent(f"{path}.{name}", module, "aa")
+            roles.append(role)
+            convs.append(self.conv(f"{path}.{name}.conv", module.conv, module.bn))
+        scale = block.layer_scale
+        layer_scale = 0.0
+        if type(scale).__name__ != "Identity":
+            layer_scale = float(getattr(scale, "init_values", 0.0))
+            if not layer_scale:
+                raise self.refuse(f"{path}.layer_scale", scale, "layer scale of unknown init")
+        drop = block.drop_path
+        return BlockFact(
+            path=path,
+            kind="uir",
+            convs=tuple(convs),
+            se=self.se(f"{path}.se", block.se),
+            residual=bool(block.has_skip),
+            drop_path=0.0 if type(drop).__name__ == "Identity" else float(drop.drop_prob),
+            roles=tuple(roles),
+            layer_scale=layer_scale,
+        )
+
     def se(self, path: str, se: Any) -> SEFact | None:
         if type(se).__name__ == "Identity":
             return None
@@ -151,6 +188,8 @@ class TimmReader(Reader):
         kind = type(block).__name__
         if kind in _UNSUPPORTED_BLOCKS:
             raise self.refuse(path, block, _UNSUPPORTED_BLOCKS[kind])
+        if kind == "UniversalInvertedResidual":
+            return self.uir(path, block)
         self._absent(path, block, "aa", "conv_s2d", "layer_scale")
         se: SEFact | None = None
         convs: tuple[ConvFact, ...]
