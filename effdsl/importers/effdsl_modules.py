@@ -84,18 +84,43 @@ class EffdslReader(Reader):
             gate=gate,
         )
 
-    def block(self, path: str, block: Any) -> BlockFact:
+    def block(self, path: str, block: Any, kind_hint: str | None = None) -> BlockFact:
+        """One block; `kind_hint` is the plan's kind where the module carries its plan (a
+        `uir` block without its extra depthwise convs has an MBConv's layers)."""
+        names = ("routing", "conv", "start", "expand", "depthwise", "se", "pointwise", "project")
         parts = {
             name: getattr(block, name)
-            for name in ("routing", "conv", "expand", "depthwise", "se", "pointwise", "project")
+            for name in (*names, "end", "layer_scale")
             if getattr(block, name, None) is not None
             and type(getattr(block, name)).__name__ != "Identity"  # generated code's "absent"
         }
+        uir = (
+            kind_hint == "uir"
+            or type(block).__name__ == "UniversalInvertedResidual"
+            or bool({"start", "end", "layer_scale"} & set(parts))
+        )
         convs = tuple(
             self.conv(f"{path}.{name}", module)
             for name, module in parts.items()
-            if name not in ("se", "routing")
+            if name not in ("se", "routing", "layer_scale")
         )
+        se = self.se(f"{path}.se", parts["se"]) if "se" in parts else None
+        if uir:
+            roles = tuple(name for name in parts if name not in ("se", "layer_scale"))
+            scale = parts.get("layer_scale")
+            init = 0.0 if scale is None else float(getattr(scale, "init", 0.0))
+            if scale is not None and not init:
+                raise self.refuse(f"{path}.layer_scale", scale, "layer scale of unknown init")
+            return BlockFact(
+                path=path,
+                kind="uir",
+                convs=convs,
+                se=se,
+                residual=bool(block.residual),
+                drop_path=float(block.drop_rate),
+                roles=roles,
+                layer_scale=init,
+            )
         present = set(parts) - {"se", "routing"}
         kinds = {
             frozenset({"conv"}): "conv",
@@ -107,7 +132,6 @@ class EffdslReader(Reader):
         kind = kinds.get(frozenset(present))
         if kind is None:
             raise self.refuse(path, block, f"block with layers {', '.join(parts)}")
-        se = self.se(f"{path}.se", parts["se"]) if "se" in parts else None
         routing = parts.get("routing")
         if routing is not None and int(routing.in_features) != convs[0].in_channels:
             raise self.refuse(f"{path}.routing", routing, "routing not on the block input")
@@ -123,8 +147,13 @@ class EffdslReader(Reader):
 
     def model(self, model: Any) -> ModelFacts:
         stem = self.conv("stem", model.stem)
+        plan = getattr(model, "plan", None)
+        kinds = [[b.kind for b in stage.blocks] for stage in plan.stages] if plan else None
         stages = tuple(
-            tuple(self.block(f"stages.{i}.blocks.{j}", b) for j, b in enumerate(stage.blocks))
+            tuple(
+                self.block(f"stages.{i}.blocks.{j}", b, kinds[i][j] if kinds else None)
+                for j, b in enumerate(stage.blocks)
+            )
             for i, stage in enumerate(model.stages)
         )
         head = self.conv("head", model.head)
