@@ -152,31 +152,42 @@ def network_cost(network: ast.Network, bytes_per_element: int = 4) -> CostReport
     """`cost(lower(network))`, without lowering every block: what plots and budget searches need
     for hundreds of scaled nets.
 
-    Blocks after the first of a stage are identical in cost (stride 1, the stage's channels in
-    and out, the same size), so a stage of r blocks costs its first block plus r - 1 times its
-    second. The network is lowered with at most three blocks a stage; where a stage's second
-    and third blocks differ (a construct for which the rule does not hold) the whole network
-    is lowered instead. The block limit is checked on the real count.
+    Blocks after the first of a block line are identical in cost (stride 1, the line's
+    channels in and out, the same size), so a line of r blocks costs its first block plus
+    r - 1 times its second. The network is lowered with at most three blocks a line; where a
+    line's second and third blocks differ (a construct for which the rule does not hold) the
+    whole network is lowered instead. The block limit is checked on the real count.
     """
     check_blocks(network)
-    short = network.model_copy(
-        update={"stages": tuple(s.model_copy(update={"repeats": min(s.repeats, 3)})
-                                for s in network.stages)}
-    )
+    short = network.model_copy(update={"stages": tuple(_shortened(s) for s in network.stages)})
     plan = lower(short)
     stages = []
     for stage, planned in zip(network.stages, plan.stages, strict=True):
-        costs = [_block_cost(block.ops, bytes_per_element) for block in planned.blocks]
-        if len(costs) == 3 and costs[1] != costs[2]:
-            return cost(lower(network), bytes_per_element)
-        rest = costs[1].times(stage.repeats - 1) if len(costs) > 1 else Cost()
-        stages.append(costs[0] + rest)
+        total, start = Cost(), 0
+        for line in stage.all_lines():
+            kept = min(line.repeats, 3)
+            costs = [
+                _block_cost(block.ops, bytes_per_element)
+                for block in planned.blocks[start : start + kept]
+            ]
+            start += kept
+            if len(costs) == 3 and costs[1] != costs[2]:
+                return cost(lower(network), bytes_per_element)
+            rest = costs[1].times(line.repeats - 1) if len(costs) > 1 else Cost()
+            total += costs[0] + rest
+        stages.append(total)
     return CostReport(
         stem=op_cost(plan.stem, bytes_per_element),
         stages=tuple(stages),
         head=op_cost(plan.head, bytes_per_element),
         classifier=classifier_cost(plan.classifier, bytes_per_element),
     )
+
+
+def _shortened(stage: ast.Stage) -> ast.Stage:
+    """`stage` with at most three blocks in each of its lines."""
+    lines = tuple(line.model_copy(update={"repeats": min(line.repeats, 3)}) for line in stage.lines)
+    return stage.model_copy(update={"repeats": min(stage.repeats, 3), "lines": lines})
 
 
 def _block_cost(ops: tuple[Op, ...], bytes_per_element: int) -> Cost:

@@ -420,6 +420,9 @@ def random_value(rng: random.Random, annotation: object, metadata: Sequence[obje
     if origin is typing.Annotated:
         inner, *extra = typing.get_args(annotation)
         return random_value(rng, inner, [*metadata, *extra])
+    if origin is tuple:  # a kernel list, `3.5.7`
+        item = typing.get_args(annotation)[0]
+        return ".".join(random_value(rng, item, metadata) for _ in range(rng.randint(2, 4)))
     if origin is typing.Literal:
         choices = [str(c) for c in typing.get_args(annotation)]
         return rng.choice(choices) if rng.random() < 0.9 else rng.choice(choices) + "x"
@@ -481,7 +484,7 @@ def random_block(rng: random.Random, keyword: str) -> str:
         extra.append("expand_groups=" + _pick(rng, (1, 2, 3), (0, 64, 65)))
     if kind == "mixconv" and rng.random() < 0.5:
         extra.append("project_groups=" + _pick(rng, (1, 2), (0, 100)))
-    if kind == "condconv" or rng.random() < 0.02:  # required there, an error elsewhere
+    if kind == "condconv" or rng.random() < 0.005:  # required there, an error elsewhere
         extra.append("experts=" + _pick(rng, (2, 4, 8), (1, 64, 65)))
     if kind != "conv" and rng.random() < 0.4:
         extra.append("se=" + _pick(rng, (0.25, "none", 0.5), (0, 1, 1.5)))

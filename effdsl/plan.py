@@ -465,7 +465,7 @@ def _mixed(
         stride=stride,
         depthwise=depthwise,
         paddings=tuple(pad for pad, _ in geometry),
-        act=options.act if act else None,
+        act=_act(options.act) if act else None,
         in_size=size,
         out_size=geometry[0][1],  # the same for every odd kernel
         bn_eps=options.bn_eps,

@@ -121,6 +121,8 @@ def lines(draw: st.DrawFn, line: type[ast.Line]) -> dict[str, object]:
         fields["expand"] = expand
     if kind in ("mbconv", "fused_mbconv"):  # the kinds whose e1 form may keep its 1×1 conv
         fields["full"] = draw(st.booleans())
+    if kind in ("mixconv", "condconv"):  # always batch-normalised, whatever the defaults say
+        fields["norm"] = "batch"
     return fields
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 import effdsl
 from effdsl import files
@@ -32,6 +33,7 @@ from effdsl.limits import Limits
 from effdsl.scaling import Multipliers, apply
 
 from .conftest import ROOT, SPECS
+from .strategies import networks
 from .test_files import OLD, TINY, listing, tiny_spec
 from .test_guards import cli
 
@@ -383,6 +385,19 @@ def test_network_cost_equals_the_lowered_cost_on_every_shipped_spec() -> None:
         network = effdsl.load(path)
         for scaled in [network, *(effdsl.scale(network, preset=p.name) for p in network.presets)]:
             assert network_cost(scaled) == cost(effdsl.lower(scaled)), path
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(network=networks(max_stages=4))
+def test_network_cost_equals_the_lowered_cost_on_any_network(network: effdsl.Network) -> None:
+    """The shortcut (at most three blocks a line) holds for stages of several block lines."""
+    from effdsl.cost import cost, network_cost
+
+    try:
+        lowered = cost(effdsl.lower(network))
+    except EffError:
+        return  # a network the plan refuses (e.g. a MixConv slice left empty)
+    assert network_cost(network) == lowered
 
 
 # ---- 10, 11, 12. what is printed or drawn is printable, and bounded --------------------------
