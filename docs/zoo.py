@@ -91,7 +91,12 @@ def render(sections: Sequence[tuple[str, Sequence[Any]]]) -> str:
     import timm
     import torchvision
 
-    from effdsl.importers.zoo import LOGITS_MAX_PARAMS, LOGITS_SIZE, LOGITS_TOLERANCE
+    from effdsl.importers.zoo import (
+        LOGITS_MAX_PARAMS,
+        LOGITS_SIZE,
+        LOGITS_TOLERANCE,
+        LOGITS_TOLERANCE_FLOAT32,
+    )
 
     def count(rows: Sequence[Any]) -> tuple[int, int]:
         return sum(1 for r in rows if r.status in ("exact", "counts")), len(rows)
@@ -121,7 +126,9 @@ def render(sections: Sequence[tuple[str, Sequence[Any]]]) -> str:
         "size) equal the model's (MACs as `torch.utils.flop_counter.FlopCounterMode` FLOPs / 2, "
         "on the meta device), and whose logits equal the model's after converting a random "
         "checkpoint with `effdsl.convert_state_dict`: float64, randomised batch-norm statistics, "
-        f"input 2×3×{LOGITS_SIZE}×{LOGITS_SIZE}, max |Δ| / max |logit| ≤ {LOGITS_TOLERANCE:g}. "
+        f"input 2×3×{LOGITS_SIZE}×{LOGITS_SIZE}, max |Δ| / max |logit| ≤ {LOGITS_TOLERANCE:g} "
+        f"(≤ {LOGITS_TOLERANCE_FLOAT32:g} for models with timm's EvoNorm-S0, which computes its "
+        "variance in float32 even in a float64 model). "
         f"Models above {LOGITS_MAX_PARAMS // 1_000_000}M parameters are compared by "
         "parameters and MACs only (`counts`): building them in float64 on a CPU takes minutes "
         "each, and each shares its structure with a smaller variant whose logits are compared. "
