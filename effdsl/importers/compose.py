@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from effdsl import ast
 from effdsl.errors import ImportRefused
-from effdsl.importers.facts import BlockFact, ConvFact, ModelFacts
+from effdsl.importers.facts import AttentionFact, BlockFact, ConvFact, ModelFacts
 from effdsl.plan import expanded_channels, squeeze_channels
 from effdsl.scaling import make_divisible
 
@@ -44,6 +44,7 @@ OPTIONS: tuple[str, ...] = tuple(
         "se_act",
         "se_gate",
         "norm",
+        "layer_scale",
     )
     if name in ast.Defaults.model_fields
 )
@@ -91,6 +92,7 @@ class Line:
     dw_start: int | None = None  # uir: the depthwise kernels before and after
     dw_end: int | None = None
     layer_scale: float = 0.0
+    attention: tuple[int, int, int, int] | None = None  # mqa: heads, key and value dims, kv stride
     norm_group_size: int | None = None  # group norm and EvoNorm-S0
 
 
@@ -170,6 +172,8 @@ class Composer:
 
     def line(self, block: BlockFact) -> Line:
         """The block as one line of the language, or a refusal."""
+        if block.attention is not None:
+            return self._attention(block, block.attention)
         convs = block.convs
         full = False
         experts = self._experts(block)
@@ -335,6 +339,43 @@ class Composer:
         middle = convs["depthwise"].kernel if "depthwise" in convs else 0
         return norms, convs["expand"].out_channels, middle, extra
 
+    def _attention(self, block: BlockFact, attention: AttentionFact) -> Line:
+        """MobileNetV4's multi-query attention block as an `mqa` line: its kernel is the keys'
+        and values' downsampling conv's (3, timm's, where there is none)."""
+        if "mqa" not in ast.BLOCK_KINDS:
+            raise self.refuse(block.path, "MobileNetV4 attention block (MQA)")
+        for conv in block.convs:
+            if conv.bias or conv.norm is not None or conv.act is not None or conv.kernel != 1:
+                raise self.refuse(conv.path, "attention projection other than a bare 1×1 conv")
+        strided = attention.kv_stride > 1
+        return Line(
+            path=block.path,
+            kind="mqa",
+            full=False,
+            kernel=attention.kv_kernel or 3,
+            stride=1,
+            in_channels=block.in_channels,
+            mid_channels=block.in_channels,
+            out_channels=block.out_channels,
+            squeeze=0,
+            se_act=None,
+            se_gate=None,
+            act=None,  # no activation: the line inherits any
+            norm="batch",
+            bn_eps=attention.bn_eps,
+            bn_momentum=attention.bn_momentum,
+            padding=attention.kv_padding if strided else None,
+            residual=block.residual,
+            drop_path=block.drop_path,
+            layer_scale=block.layer_scale,
+            attention=(
+                attention.heads,
+                attention.key_dim,
+                attention.value_dim,
+                attention.kv_stride,
+            ),
+        )
+
     def _experts(self, block: BlockFact) -> int:
         """CondConv's experts: on every conv of the block, with its routing function."""
         experts = {conv.experts for conv in block.convs}
@@ -354,7 +395,7 @@ class Composer:
         same: tuple[str, ...] = ("kind", "full", "kernel", "out_channels", "act", "norm")
         same += ("bn_eps", "bn_momentum", "se_act", "se_gate", "expand_groups", "project_groups")
         same += ("experts", "group_size", "norm_group_size", "fused", "dw_start", "dw_end")
-        same += ("layer_scale",)
+        same += ("layer_scale", "attention")
         if any(getattr(line, name) != getattr(first, name) for line in lines for name in same):
             return None
         if any(line.stride != 1 for line in lines[1:]):
@@ -381,8 +422,14 @@ class Composer:
         }
         if first.kind == "uir":
             fields.update(dw_start=first.dw_start, dw_end=first.dw_end)
-            if first.layer_scale:
-                fields["layer_scale"] = first.layer_scale
+        if first.kind in ("uir", "mqa"):
+            fields["layer_scale"] = first.layer_scale
+        if first.attention is not None:
+            heads, key_dim, value_dim, kv_stride = first.attention
+            fields.update(heads=heads, key_dim=key_dim, kv_stride=kv_stride, se=0.0)
+            if value_dim != key_dim:
+                fields["value_dim"] = value_dim
+            return fields
         # said only where set, so that a language without them reads the rest
         if first.norm_group_size is not None:
             fields["norm_group_size"] = first.norm_group_size
@@ -615,6 +662,9 @@ class Composer:
         sizes = {
             line.get("group_size") for line in lines if line["kind"] not in ("mixconv", "condconv")
         }
+        if "layer_scale" in OPTIONS:
+            scaled = [line["layer_scale"] for line in lines if "layer_scale" in line]
+            defaults["layer_scale"] = _most_common(scaled, language["layer_scale"])
         if "group_size" in OPTIONS:
             defaults["group_size"] = sizes.pop() if len(sizes) == 1 else None
         # the network's activation is its stem's and head's where they agree (MixNet: ReLU,
@@ -655,7 +705,7 @@ class Composer:
                 statement.pop(name)
         if statement.get("skip") is True:
             del statement["skip"]
-        if statement["kind"] == "conv":
+        if statement["kind"] in ("conv", "mqa"):  # no squeeze-and-excitation to turn off
             statement.pop("se", None)
 
     def _drop_path(self, stages: Sequence[Sequence[Line]]) -> float:

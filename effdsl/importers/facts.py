@@ -83,6 +83,23 @@ class SEFact:
 
 
 @dataclass(frozen=True)
+class AttentionFact:
+    """Multi-query attention: `heads` queries of `key_dim` over one key and one value, the
+    keys and values downsampled first by a depthwise `kv_kernel` conv of `kv_stride` (with
+    batch norm) where `kv_stride` > 1; the block's batch norm before it."""
+
+    path: str
+    heads: int
+    key_dim: int
+    value_dim: int
+    kv_stride: int
+    kv_kernel: int | None  # None: no downsampling conv
+    kv_padding: str
+    bn_eps: float
+    bn_momentum: float
+
+
+@dataclass(frozen=True)
 class BlockFact:
     """One block: `kind` names its structure, `convs` its convolutions in forward order.
 
@@ -107,6 +124,7 @@ class BlockFact:
     # initial value (0: none)
     roles: tuple[str, ...] = ()
     layer_scale: float = 0.0
+    attention: AttentionFact | None = None  # `mqa`: convs are the query and output projections
 
     @property
     def in_channels(self) -> int:

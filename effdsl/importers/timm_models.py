@@ -15,8 +15,10 @@ from typing import Any
 
 from effdsl.errors import ImportRefused
 from effdsl.importers.facts import (
+    AttentionFact,
     BlockFact,
     ConvFact,
+    ConvShape,
     ModelFacts,
     Reader,
     SEFact,
@@ -27,9 +29,7 @@ from effdsl.importers.facts import (
 MODULES = ("efficientnet", "mobilenetv3", "hardcorenas")
 
 #: Block classes that need language features the reader cannot express, by timm class name.
-_UNSUPPORTED_BLOCKS = {
-    "MobileAttention": "MobileNetV4 attention block (MQA/MHA)",
-}
+_UNSUPPORTED_BLOCKS: dict[str, str] = {}
 
 
 def names() -> list[str]:
@@ -167,6 +167,79 @@ class TimmReader(Reader):
             layer_scale=layer_scale,
         )
 
+    def attention(self, path: str, block: Any) -> BlockFact:
+        """MobileNetV4's attention block: `norm`, `attn` (`MultiQueryAttention2d`: `query`,
+        `key`, `value`, `output`, each a `Sequential` ending in its 1×1 `proj`; the key's and
+        value's `down_conv` and `norm` where they are downsampled), `layer_scale`."""
+        attn = block.attn
+        if type(attn).__name__ != "MultiQueryAttention2d":
+            raise self.refuse(f"{path}.attn", attn, "attention other than multi-query (MHA)")
+        channels = int(block.norm.num_features)
+        shape = ConvShape(channels, channels, 1, 1, 1)  # the norm read as a 1×1 conv's
+        norm = self.conv(f"{path}.norm", shape, block.norm, padding="symmetric")
+        if norm.norm != "batch" or norm.act is not None:
+            raise self.refuse(f"{path}.norm", block.norm, "attention block without batch norm")
+        layers = {}
+        for name in ("query", "key", "value", "output"):
+            part = getattr(attn, name)
+            children = dict(part.named_children())
+            allowed = {"proj", "drop"}
+            if name in ("key", "value"):
+                allowed |= {"down_conv", "norm"}
+            if set(children) - allowed:
+                raise self.refuse(f"{path}.attn.{name}", part, "attention with query pooling")
+            layers[name] = self.conv(f"{path}.attn.{name}.proj", children["proj"])
+        downs = [getattr(attn, name).named_children() for name in ("key", "value")]
+        kv = [dict(children).get("down_conv") for children in downs]
+        kv_kernel, kv_stride, kv_padding = None, 1, "symmetric"
+        if kv[0] is not None:
+            facts = [
+                self.conv(f"{path}.attn.{name}.down_conv", conv, getattr(attn, name).norm)
+                for name, conv in zip(("key", "value"), kv, strict=True)
+            ]
+            if any(not fact.depthwise or fact.act is not None for fact in facts) or (
+                facts[0].kernel,
+                facts[0].stride,
+                facts[0].padding,
+            ) != (facts[1].kernel, facts[1].stride, facts[1].padding):
+                raise self.refuse(f"{path}.attn", attn, "keys and values downsampled unlike")
+            kv_kernel, kv_stride, kv_padding = facts[0].kernel, facts[0].stride, facts[0].padding
+        heads = int(attn.num_heads)
+        key_dim, value_dim = int(attn.key_dim), int(attn.value_dim)
+        shapes = (
+            layers["query"].out_channels,
+            layers["key"].out_channels,
+            layers["value"].out_channels,
+            layers["output"].in_channels,
+        )
+        if shapes != (heads * key_dim, key_dim, value_dim, heads * value_dim):
+            raise self.refuse(f"{path}.attn", attn, "attention of another layout")
+        scale = block.layer_scale
+        layer_scale = 0.0
+        if type(scale).__name__ != "Identity":
+            layer_scale = float(getattr(scale, "init_values", 0.0))
+        drop = block.drop_path
+        return BlockFact(
+            path=path,
+            kind="mqa",
+            convs=(layers["query"], layers["output"]),
+            se=None,
+            residual=bool(block.has_skip),
+            drop_path=0.0 if type(drop).__name__ == "Identity" else float(drop.drop_prob),
+            layer_scale=layer_scale,
+            attention=AttentionFact(
+                path=f"{path}.attn",
+                heads=heads,
+                key_dim=key_dim,
+                value_dim=value_dim,
+                kv_stride=kv_stride,
+                kv_kernel=kv_kernel,
+                kv_padding=kv_padding,
+                bn_eps=norm.bn_eps,
+                bn_momentum=norm.bn_momentum,
+            ),
+        )
+
     def se(self, path: str, se: Any) -> SEFact | None:
         if type(se).__name__ == "Identity":
             return None
@@ -190,6 +263,8 @@ class TimmReader(Reader):
             raise self.refuse(path, block, _UNSUPPORTED_BLOCKS[kind])
         if kind == "UniversalInvertedResidual":
             return self.uir(path, block)
+        if kind == "MobileAttention":
+            return self.attention(path, block)
         self._absent(path, block, "aa", "conv_s2d", "layer_scale")
         se: SEFact | None = None
         convs: tuple[ConvFact, ...]
