@@ -13,6 +13,7 @@ from typing import Any
 
 from effdsl.errors import ImportRefused
 from effdsl.importers.facts import (
+    AttentionFact,
     BlockFact,
     ConvFact,
     ConvShape,
@@ -71,6 +72,50 @@ class EffdslReader(Reader):
             padding="same" if _padded(getattr(module, "pad", None)) else None,
         )
 
+    def attention(self, path: str, block: Any) -> BlockFact:
+        """An `mqa` block: `norm` (batch norm), `attn` (1×1 convs `query`, `key`, `value`,
+        `output`; `key_down`, `value_down` conv-norms where the keys are downsampled),
+        `layer_scale`."""
+        attn = block.attn
+        channels = int(block.norm.num_features)
+        shape = ConvShape(channels, channels, 1, 1, 1)  # the norm read as a 1×1 conv's
+        norm = Reader.conv(self, f"{path}.norm", shape, block.norm, padding="symmetric")
+        projections = {
+            name: Reader.conv(self, f"{path}.attn.{name}", getattr(attn, name))
+            for name in ("query", "key", "value", "output")
+        }
+        key_dim = projections["key"].out_channels
+        value_dim = projections["value"].out_channels
+        heads = projections["query"].out_channels // key_dim
+        kv_kernel, kv_stride, kv_padding = None, 1, "symmetric"
+        if getattr(attn, "key_down", None) is not None:
+            down = self.conv(f"{path}.attn.key_down", attn.key_down)
+            kv_kernel, kv_stride, kv_padding = down.kernel, down.stride, down.padding
+        scale = getattr(block, "layer_scale", None)
+        init = 0.0 if scale is None else float(getattr(scale, "init", 0.0))
+        if scale is not None and not init:
+            raise self.refuse(f"{path}.layer_scale", scale, "layer scale of unknown init")
+        return BlockFact(
+            path=path,
+            kind="mqa",
+            convs=(projections["query"], projections["output"]),
+            se=None,
+            residual=bool(block.residual),
+            drop_path=float(block.drop_rate),
+            layer_scale=init,
+            attention=AttentionFact(
+                path=f"{path}.attn",
+                heads=heads,
+                key_dim=key_dim,
+                value_dim=value_dim,
+                kv_stride=kv_stride,
+                kv_kernel=kv_kernel,
+                kv_padding=kv_padding,
+                bn_eps=norm.bn_eps,
+                bn_momentum=norm.bn_momentum,
+            ),
+        )
+
     def se(self, path: str, module: Any) -> SEFact:
         act = self.activation(f"{path}.act", module.act)
         gate = self.activation(f"{path}.gate", module.gate)
@@ -87,6 +132,8 @@ class EffdslReader(Reader):
     def block(self, path: str, block: Any, kind_hint: str | None = None) -> BlockFact:
         """One block; `kind_hint` is the plan's kind where the module carries its plan (a
         `uir` block without its extra depthwise convs has an MBConv's layers)."""
+        if getattr(block, "attn", None) is not None:
+            return self.attention(path, block)
         names = ("routing", "conv", "start", "expand", "depthwise", "se", "pointwise", "project")
         parts = {
             name: getattr(block, name)
