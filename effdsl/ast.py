@@ -448,11 +448,19 @@ class Head(Block):
         description="`shrink=no` keeps at least the written width when scaled down "
         "(MobileNetV2's max(1280, 1280·w)).",
     )
+    bias: bool = Field(
+        default=True,
+        description="With `norm=none`, `bias=no` leaves the conv without a bias too "
+        "(FBNetV3's head: conv, then the activation).",
+    )
 
     @model_validator(mode="after")
     def _pooled_head_is_pointwise(self) -> Head:
         if self.pool == "first" and (self.kernel, self.stride) != (1, 1):
             raise ValueError("a head after the pool acts on a 1×1 map: write it `k1 s1`")
+        if not self.bias and self.norm != "none":
+            # a batch-normalised conv has no bias already; the rule is read on the line itself
+            raise ValueError("`bias=no` is for a head conv without norm: add `norm=none`")
         return self
 
 

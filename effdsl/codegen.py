@@ -174,6 +174,7 @@ class _Used:
     blocks: tuple[str, ...]  # block classes, in the order they are defined
     gates: tuple[str, ...] = ("sigmoid",)  # in the order of GATE_MODULES
     unnormalised: bool = False  # some conv has no norm (and so a bias)
+    unbiased: bool = False  # some conv has neither a norm nor a bias (FBNetV3's head)
     se_options: bool = False  # some SE has an activation other than its block's
     full: bool = False  # some MBConv keeps its expansion conv at expansion 1
 
@@ -202,6 +203,7 @@ class _Used:
             blocks=tuple(name for name in BLOCK_ORDER if name in blocks),
             gates=tuple(name for name in GATE_MODULES if name in gates),
             unnormalised=any(op.norm == "none" for op in convs),
+            unbiased=any(op.norm == "none" and not op.bias for op in convs),
             se_options=any(_se_options(block) for block in plan.blocks()),
             full=any(_keeps_expansion(block) for block in plan.blocks()),
         )
@@ -293,6 +295,8 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
 
 def _conv_bn_act(used: _Used) -> str:
     bias = "not norm" if used.unnormalised else "False"
+    if used.unbiased:
+        bias = "bias and not norm"
     if used.asymmetric_padding:
         layers = f'''\
         # a tuple is (left, right, top, bottom): TF "same" padding, with the odd pixel on the
@@ -315,6 +319,9 @@ def _conv_bn_act(used: _Used) -> str:
             "`norm=False`\n    no batch norm, and the conv has a bias instead."
         )
         norm_arg = "\n        norm: bool = True,"
+        if used.unbiased:
+            norm_arg += "\n        bias: bool = True,"
+            doc += " `bias=False`\n    leaves it without one too."
         bn = "nn.BatchNorm2d(cout, eps=eps, momentum=momentum) if norm else nn.Identity()"
     else:
         doc = "Convolution without bias, batch norm, then the activation (`act=None`: none)."
@@ -786,6 +793,7 @@ def _conv_call(op: ConvOp) -> str:
     groups = f", groups={op.groups}" if op.groups != 1 else ""
     act = f'act="{op.act}", ' if op.act is not None else ""
     norm = ", norm=False" if op.norm == "none" else ""
+    norm += ", bias=False" if op.norm == "none" and not op.bias else ""
     return (
         f"ConvBNAct({op.in_channels}, {op.out_channels}, {op.kernel}, {op.stride}, "
         f"{_padding(op)}{groups}, {act}eps={op.bn_eps!r}, momentum={op.bn_momentum!r}{norm})"

@@ -62,8 +62,9 @@ def op_cost(op: Op, bytes_per_element: int = 4) -> Cost:
     """The cost of one op of the plan."""
     if isinstance(op, ConvOp):
         weights = op.out_channels * (op.in_channels // op.groups) * op.kernel * op.kernel
-        # + batch-norm weight and bias, or the conv's bias where there is no norm
-        params = weights + (op.out_channels if op.bias else 2 * op.out_channels)
+        # + batch-norm weight and bias, or the conv's bias where there is no norm (if it has one)
+        norm = 2 * op.out_channels if op.norm == "batch" else 0
+        params = weights + norm + (op.out_channels if op.bias else 0)
         macs = weights * op.out_size * op.out_size
         if op.experts:
             # every expert's kernel is a parameter; mixing them is a (1×E)·(E×weights) product

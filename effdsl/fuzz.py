@@ -501,6 +501,8 @@ def random_block(rng: random.Random, keyword: str) -> str:
         extra.append("pool=" + _pick(rng, ("first", "last"), ("middle",)))
     if keyword == "head" and rng.random() < 0.1:
         extra.append("shrink=" + rng.choice(("no", "yes")))
+    if keyword == "head" and rng.random() < 0.1:  # an error unless the head has `norm=none`
+        extra.append("bias=" + rng.choice(("no", "yes")))
     if rng.random() < 0.1:
         extra.append("fix=" + rng.choice(ast.FIXES))
     if keyword == "stage" and rng.random() < 0.3:

@@ -54,11 +54,13 @@ class ConvOp:
     # the block's `RoutingOp`; 0 is an ordinary conv.
     experts: int = 0
     norm: str = "batch"  # "batch" or "none"
+    # without a norm the conv has a bias unless this says otherwise (FBNetV3's head: `bias=no`)
+    unnormalised_bias: bool = True
 
     @property
     def bias(self) -> bool:
         """A conv without a normalisation after it has a bias, which no shift follows."""
-        return self.norm == "none"
+        return self.norm == "none" and self.unnormalised_bias
 
     @property
     def symmetric_padding(self) -> int | None:
@@ -407,16 +409,19 @@ def squeeze_channels(
     mid_channels: int | None = None,
     source: str = "input",
     divisor: int | None = None,
+    round_limit: float = 0.9,
 ) -> int:
     """SE width: `se` of the block's *input* channels (the TF reference, torchvision's
     EfficientNet) or of its *expanded* ones (MobileNetV3), rounded down, or to a multiple of
-    `divisor` where the spec asks (MobileNetV3: `make_divisible(mid / 4, 8)`)."""
+    `divisor` where the spec asks (MobileNetV3: `make_divisible(mid / 4, 8)`), never below
+    `round_limit` of it: the network's scaling rule, as timm rounds both with one function
+    (FBNetV3: 0.95)."""
     if se <= 0:
         return 0
     expanded = mid_channels if mid_channels is not None else in_channels
     width = (expanded if source == "expanded" else in_channels) * se
     if divisor is not None:
-        return make_divisible(width, divisor)
+        return make_divisible(width, divisor, round_limit)
     return max(1, int(width))
 
 
@@ -636,7 +641,11 @@ def lower(
                 elif line.kind == "separable":
                     mid = channels
                     se_channels = squeeze_channels(
-                        channels, options.se, source=options.se_from, divisor=options.se_divisor
+                        channels,
+                        options.se,
+                        source=options.se_from,
+                        divisor=options.se_divisor,
+                        round_limit=network.scaling.round_limit,
                     )
                 else:
                     mid = expanded_channels(channels, line.expand, line.mid)
@@ -646,6 +655,7 @@ def lower(
                         mid_channels=mid,
                         source=options.se_from,
                         divisor=options.se_divisor,
+                        round_limit=network.scaling.round_limit,
                     )
                 path = f"stages.{s}.blocks.{b}"
                 ops = _block_ops(
@@ -724,6 +734,7 @@ def lower(
         1 if head_pool == "first" else size,  # after the pool, the map is 1×1
         _options(network.head, defaults),
     )
+    head = replace(head, unnormalised_bias=network.head.bias)
     classifier = ClassifierPlan(
         in_features=head.out_channels,
         classes=network.classifier.classes,

@@ -83,6 +83,11 @@ heads = st.one_of(
         pool=st.just("first"),
         shrink=st.booleans(),
     ),
+    st.builds(  # FBNetV3's: neither norm nor bias (here before the pool)
+        ast.Head,
+        **{**conv_blocks, "norm": st.just("none")},  # type: ignore[arg-type]
+        bias=st.booleans(),
+    ),
 )
 
 

@@ -76,6 +76,7 @@ TWINS = [
     Twin("mixnet-s.eff", None, "tf_mixnet_s", tf=True),
     *(Twin("mixnet-m.eff", f"mixnet_{size}", f"mixnet_{size}") for size in ("m", "l", "xl", "xxl")),
     *(Twin("mixnet-m.eff", f"mixnet_{size}", f"tf_mixnet_{size}", tf=True) for size in ("m", "l")),
+    *(Twin(f"fbnetv3-{size}.eff", None, f"fbnetv3_{size}") for size in ("b", "d", "g")),
 ]
 
 
@@ -145,6 +146,7 @@ def twin(name: str, slow: bool = False) -> object:
         twin("lcnet_050"),  # separable blocks, SE of the input with a hard-sigmoid gate
         twin("mixnet_s"),  # mixed kernels, grouped 1×1 convs
         twin("tf_mixnet_s"),  # the same with SAME padding: uneven pads per kernel size
+        twin("fbnetv3_b"),  # a head conv after the pool with neither norm nor bias
     ],
     ids=str,
 )
@@ -307,6 +309,42 @@ def test_located_errors(text: str, message: str) -> None:
 def test_pooled_head_must_be_pointwise() -> None:
     with pytest.raises(effdsl.EffError, match="a head after the pool acts on a 1×1 map"):
         effdsl.parse(MOBILE.replace("head  conv         k1 s1", "head  conv         k3 s1"))
+
+
+def test_a_head_without_norm_or_bias_through_every_backend(tmp_path: Path) -> None:
+    """FBNetV3's head (`norm=none bias=no`): pool, a bias-free 1×1 conv, the activation."""
+    text = MOBILE.replace("pool=first norm=none", "pool=first norm=none bias=no")
+    network = effdsl.parse(text)
+    assert effdsl.format(network).count("bias=no") == 1 and effdsl.parse(effdsl.format(network))
+    plan = effdsl.lower(network)
+    assert not plan.head.bias and plan.head.norm == "none"
+    model = trained_mobile(network)
+    assert model.head.conv.bias is None
+    with_bias = params(trained_mobile(effdsl.parse(MOBILE)))
+    assert effdsl.cost(plan).params == params(model) == with_bias - 64  # the head's 64 biases
+    path = tmp_path / "unbiased.py"
+    path.write_text(effdsl.codegen.to_python(plan), encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("unbiased_generated", path)
+    assert spec is not None and spec.loader is not None
+    generated = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generated)
+    twin = getattr(generated, effdsl.codegen.class_name(plan))().eval()
+    assert layout(twin) == layout(model)
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), model(x))
+        torch.testing.assert_close(effdsl.optimize_for_inference(model)(x), model(x))
+
+
+def test_a_head_without_bias_says_norm_none() -> None:
+    text = MOBILE.replace("pool=first norm=none", "pool=first bias=no")
+    with pytest.raises(effdsl.EffError) as caught:
+        effdsl.parse(text, "mobile.eff")
+    errors = getattr(caught.value, "errors", (caught.value,))
+    assert [(e.span.line, e.message) for e in errors if e.span] == [
+        (12, "`bias=no` is for a head conv without norm: add `norm=none`")
+    ]
 
 
 def test_aliases_read_as_the_canonical_names(mobile: effdsl.Network) -> None:
