@@ -15,6 +15,7 @@ never approximated.
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +53,13 @@ OPTIONS: tuple[str, ...] = tuple(
 SE_OPTIONS = ("se_from", "se_divisor", "se_act", "se_gate")
 
 GROUPED = "grouped convolution (group_size)"
+SQUEEZE_UNSAID = "squeeze-and-excitation width no ratio gives"
+
+#: The language's round limit, and timm's other one (FBNetV3 never rounds more than 5% down).
+ROUND_LIMIT: float = ast.Scaling.model_fields["round_limit"].default
+OTHER_ROUND_LIMITS = (0.95,)
+#: Whether the language rounds squeeze widths with the network's round limit.
+_SQUEEZE_ROUND_LIMIT = "round_limit" in inspect.signature(squeeze_channels).parameters
 
 #: How squeeze widths are tried, in order: (se_from, se_divisor).
 SQUEEZE_RULES: tuple[tuple[str, int | None], ...] = (
@@ -102,6 +110,7 @@ class Composer:
     def __init__(self, facts: ModelFacts) -> None:
         self.facts = facts
         self.squeeze_rules = SQUEEZE_RULES  # reordered by `network` to the model's own rule
+        self.round_limit = ROUND_LIMIT  # of squeeze widths rounded to a divisor
 
     def refuse(self, path: str, feature: str, detail: str = "") -> ImportRefused:
         """The refusal `SOURCE: PATH: FEATURE (DETAIL)`; `feature` alone groups refusals."""
@@ -111,12 +120,19 @@ class Composer:
     # ---- convolutions -------------------------------------------------------------------
 
     def _plain(
-        self, conv: ConvFact, *, depthwise: bool = False, act: bool = True, grouped: bool = False
+        self,
+        conv: ConvFact,
+        *,
+        depthwise: bool = False,
+        act: bool = True,
+        grouped: bool = False,
+        bare: bool = False,
     ) -> str:
         """Refuse a conv the language's conv-norm-act op cannot be; return its norm. With
-        `grouped`, the conv may be grouped (the k×k conv of a block: `group_size`)."""
+        `grouped`, the conv may be grouped (the k×k conv of a block: `group_size`); with
+        `bare`, it may have neither norm nor bias (the head's `bias=no`)."""
         if conv.norm is None:
-            if not conv.bias:
+            if not conv.bias and not bare:
                 raise self.refuse(conv.path, "convolution without a norm or a bias")
             norm = "none"
         elif conv.norm not in ast.NORMS:
@@ -504,6 +520,7 @@ class Composer:
             for ratio in candidates:
                 if not 0.0 < ratio <= 1.0:
                     continue
+                limit = {"round_limit": self.round_limit} if _SQUEEZE_ROUND_LIMIT else {}
                 if all(
                     squeeze_channels(
                         line.in_channels,
@@ -511,6 +528,7 @@ class Composer:
                         mid_channels=line.mid_channels,
                         source=source,
                         divisor=divisor,
+                        **limit,
                     )
                     == line.squeeze
                     for line in lines
@@ -564,7 +582,7 @@ class Composer:
                 if first.squeeze:
                     raise self.refuse(
                         first.path,
-                        "squeeze-and-excitation width no ratio gives",
+                        SQUEEZE_UNSAID,
                         f"{first.squeeze} from {first.in_channels} in, {first.mid_channels} "
                         "expanded",
                     )
@@ -579,12 +597,14 @@ class Composer:
         stem_norm = self._plain(facts.stem)
         if facts.head is None:
             raise self.refuse("head", "no head conv (pooling straight after the last stage)")
-        head_norm = self._plain(facts.head)
+        # a head conv with neither norm nor bias (FBNetV3's), where the language has `bias=no`
+        bare = facts.head.norm is None and not facts.head.bias and "bias" in ast.Head.model_fields
+        head_norm = self._plain(facts.head, bare=bare)
         if facts.stem.stride > 2 or facts.head.stride > 2:
             raise self.refuse(facts.stem.path, "a stride above 2")
         lines = [[self.line(block) for block in stage] for stage in facts.stages]
         self.squeeze_rules = self._rule_order([line for stage in lines for line in stage])
-        stages = [self.stage(stage) for stage in lines]
+        stages = self._stages(lines)
         every = [line for stage in stages for line in stage]
         fused_network = any(line["kind"] == "fused_mbconv" for line in every)
         for line in every:
@@ -614,6 +634,8 @@ class Composer:
                 ends[-1]["norm_group_size"] = conv.norm_group_size
         if facts.head_style == "post_pool":
             ends[1]["pool"] = "first"
+        if bare:
+            ends[1]["bias"] = False
         statements = [ends[0], *every, ends[1]]
         defaults = self._defaults(statements, every)
         defaults["drop_path"] = self._drop_path(lines)
@@ -644,7 +666,23 @@ class Composer:
         }
         if set_defaults:
             network["defaults"] = ast.Defaults(**set_defaults)
+        if self.round_limit != ROUND_LIMIT:
+            network["scaling"] = ast.Scaling(round_limit=self.round_limit)
         return ast.Network(**network)
+
+    def _stages(self, lines: list[list[Line]]) -> list[list[dict[str, Any]]]:
+        """The stages' block lines. Squeeze widths rounded to a divisor are tried under the
+        language's round limit, then under timm's other (FBNetV3's 0.95, which a spec says as
+        `scaling round_limit=`), where the language rounds squeeze widths with it."""
+        limits = (ROUND_LIMIT, *OTHER_ROUND_LIMITS) if _SQUEEZE_ROUND_LIMIT else (ROUND_LIMIT,)
+        for limit in limits:
+            self.round_limit = limit
+            try:
+                return [self.stage(stage) for stage in lines]
+            except ImportRefused as refusal:
+                if refusal.feature != SQUEEZE_UNSAID or limit == limits[-1]:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _defaults(
         self, statements: list[dict[str, Any]], lines: list[dict[str, Any]]
