@@ -541,10 +541,14 @@ class Composer:
         one rule, and a block that several rules fit is said by the model's."""
         squeezed = [line for line in lines if line.squeeze]
         fits = Counter()  # type: Counter[tuple[str, int | None]]
+        ratios: dict[tuple[str, int | None], int] = {}
         for rule in SQUEEZE_RULES:
             self.squeeze_rules = (rule,)
-            fits[rule] = sum(1 for line in squeezed if self._squeeze([line], 1.0, None))
-        return tuple(sorted(SQUEEZE_RULES, key=lambda rule: -fits[rule]))
+            found = [self._squeeze([line], 1.0, None) for line in squeezed]
+            fits[rule] = sum(1 for fields in found if fields)
+            ratios[rule] = len({fields["se"] for fields in found if fields})
+        # most blocks fitted, then fewest ratios: a rule that says them all with one
+        return tuple(sorted(SQUEEZE_RULES, key=lambda rule: (-fits[rule], ratios[rule])))
 
     def _skip(self, lines: Sequence[Line]) -> bool | None:
         """Whether the line keeps the language's residual rule (`skip=no` turns it off)."""
@@ -603,7 +607,6 @@ class Composer:
         if facts.stem.stride > 2 or facts.head.stride > 2:
             raise self.refuse(facts.stem.path, "a stride above 2")
         lines = [[self.line(block) for block in stage] for stage in facts.stages]
-        self.squeeze_rules = self._rule_order([line for stage in lines for line in stage])
         stages = self._stages(lines)
         every = [line for stage in stages for line in stage]
         fused_network = any(line["kind"] == "fused_mbconv" for line in every)
@@ -675,14 +678,28 @@ class Composer:
         language's round limit, then under timm's other (FBNetV3's 0.95, which a spec says as
         `scaling round_limit=`), where the language rounds squeeze widths with it."""
         limits = (ROUND_LIMIT, *OTHER_ROUND_LIMITS) if _SQUEEZE_ROUND_LIMIT else (ROUND_LIMIT,)
+        every = [line for stage in lines for line in stage]
+        best: tuple[int, float, list[list[dict[str, Any]]]] | None = None
+        refused: ImportRefused | None = None
         for limit in limits:
             self.round_limit = limit
+            self.squeeze_rules = self._rule_order(every)
             try:
-                return [self.stage(stage) for stage in lines]
+                stages = [self.stage(stage) for stage in lines]
             except ImportRefused as refusal:
-                if refusal.feature != SQUEEZE_UNSAID or limit == limits[-1]:
+                if refusal.feature != SQUEEZE_UNSAID:
                     raise
-        raise AssertionError("unreachable")  # pragma: no cover
+                refused = refused or refusal
+                continue
+            # a person writes one squeeze ratio where one rule gives it (FBNetV3's 0.25)
+            ratios = len({line["se"] for stage in stages for line in stage if line.get("se")})
+            if best is None or ratios < best[0]:
+                best = (ratios, limit, stages)
+        if best is None:
+            assert refused is not None
+            raise refused
+        self.round_limit = best[1]
+        return best[2]
 
     def _defaults(
         self, statements: list[dict[str, Any]], lines: list[dict[str, Any]]
