@@ -112,9 +112,7 @@ def test_import_names_its_source_and_library_in_a_header_comment() -> None:
 
 #: Specs written with language features the importer does not read back yet (stages of several
 #: block lines, heads after the pool, SE options, `full=`, `mid=`): issue 11's specs.
-IMPORTER_PENDING = {
-    "fbnetv3-b", "fbnetv3-d", "fbnetv3-g",  # the head's `bias=no`
-}
+IMPORTER_PENDING: set[str] = set()
 
 
 @pytest.mark.parametrize(
