@@ -37,7 +37,7 @@ Padding = Literal["symmetric", "same"]
 Fix = Literal["none", "depth", "width", "all"]
 Gate = Literal["sigmoid", "hard_sigmoid"]
 SqueezeFrom = Literal["input", "expanded"]
-Norm = Literal["batch", "none"]
+Norm = Literal["batch", "group", "layer", "evonorm", "none"]
 HeadPool = Literal["last", "first"]
 DepthRound = Literal["up", "nearest"]
 
@@ -47,6 +47,8 @@ PADDINGS: tuple[str, ...] = get_args(Padding)
 FIXES: tuple[str, ...] = get_args(Fix)
 GATES: tuple[str, ...] = get_args(Gate)
 NORMS: tuple[str, ...] = get_args(Norm)
+#: The norms that cut the channels into groups (`norm_group_size`).
+GROUPED_NORMS: tuple[str, ...] = ("group", "evonorm")
 
 #: Other names of the activations, as the papers and libraries write them. The parser reads
 #: them as the canonical name (so `act=swish` is `silu`), and `fmt` writes the canonical one.
@@ -74,6 +76,7 @@ MAX_LINES = 64  # block lines in one stage
 MAX_MIXED_KERNELS = 16  # MixNet uses up to 5 (k3.5.7.9.11)
 MAX_SPLITS = 64
 MAX_EXPERTS = 64
+MAX_GROUP_SIZE = 4096  # channels per group of a grouped conv or a group norm
 
 #: A kernel size, or a mixconv's list of kernel sizes (`k3.5.7`), one per channel slice.
 Kernel = int | tuple[int, ...]
@@ -259,7 +262,22 @@ class Defaults(Node):
     )
     norm: Norm = Field(
         default="batch",
-        description="Normalisation after each conv: `batch`, or `none` (the conv gets a bias).",
+        description="Normalisation after each conv: `batch`, `group` (GroupNorm), `layer` "
+        "(LayerNorm over channels), `evonorm` (EvoNorm-S0, whose own non-linearity replaces "
+        "the activation), or `none` (the conv gets a bias).",
+    )
+    norm_group_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_GROUP_SIZE,
+        description="Channels per group of `norm=group` and `norm=evonorm` (timm: 8 or 16).",
+    )
+    group_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_GROUP_SIZE,
+        description="Channels per group of every stage block's k×k conv (timm's `gs`); unset: "
+        "depthwise (mbconv, separable) or dense (conv, fused_mbconv).",
     )
 
     _finite = field_validator("se", "bn_eps", "bn_momentum", "drop_path")(_finite)
@@ -302,6 +320,9 @@ class BlockOptions(Node):
     se_act: Activation | None = Field(default=None, description="Overrides `defaults se_act`.")
     se_gate: Gate | None = Field(default=None, description="Overrides `defaults se_gate`.")
     norm: Norm | None = Field(default=None, description="Overrides `defaults norm`.")
+    norm_group_size: int | None = Field(
+        default=None, ge=1, le=MAX_GROUP_SIZE, description="Overrides `defaults norm_group_size`."
+    )
 
     _finite = field_validator("se", "bn_eps", "bn_momentum", "drop_path")(_finite_or_none)
 
@@ -484,6 +505,14 @@ class Line(Block):
         description="At expansion 1, keep the 1×1 expansion conv (mbconv) or the 1×1 "
         "projection (fused_mbconv) that is otherwise left out.",
     )
+    group_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_GROUP_SIZE,
+        description="Channels per group of the block's k×k conv (timm's `gs`): its groups are "
+        "the expanded width (mbconv, fused_mbconv) or the input width (conv, separable) over "
+        "this. Overrides `defaults group_size`.",
+    )
 
     @model_validator(mode="after")
     def _expanded_width_once(self) -> Line:
@@ -497,6 +526,16 @@ class Line(Block):
         if self.full and self.kind in ("mixconv", "condconv"):
             raise ValueError(f"`full=` is for mbconv and fused_mbconv, not `{self.kind}`")
         return self
+
+    @field_validator("group_size")
+    @classmethod
+    def _group_size_of_one_kernel(cls, size: int | None, info: ValidationInfo) -> int | None:
+        kind = info.data.get("kind")
+        if size is not None and kind in ("mixconv", "condconv"):
+            raise ValueError(
+                f"a `{kind}` block takes no group_size: its convs are cut by kernel or expert"
+            )
+        return size
 
 
 class BlockLine(Line):

@@ -45,6 +45,9 @@ ACTIVATION_MODULES = {
 #: The torch module of each squeeze-and-excitation gate.
 GATE_MODULES = {"sigmoid": "nn.Sigmoid", "hard_sigmoid": "nn.Hardsigmoid"}
 
+#: The norms beyond batch norm and none, in the order `norm_layer` tests them.
+OTHER_NORMS = ("group", "layer", "evonorm")
+
 #: The generated block class of each (block kind, roles of its ops) the plan can produce.
 BLOCK_CLASSES = {
     ("conv", ("conv",)): "ConvBlock",
@@ -81,7 +84,7 @@ _FIXED_NAMES = (
 )
 _OPTIONAL_NAMES = (
     "SqueezeExcite", "GATES", "MixedConvBNAct", "mixed_conv", "Routing", "CondConvBNAct",
-    *BLOCK_ORDER,
+    "norm_layer", "LayerNorm2d", "EvoNormS0", *BLOCK_ORDER,
 )
 
 
@@ -137,6 +140,9 @@ def top_level_names(plan: Plan) -> frozenset[str]:
         "mixed_conv": "MixConv" in used.blocks,
         "Routing": "CondConv" in used.blocks,
         "CondConvBNAct": "CondConv" in used.blocks,
+        "norm_layer": bool(used.norms),
+        "LayerNorm2d": "layer" in used.norms,
+        "EvoNormS0": "evonorm" in used.norms,
         **{block: block in used.blocks for block in BLOCK_ORDER},
     }
     return frozenset(
@@ -177,6 +183,8 @@ class _Used:
     unbiased: bool = False  # some conv has neither a norm nor a bias (FBNetV3's head)
     se_options: bool = False  # some SE has an activation other than its block's
     full: bool = False  # some MBConv keeps its expansion conv at expansion 1
+    norms: tuple[str, ...] = ()  # the norms of OTHER_NORMS used: `norm` is then a name
+    grouped: bool = False  # some block's k×k conv has groups other than its class's default
 
     @classmethod
     def of(cls, plan: Plan) -> _Used:
@@ -186,7 +194,7 @@ class _Used:
         if unknown:
             raise BuildError(f"code generation does not know the activation `{unknown[0]}`")
         convs = [op for op in ops if isinstance(op, ConvOp)]
-        unknown = sorted({op.norm for op in convs} - {"batch", "none"})
+        unknown = sorted({op.norm for op in convs} - {"batch", "none", *OTHER_NORMS})
         if unknown:
             raise BuildError(f"code generation does not know the normalisation `{unknown[0]}`")
         gates = {op.gate for op in ops if isinstance(op, SqueezeExciteOp)}
@@ -206,6 +214,8 @@ class _Used:
             unbiased=any(op.norm == "none" and not op.bias for op in convs),
             se_options=any(_se_options(block) for block in plan.blocks()),
             full=any(_keeps_expansion(block) for block in plan.blocks()),
+            norms=tuple(name for name in OTHER_NORMS if any(op.norm == name for op in convs)),
+            grouped=any(_groups_arg(block) is not None for block in plan.blocks()),
         )
 
 
@@ -294,6 +304,8 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
 
 
 def _conv_bn_act(used: _Used) -> str:
+    if used.norms:
+        return _conv_norm_act(used)
     bias = "not norm" if used.unnormalised else "False"
     if used.unbiased:
         bias = "bias and not norm"
@@ -352,6 +364,123 @@ class ConvBNAct(nn.Module):
         return self.act(self.bn({call}))'''
 
 
+_LAYER_NORM = '''\
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of each pixel: channels moved last, normalised, moved back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)  # (N, H, W, C)
+        x = nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)  # (N, C, H, W)'''
+
+_EVO_NORM = '''\
+class EvoNormS0(nn.Module):
+    """EvoNorm-S0: x·sigmoid(v·x) over the standard deviation of x in its group of channels,
+    then a per-channel affine. Without its non-linearity (`act=False`) only the affine."""
+
+    def __init__(self, channels: int, groups: int, eps: float, act: bool) -> None:
+        super().__init__()
+        self.groups, self.eps = groups, eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.v = nn.Parameter(torch.ones(channels)) if act else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1, 1, 1)
+        if self.v is not None:
+            n, c, h, w = x.shape
+            grouped = x.reshape(n, self.groups, c // self.groups, h, w)
+            var = grouped.var(dim=(2, 3, 4), unbiased=False, keepdim=True)
+            std = var.add(self.eps).sqrt().expand(grouped.shape).reshape(n, c, h, w)
+            x = x * torch.sigmoid(x * self.v.view(shape)) / std
+        return x * self.weight.view(shape) + self.bias.view(shape)'''
+
+
+def _norm_layer(used: _Used) -> str:
+    """`norm_layer`: the norm module of each name the spec uses."""
+    branches = {
+        "group": "return nn.GroupNorm(channels // group_size, channels, eps=eps)",
+        "layer": "return LayerNorm2d(channels, eps=eps)",
+        "evonorm": "return EvoNormS0(channels, channels // group_size, eps, act)",
+    }
+    tests = "".join(
+        f'    if norm == "{name}":\n        {branches[name]}\n' for name in used.norms
+    )
+    names = ["batch", *used.norms, *(["none"] if used.unnormalised else [])]
+    end = (
+        "    return nn.Identity()  # none: the conv has a bias instead"
+        if used.unnormalised
+        else '    raise ValueError(f"unknown norm {norm!r}")'
+    )
+    return f'''\
+def norm_layer(
+    norm: str, channels: int, eps: float, momentum: float, group_size: int, act: bool
+) -> nn.Module:
+    """The norm after a conv, by name: {", ".join(names)}."""
+    if norm == "batch":
+        return nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
+{tests}{end}'''
+
+
+def _conv_norm_act(used: _Used) -> str:
+    """`ConvBNAct` where the spec uses norms other than batch norm: `norm` names one."""
+    if used.asymmetric_padding:
+        layers = '''\
+        # a tuple is (left, right, top, bottom): TF "same" padding, with the odd pixel on the
+        # right and bottom, which Conv2d cannot do itself
+        asymmetric = isinstance(padding, tuple)
+        self.pad = nn.ZeroPad2d(padding) if asymmetric else nn.Identity()
+        self.conv = nn.Conv2d(
+            cin, cout, kernel, stride, 0 if asymmetric else padding, groups=groups, bias=bias
+        )'''
+        signature = "padding: int | tuple[int, int, int, int] = 0"
+        call = "self.conv(self.pad(x))"
+    else:
+        layers = '''\
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=bias)'''
+        signature = "padding: int = 0"
+        call = "self.conv(x)"
+    if "evonorm" in used.norms:
+        act = """\
+        # EvoNorm-S0 applies a non-linearity of its own in place of the activation
+        self.act = ACTIVATIONS[act]() if act and norm != "evonorm" else nn.Identity()"""
+    else:
+        act = "        self.act = ACTIVATIONS[act]() if act else nn.Identity()"
+    bias = " With norm none, the conv has a bias." if used.unnormalised else ""
+    bias_arg, bias_line = "", '        bias = norm == "none"'
+    if used.unbiased:
+        bias += " `bias=False`\n    leaves it without one too."
+        bias_arg = "\n        bias: bool = True,"
+        bias_line = '        bias = bias and norm == "none"'
+    return f'''\
+class ConvBNAct(nn.Module):
+    """Convolution without bias, its norm (`norm_layer`; `norm_size`: channels per group),
+    then the activation (`act=None`: none).{bias}"""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int = 1,
+        {signature},
+        groups: int = 1,
+        act: str | None = None,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        norm: str = "batch",
+        norm_size: int = 0,{bias_arg}
+    ) -> None:
+        super().__init__()
+{bias_line}
+{layers}
+        self.bn = norm_layer(norm, cout, eps, momentum, norm_size, act is not None)
+{act}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn({call}))'''
+
+
 def _squeeze_excite(used: _Used) -> str:
     gates = "".join(f'    "{name}": {GATE_MODULES[name]},\n' for name in used.gates)
     return f'''\
@@ -385,14 +514,44 @@ _RESIDUAL = """\
         return out"""
 
 def _norm(used: _Used) -> tuple[str, str]:
-    """The `norm` parameter of the block classes and what they pass on to their convs."""
+    """The `norm` parameter of the block classes and what they pass on to their convs: a
+    flag where the only other norm is none, else the norm's name and its group size."""
+    if used.norms:
+        return (
+            '\n        norm: str = "batch",\n        norm_size: int = 0,',
+            ", **norm_args",
+        )
     if not used.unnormalised:
         return "", ""
     return "\n        norm: bool = True,", ", norm=norm"
 
 
+def _norm_setup(used: _Used) -> str:
+    """The line a block class starts with where its convs' norms are given by name."""
+    if not used.norms:
+        return ""
+    return "\n        norm_args = dict(norm=norm, norm_size=norm_size)  # every conv's norm"
+
+
+def _groups_param(used: _Used, default: str) -> tuple[str, str, str]:
+    """The `groups` parameter of a block class (where some block's k×k conv has groups other
+    than its class's default), the value its k×k conv takes, and the line that sets it."""
+    if not used.grouped:
+        return "", default, ""
+    if default == "1":
+        return "\n        groups: int = 1,", "groups", ""
+    return (
+        "\n        groups: int | None = None,",
+        "groups",
+        f"\n        groups = {default} if groups is None else groups  # None: depthwise",
+    )
+
+
 def _conv_block(used: _Used, padding: str) -> str:
     norm_arg, norm = _norm(used)
+    setup = _norm_setup(used)
+    groups_arg, groups, _ = _groups_param(used, "1")
+    grouped = f", groups={groups}" if used.grouped else ""
     return f'''\
 class ConvBlock(nn.Module):
     """One k×k conv-BN-act, with a residual where shapes allow.
@@ -411,11 +570,11 @@ class ConvBlock(nn.Module):
         eps: float,
         momentum: float,
         drop_rate: float,
-        residual: bool,{norm_arg}
+        residual: bool,{groups_arg}{norm_arg}
     ) -> None:
-        super().__init__()
+        super().__init__(){setup}
         self.conv = ConvBNAct(
-            cin, cout, kernel, stride, padding, act=act, eps=eps, momentum=momentum{norm}
+            cin, cout, kernel, stride, padding{grouped}, act=act, eps=eps, momentum=momentum{norm}
         )
         self.drop_rate = drop_rate
         self.residual = residual
@@ -427,6 +586,8 @@ class ConvBlock(nn.Module):
 
 def _separable(used: _Used, padding: str) -> str:
     norm_arg, norm = _norm(used)
+    setup = _norm_setup(used)
+    groups_arg, groups, grouping = _groups_param(used, "cin")
     se = _se_parts(used, channels="cin")
     return f'''\
 class SeparableConv(nn.Module):
@@ -444,11 +605,12 @@ class SeparableConv(nn.Module):
         eps: float,
         momentum: float,
         drop_rate: float,
-        residual: bool,{se["{gate_arg}"]}{norm_arg}
+        residual: bool,{se["{gate_arg}"]}{groups_arg}{norm_arg}
     ) -> None:
-        super().__init__()
+        super().__init__(){setup}{grouping}
         self.depthwise = ConvBNAct(
-            cin, cin, kernel, stride, padding, groups=cin, act=act, eps=eps, momentum=momentum{norm}
+            cin, cin, kernel, stride, padding, groups={groups}, act=act, eps=eps,
+            momentum=momentum{norm}
         ){se["{se_layer}"]}
         self.pointwise = ConvBNAct(cin, cout, 1, act=act, eps=eps, momentum=momentum{norm})
         self.drop_rate = drop_rate
@@ -463,18 +625,24 @@ class SeparableConv(nn.Module):
 def _inverted_residual(name: str, used: _Used, padding: str) -> str:
     """MBConv or FusedMBConv: they differ in where the k×k conv is and what it sees."""
     norm_arg, norm = _norm(used)
+    setup = _norm_setup(used)
     se = _se_parts(used)
     full = name == "MBConv" and used.full
     full_arg = "\n        full: bool = False," if full else ""
+    groups_arg, groups, grouping = _groups_param(used, "mid" if name == "MBConv" else "1")
     if name == "MBConv":
         doc = "Inverted residual: 1×1 expand, k×k depthwise, squeeze-and-excitation, 1×1 project."
         keep = " or full" if full else ""
-        wrap = ",\n            norm=norm," if norm else ""
+        wrap = f",\n            {norm[2:]}," if norm else ""
         why = (
             "expansion ratio 1: no expand conv (unless `full`), the depthwise conv reads the "
             "input"
             if full
             else "expansion ratio 1: no expand conv, the depthwise conv reads the input itself"
+        )
+        depthwise = (
+            f"mid, mid, kernel, stride, padding, groups={groups}, act=act, eps=eps, "
+            f"momentum=momentum{wrap}"
         )
         layers = f"""\
         # {why}
@@ -482,14 +650,15 @@ def _inverted_residual(name: str, used: _Used, padding: str) -> str:
         if mid != cin{keep}:
             self.expand = ConvBNAct(cin, mid, 1, act=act, eps=eps, momentum=momentum{norm})
         self.depthwise = ConvBNAct(
-            mid, mid, kernel, stride, padding, groups=mid, act=act, eps=eps, momentum=momentum{wrap}
+            {depthwise}
         )"""
         steps = "        out = self.expand(x)\n        out = self.depthwise(out)"
     else:
         doc = "Fused inverted residual: k×k expand, squeeze-and-excitation, 1×1 project."
+        grouped = f", groups={groups}" if used.grouped else ""
         layers = f"""\
         self.expand = ConvBNAct(
-            cin, mid, kernel, stride, padding, act=act, eps=eps, momentum=momentum{norm}
+            cin, mid, kernel, stride, padding{grouped}, act=act, eps=eps, momentum=momentum{norm}
         )"""
         steps = "        out = self.expand(x)"
     return f'''\
@@ -508,9 +677,9 @@ class {name}(nn.Module):
         eps: float,
         momentum: float,
         drop_rate: float,
-        residual: bool,{se["{gate_arg}"]}{full_arg}{norm_arg}
+        residual: bool,{se["{gate_arg}"]}{full_arg}{groups_arg}{norm_arg}
     ) -> None:
-        super().__init__()
+        super().__init__(){setup}{grouping}
 {layers}{se["{se_layer}"]}
         # linear bottleneck: no activation after the projection
         self.project = ConvBNAct(mid, cout, 1, eps=eps, momentum=momentum{norm})
@@ -788,20 +957,33 @@ def _padding(op: ConvOp) -> str:
     return _pad_literal(op.padding)
 
 
-def _conv_call(op: ConvOp) -> str:
+def _norm_args(op: ConvOp, used: _Used) -> list[str]:
+    """The keyword arguments that give a conv's norm, where it is not batch norm."""
+    if op.norm == "batch":
+        return []
+    unbiased = ["bias=False"] if op.norm == "none" and not op.bias else []
+    if not used.norms:
+        return ["norm=False", *unbiased]
+    size = [f"norm_size={op.norm_group_size}"] if op.norm_group_size else []
+    return [f'norm="{op.norm}"', *size, *unbiased]
+
+
+def _conv_call(op: ConvOp, used: _Used) -> str:
     """`ConvBNAct(...)` building `op` (the stem and the head)."""
     groups = f", groups={op.groups}" if op.groups != 1 else ""
     act = f'act="{op.act}", ' if op.act is not None else ""
-    norm = ", norm=False" if op.norm == "none" else ""
-    norm += ", bias=False" if op.norm == "none" and not op.bias else ""
+    norm = "".join(f", {arg}" for arg in _norm_args(op, used))
     return (
         f"ConvBNAct({op.in_channels}, {op.out_channels}, {op.kernel}, {op.stride}, "
         f"{_padding(op)}{groups}, {act}eps={op.bn_eps!r}, momentum={op.bn_momentum!r}{norm})"
     )
 
 
-#: The block classes that take `norm=False` (MixConv and CondConv are always batch-normalised).
-_NORM_BLOCKS = ("ConvBlock", "MBConv", "FusedMBConv")
+#: The block classes that take `norm=` (MixConv and CondConv are always batch-normalised).
+_NORM_BLOCKS = ("ConvBlock", "MBConv", "FusedMBConv", "SeparableConv")
+
+#: The groups of each block class's k×k conv unless told otherwise: None, one per channel.
+_DEFAULT_GROUPS = {"ConvBlock": 1, "FusedMBConv": 1, "MBConv": None, "SeparableConv": None}
 
 #: The op of each block class whose kernel, stride and padding the block's row gives.
 SPATIAL_ROLES = {
@@ -834,10 +1016,11 @@ def _spatial_op(block: BlockPlan, name: str) -> ConvOp | MixedConvOp:
         kernels, stride, paddings = _shape_of(op)
         plain = op is spatial or (set(kernels), stride, set(paddings)) == ({1}, 1, {"0"})
         act = None if op.role == "project" else spatial.act
-        same_norm = (op.bn_eps, op.bn_momentum, op.norm) == (
+        same_norm = (op.bn_eps, op.bn_momentum, op.norm, op.norm_group_size) == (
             spatial.bn_eps,
             spatial.bn_momentum,
             spatial.norm,
+            spatial.norm_group_size,
         )
         if not (plain and op.act == act and same_norm):
             raise BuildError(f"code generation cannot express {op.path} as a {name} layer")
@@ -851,6 +1034,19 @@ def _rate(rate: float) -> str:
     that a Bernoulli draw could show.
     """
     return repr(float(f"{rate:.12g}"))
+
+
+def _groups_arg(block: BlockPlan) -> int | None:
+    """The groups of the block's k×k conv where its class would not make them by itself."""
+    name = block_class(block)
+    if name not in _DEFAULT_GROUPS:
+        return None
+    spatial = next(op for op in block.ops if op.role == SPATIAL_ROLES[name])
+    if not isinstance(spatial, ConvOp):
+        return None
+    default = _DEFAULT_GROUPS[name]
+    own = spatial.in_channels if default is None else default  # None: depthwise
+    return None if spatial.groups == own else spatial.groups
 
 
 def _groups(block: BlockPlan, role: str) -> int:
@@ -898,8 +1094,11 @@ def _block_call(block: BlockPlan, used: _Used) -> str:
         args.append(f'gate="{se.gate}"')
     if _keeps_expansion(block):
         args.append("full=True")
-    if spatial.norm == "none":
-        args.append("norm=False")
+    groups = _groups_arg(block)
+    if groups is not None:
+        args.append(f"groups={groups}")
+    if isinstance(spatial, ConvOp):
+        args += _norm_args(spatial, used)
     return f"{name}({', '.join(args)})"
 
 
@@ -926,9 +1125,11 @@ def _signatures(used: _Used) -> list[str]:
             "CondConv": "kernel, stride, padding, experts,",
         }.get(name, "kernel, stride, padding,")
         options = [
-            *([" gate="] if name != "ConvBlock" and used.gates != ("sigmoid",) else []),
+            *([" gate="] if name != "ConvBlock" and used.gates not in ((), ("sigmoid",)) else []),
             *([" full="] if name == "MBConv" and used.full else []),
-            *([" norm="] if used.unnormalised and name in _NORM_BLOCKS else []),
+            *([" groups="] if used.grouped and name in _DEFAULT_GROUPS else []),
+            *([" norm="] if (used.unnormalised or used.norms) and name in _NORM_BLOCKS else []),
+            *([" norm_size="] if used.norms and name in _NORM_BLOCKS else []),
         ]
         more = f",{','.join(options)}" if options else ""
         lines += [
@@ -1010,7 +1211,7 @@ def _model(plan: Plan, used: _Used) -> str:
         "",
         "    def __init__(self) -> None:",
         "        super().__init__()",
-        f"        self.stem = {_conv_call(plan.stem)}",
+        f"        self.stem = {_conv_call(plan.stem, used)}",
         *(f"        {line}" for line in _signatures(used)),
         "        self.stages = nn.ModuleList([",
     ]
@@ -1021,7 +1222,7 @@ def _model(plan: Plan, used: _Used) -> str:
         lines.append("            ]),")
     lines += [
         "        ])",
-        f"        self.head = {_conv_call(plan.head)}",
+        f"        self.head = {_conv_call(plan.head, used)}",
         f"        self.dropout = nn.Dropout({classifier.dropout!r})",
         f"        self.classifier = nn.Linear({classifier.in_features}, {classifier.classes})",
         "        self._init_weights()",
@@ -1073,6 +1274,9 @@ def to_python(plan: Plan, *, source_name: str | None = None, spec_text: str | No
         _header(plan, source_name, spec_text),
         _IMPORTS + "\n\n" + _activations(used),  # isort: one blank line after imports
         _DROP_PATH,
+        *([_LAYER_NORM] if "layer" in used.norms else []),
+        *([_EVO_NORM] if "evonorm" in used.norms else []),
+        *([_norm_layer(used)] if used.norms else []),
         _conv_bn_act(used),
         *([_squeeze_excite(used)] if used.squeeze_excite else []),
         *_block_classes(used),

@@ -24,6 +24,11 @@ norm `conv.<k+1>`; MnasNet (`torchvision.mnasnet`) is one flat `layers` list: st
 first stage's single separable block `3`/`4`, `6`/`7`, one `Sequential` per later stage at
 `<stage + 7>`, whose blocks' layers are `layers.{0,1,3,4,6,7}`, and the head `14`/`15`.
 
+Whatever the norm (batch, group, layer, EvoNorm-S0), it is the `bn` child and takes the
+other library's norm module's tensors: timm's `GroupNormAct`, `LayerNormAct2d` and
+`EvoNorm2dS0` sit where its batch norms do (`bn1`, ...), with their `weight`, `bias` and
+EvoNorm's `v`.
+
 A network whose head comes after the global pool (`head ... pool=first`) is laid out as the
 libraries' MobileNetV3 classes lay it out: timm names the head `conv_head` (with `bias`, or
 `norm_head` after it); torchvision numbers every block in one flat `features` list
@@ -95,6 +100,17 @@ def _bn_entries(ours: str, theirs: str, channels: int) -> Iterator[Entry]:
     yield Entry(f"{ours}.num_batches_tracked", f"{theirs}.num_batches_tracked", (), optional=True)
 
 
+def _norm_entries(ours: str, theirs: str, op: ConvOp) -> Iterator[Entry]:
+    """The tensors of the norm after `op`'s conv: batch norm's with its statistics; group and
+    layer norm's weight and bias; EvoNorm-S0's and, with its non-linearity, `v`."""
+    if op.norm == "batch":
+        yield from _bn_entries(ours, theirs, op.out_channels)
+    elif op.norm != "none":
+        names = ("weight", "bias", "v") if op.norm_acts else ("weight", "bias")
+        for name in names:
+            yield Entry(f"{ours}.{name}", f"{theirs}.{name}", (op.out_channels,))
+
+
 def _affine_entries(ours: str, theirs: str, weight: Shape) -> Iterator[Entry]:
     """Weight and bias of a layer with a bias (SE's 1×1 convs, the classifier)."""
     yield Entry(f"{ours}.weight", f"{theirs}.weight", weight)
@@ -110,8 +126,7 @@ def _op_entries(op: Op, names: Mapping[str, str]) -> Iterator[Entry]:
         yield from _bn_entries(f"{op.path}.bn", names["bn"], op.out_channels)
     elif isinstance(op, ConvOp):
         yield from _conv_entries(f"{op.path}.conv", names["conv"], op, "linear" in names)
-        if op.norm == "batch":
-            yield from _bn_entries(f"{op.path}.bn", names["bn"], op.out_channels)
+        yield from _norm_entries(f"{op.path}.bn", names["bn"], op)
     elif isinstance(op, MixedConvOp):
         for g, (kernel, cin, cout, groups, _) in enumerate(op.slices()):
             shape = (cout, cin // groups, kernel, kernel)

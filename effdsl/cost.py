@@ -3,14 +3,15 @@
 Conventions, chosen so that the numbers equal what PyTorch reports for the built module:
 
 - **parameters**: conv weights (`out · in/groups · k²`; a CondConv conv has E of them),
-  batch-norm weight and bias (`2 · out`; running statistics are buffers, not parameters) or a
+  the norm's weight and bias (`2 · out`, batch, group or layer norm; running statistics are
+  buffers, not parameters; EvoNorm-S0 with its non-linearity also has `v`, `3 · out`) or a
   conv's bias where it has no norm, SE convs and CondConv's routing layer with their biases, the
   linear layer with its bias. Exactly `sum(p.numel() for p in model.parameters())`.
 - **MACs** (multiply-accumulates): convolutions (`out_h · out_w · out · in/groups · k²`, SE convs
   on their 1×1 input) and the linear layer (`in · classes`), per image. A MixConv counts each
   slice's conv; a CondConv conv also counts mixing its E expert kernels (`E · weights`, a matrix
   product) and its routing function's linear layer (`in · E`). This is the convention
-  of `torch.utils.flop_counter.FlopCounterMode`, which reports 2 FLOPs per MAC; batch norm,
+  of `torch.utils.flop_counter.FlopCounterMode`, which reports 2 FLOPs per MAC; norms,
   activations, pooling, the SE gate and residual additions are not counted.
 - **activation memory**: the elements of every op's output tensor (conv after BN and
   activation, the SE-gated tensor), per image, in bytes at `bytes_per_element` (4: fp32); the
@@ -62,9 +63,9 @@ def op_cost(op: Op, bytes_per_element: int = 4) -> Cost:
     """The cost of one op of the plan."""
     if isinstance(op, ConvOp):
         weights = op.out_channels * (op.in_channels // op.groups) * op.kernel * op.kernel
-        # + batch-norm weight and bias, or the conv's bias where there is no norm (if it has one)
-        norm = 2 * op.out_channels if op.norm == "batch" else 0
-        params = weights + norm + (op.out_channels if op.bias else 0)
+        # + the norm's weight and bias (EvoNorm-S0 with its non-linearity: and v), or the
+        # conv's bias where there is no norm (if it has one)
+        params = weights + op.norm_params
         macs = weights * op.out_size * op.out_size
         if op.experts:
             # every expert's kernel is a parameter; mixing them is a (1×E)·(E×weights) product

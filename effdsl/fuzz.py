@@ -104,6 +104,7 @@ network tiny {
   stage mbconv       e1.5 k3 s1 c24 x2 fix=width bn_eps=0.001 bn_momentum=0.01
   stage mixconv      e3 k3.5.7 s2 c32 x2 expand_groups=2 project_groups=2
   stage condconv     e4 k5 s1 c32 x1 experts=4
+  stage mbconv       e4 k3 s1 c32 x1 group_size=8 norm=group norm_group_size=8
   head  conv            k1 s1 c64
   classifier dropout=0.2 classes=10
 }
@@ -133,6 +134,8 @@ WORDS = (
     "k3.5.7.9.11.13.15.17", "k3.5.", "k.3", "k3..5", "k1.0.1", "e6.5.7", "experts=4", "experts=1",
     "experts=65",
     "expand_groups=2", "project_groups=64", "project_groups=0", "kernel=3.5",
+    "group_size=8", "group_size=0", "group_size=5", "norm=group", "norm=evonorm", "norm=layer",
+    "norm_group_size=8", "norm_group_size=3", "norm_group_size=4097",
     "{", "}", "=", '"', "#", "\\", "se=none", "se=0",
     "name=x", 'name="a b"', "skip=maybe", "fix=all", "act=tanh", "padding=same", "kernel=3",
     "x100000", "c1000000", "k99", "k100", "e1000", "e0.5", "s3", "x0", "phi=3", "size=1e9",
@@ -492,7 +495,12 @@ def random_block(rng: random.Random, keyword: str) -> str:
         extra.append("act=" + rng.choice((*ast.ACTIVATIONS, *ast.ALIASES)))
     extra += _squeeze_options(rng, 0.1)
     if rng.random() < 0.1:
-        extra.append("norm=" + rng.choice(ast.NORMS))
+        norm = rng.choice(ast.NORMS)
+        extra.append("norm=" + norm)
+        if norm in ast.GROUPED_NORMS and rng.random() < 0.8:  # else an error: it needs a size
+            extra.append("norm_group_size=" + _pick(rng, (1, 4, 8), (0, 3, 4097)))
+    if keyword in lines and kind not in ("mixconv", "condconv") and rng.random() < 0.1:
+        extra.append("group_size=" + _pick(rng, (1, 4, 8, 16), (0, 3, 4097)))
     if mid:
         extra.append("mid=" + _pick(rng, (16, 24, 100), (0, 1_000_001)))
     if keyword in lines and expanded and rng.random() < 0.1:
@@ -573,6 +581,11 @@ def _spec(rng: random.Random) -> str:
             + " drop_path="
             + _pick(rng, (0, 0.2), (0.99,))
             + "".join(" " + option for option in _squeeze_options(rng, 0.3))
+            + rng.choice(
+                ("", " norm=group norm_group_size=8", " norm=evonorm norm_group_size=1",
+                 " norm=layer", " norm=evonorm")
+            )
+            + rng.choice(("", "", " group_size=8", " group_size=" + _pick(rng, (4,), (7,))))
         )
     for _ in range(rng.choice((0, 0, 1, 2))):
         header.append(

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from effdsl import ast
+from effdsl.ast import GROUPED_NORMS
 from effdsl.errors import BuildError, EffSemanticError, LimitError
 from effdsl.scaling import Multipliers, make_divisible
 
@@ -53,14 +54,41 @@ class ConvOp:
     # CondConv: the weight is a per-sample mixture of this many expert kernels, weighted by
     # the block's `RoutingOp`; 0 is an ordinary conv.
     experts: int = 0
-    norm: str = "batch"  # "batch" or "none"
+    norm: str = "batch"  # "batch", "group", "layer", "evonorm" or "none"
     # without a norm the conv has a bias unless this says otherwise (FBNetV3's head: `bias=no`)
     unnormalised_bias: bool = True
+    # channels per group of a group norm or EvoNorm-S0 (`norm_groups` groups); 0 for the others
+    norm_group_size: int = 0
 
     @property
     def bias(self) -> bool:
         """A conv without a normalisation after it has a bias, which no shift follows."""
         return self.norm == "none" and self.unnormalised_bias
+
+    @property
+    def norm_groups(self) -> int:
+        """The groups of a group norm or EvoNorm-S0 (0 for the other norms)."""
+        return self.out_channels // self.norm_group_size if self.norm_group_size else 0
+
+    @property
+    def norm_acts(self) -> bool:
+        """Whether the norm applies a non-linearity of its own in place of `act`: EvoNorm-S0
+        where the conv has an activation (x·σ(v·x) over the group's deviation, as timm's
+        `EvoNorm2dS0` with `apply_act`); where it has none, EvoNorm-S0 is its affine alone."""
+        return self.norm == "evonorm" and self.act is not None
+
+    @property
+    def act_after_norm(self) -> str | None:
+        """The activation that runs after the norm: `act`, unless the norm applies its own."""
+        return None if self.norm == "evonorm" else self.act
+
+    @property
+    def norm_params(self) -> int:
+        """Parameters of the norm: weight and bias per channel (EvoNorm-S0 with its
+        non-linearity: and `v`); without a norm, the conv's bias if it has one."""
+        if self.norm == "none":
+            return self.out_channels if self.bias else 0
+        return (3 if self.norm_acts else 2) * self.out_channels
 
     @property
     def symmetric_padding(self) -> int | None:
@@ -141,6 +169,11 @@ class MixedConvOp:
     def norm(self) -> str:
         """Always batch norm: `lower` refuses `norm=none` on a mixconv block."""
         return "batch"
+
+    @property
+    def norm_group_size(self) -> int:
+        """Batch norm has no groups."""
+        return 0
 
     @property
     def in_splits(self) -> tuple[int, ...]:
@@ -343,6 +376,7 @@ class _Options:
     se_act: str | None
     se_gate: str
     norm: str
+    norm_group_size: int | None
 
 
 def _options(block: ast.Block, defaults: ast.Defaults) -> _Options:
@@ -388,6 +422,7 @@ def _conv(
         bn_eps=options.bn_eps,
         bn_momentum=options.bn_momentum,
         norm=options.norm,
+        norm_group_size=(options.norm_group_size or 0) if options.norm in GROUPED_NORMS else 0,
     )
 
 
@@ -434,10 +469,13 @@ class _Layout:
     expand_groups: int = 1
     project_groups: int = 1
     experts: int = 0
+    groups: int | None = None  # of the k×k conv; None: depthwise (mbconv, separable) or dense
 
     @classmethod
-    def of(cls, block: ast.Block) -> _Layout:
-        return cls(block.kernels, block.expand_groups, block.project_groups, block.experts or 0)
+    def of(cls, block: ast.Block, groups: int | None = None) -> _Layout:
+        return cls(
+            block.kernels, block.expand_groups, block.project_groups, block.experts or 0, groups
+        )
 
 
 def _mixed(
@@ -506,7 +544,7 @@ def _block_ops(
     if kind == "separable":  # depthwise, SE, pointwise with its activation (MobileNetV1)
         depthwise = _conv(
             f"{path}.depthwise", "depthwise", in_channels, in_channels, kernel, stride, size,
-            options, groups=in_channels,
+            options, groups=layout.groups or in_channels,
         )
         ops.append(depthwise)
         size = depthwise.out_size
@@ -523,7 +561,10 @@ def _block_ops(
         return tuple(ops)
     if kind == "conv":
         return (
-            _conv(f"{path}.conv", "conv", in_channels, out_channels, kernel, stride, size, options),
+            _conv(
+                f"{path}.conv", "conv", in_channels, out_channels, kernel, stride, size, options,
+                groups=layout.groups or 1,
+            ),
         )
     if experts:
         ops.append(RoutingOp(f"{path}.routing", in_channels, experts, size))
@@ -536,20 +577,30 @@ def _block_ops(
             )
             ops.append(_with_experts(expand, experts))
             width = mid
-        spatial = _mixed(
-            f"{path}.depthwise", "depthwise", width, width, layout.kernels, stride, size, options,
-            depthwise=True,
-        )
+        if layout.groups is None:
+            spatial = _mixed(
+                f"{path}.depthwise", "depthwise", width, width, layout.kernels, stride, size,
+                options, depthwise=True,
+            )
+        else:  # a grouped rather than depthwise k×k conv (timm's `gs`)
+            spatial = _conv(
+                f"{path}.depthwise", "depthwise", width, width, kernel, stride, size, options,
+                groups=layout.groups,
+            )
         ops.append(_with_experts(spatial, experts))
         size = spatial.out_size
     else:  # fused_mbconv
         if mid == in_channels and not full:  # ratio 1: one k×k conv-BN-act does it all
             return (
                 _conv(
-                    f"{path}.conv", "conv", in_channels, out_channels, kernel, stride, size, options
+                    f"{path}.conv", "conv", in_channels, out_channels, kernel, stride, size,
+                    options, groups=layout.groups or 1,
                 ),
             )
-        fused = _conv(f"{path}.expand", "expand", in_channels, mid, kernel, stride, size, options)
+        fused = _conv(
+            f"{path}.expand", "expand", in_channels, mid, kernel, stride, size, options,
+            groups=layout.groups or 1,
+        )
         ops.append(fused)
         size = fused.out_size
     if se_channels:
@@ -592,6 +643,66 @@ def _check_slices(line: ast.Line, ops: tuple[Op, ...]) -> None:
             )
 
 
+def _spatial_groups(
+    line: ast.Line, defaults: ast.Defaults, in_channels: int, mid: int
+) -> int | None:
+    """The groups of the block's k×k conv where `group_size` is given (the line's, else the
+    default), as timm counts them: the expanded width (mbconv, fused_mbconv) or the input
+    width (conv, separable) over the group size. None: the kind's own (depthwise or dense)."""
+    if line.kind in ("mixconv", "condconv"):
+        return None  # the default does not reach them: their convs are cut otherwise
+    size = line.group_size if line.group_size is not None else defaults.group_size
+    if size is None:
+        return None
+    inherited = "" if line.group_size is not None else " (from `defaults`)"
+    width = mid if line.kind in ("mbconv", "fused_mbconv") else in_channels
+    what = "expanded width" if line.kind in ("mbconv", "fused_mbconv") else "input width"
+    if width % size:
+        raise EffSemanticError(
+            f"group_size={size}{inherited} does not divide the {what} of this "
+            f"`{line.kind}` block, {width} channels",
+            line.span_of("group_size"),
+            hint="choose a group size that divides it, or widths that are multiples of it "
+            "(the scaling divisor)",
+        )
+    groups = width // size
+    # the conv's other side must split into as many groups (a dense conv's output, a fused
+    # conv's input)
+    other = line.channels if line.kind == "conv" else in_channels
+    if line.kind in ("conv", "fused_mbconv") and other % groups:
+        side = "output" if line.kind == "conv" else "input"
+        raise EffSemanticError(
+            f"group_size={size}{inherited} makes {groups} groups, which do not divide the "
+            f"{side} width of this `{line.kind}` block, {other} channels",
+            line.span_of("group_size"),
+            hint="choose a group size for which both widths split into whole groups",
+        )
+    return groups
+
+
+def _check_norms(statement: ast.Block, ops: tuple[Op, ...]) -> None:
+    """Refuse a group norm or EvoNorm-S0 without a group size, or whose group size does not
+    divide a conv's channels."""
+    for op in ops:
+        if not isinstance(op, ConvOp) or op.norm not in GROUPED_NORMS:
+            continue
+        if not op.norm_group_size:
+            raise EffSemanticError(
+                f"`norm={op.norm}` needs the channels per group: `norm_group_size=`",
+                statement.span_of("norm"),
+                hint="add e.g. `norm_group_size=8` (timm's GroupNorm and EvoNorm models use 8 "
+                "or 16) here or on `defaults`",
+            )
+        if op.out_channels % op.norm_group_size:
+            raise EffSemanticError(
+                f"{op.path} has {op.out_channels} channels, not a multiple of "
+                f"norm_group_size={op.norm_group_size}",
+                statement.span_of("norm_group_size"),
+                hint="choose a norm group size that divides every width, or widths that are "
+                "multiples of it (the scaling divisor)",
+            )
+
+
 def lower(
     network: ast.Network, scaling: Multipliers | None = None, *, max_blocks: int = MAX_BLOCKS
 ) -> Plan:
@@ -618,6 +729,7 @@ def lower(
         size,
         stem_options,
     )
+    _check_norms(network.stem, (stem,))
     size, channels = stem.out_size, stem.out_channels
     number = 0
     stages = []
@@ -658,6 +770,7 @@ def lower(
                         round_limit=network.scaling.round_limit,
                     )
                 path = f"stages.{s}.blocks.{b}"
+                groups = _spatial_groups(line, defaults, channels, mid)
                 ops = _block_ops(
                     path,
                     line.kind,
@@ -665,13 +778,14 @@ def lower(
                     line.channels,
                     mid,
                     se_channels,
-                    _Layout.of(line),
+                    _Layout.of(line, groups),
                     stride,
                     size,
                     options,
                     line.full,
                 )
                 _check_slices(line, ops)
+                _check_norms(line, ops)
                 # a separable block has no residual connection (MobileNetV1, timm's `dsa`)
                 residual = (
                     line.kind != "separable"
@@ -735,6 +849,7 @@ def lower(
         _options(network.head, defaults),
     )
     head = replace(head, unnormalised_bias=network.head.bias)
+    _check_norms(network.head, (head,))
     classifier = ClassifierPlan(
         in_features=head.out_channels,
         classes=network.classifier.classes,

@@ -261,7 +261,30 @@ def squeeze_excite(block: BlockPlan) -> SqueezeExciteOp | None:
 
 
 def norm_label(op: ConvOp) -> str:
-    return " · bias, no norm" if op.norm == "none" else ""
+    """The norm after a conv where it is not batch norm, as drawn."""
+    if op.norm == "none":
+        return " · bias, no norm"
+    if op.norm == "group":
+        return f" · GroupNorm {op.norm_groups}×{op.norm_group_size}"
+    if op.norm == "layer":
+        return " · LayerNorm"
+    if op.norm == "evonorm":
+        return f" · EvoNorm-S0 {op.norm_groups}×{op.norm_group_size}" if op.norm_acts else (
+            " · EvoNorm-S0 affine"
+        )
+    return ""
+
+
+def norm_act(op: ConvOp) -> str:
+    """` · norm · activation` of a conv; EvoNorm-S0's own non-linearity stands for its act."""
+    if op.norm_acts:
+        return norm_label(op)
+    return f"{norm_label(op)} · {activation(op.act)}"
+
+
+def grouped(op: ConvOp) -> str:
+    """` · 4 groups` for a grouped conv that is neither dense nor depthwise."""
+    return f" · {op.groups} groups" if op.groups > 1 and not op.depthwise else ""
 
 
 def clip(text: str, limit: int = 48) -> str:
@@ -338,7 +361,7 @@ def conv_end_part(op: ConvOp, kind: str, total: Cost, prefix: str, before: ConvO
         kind,
         (
             title(f"{op.role} (after avgpool)" if pooled else op.role),
-            body(f"Conv {op.kernel}×{op.kernel}{stride}{norm_label(op)} · {activation(op.act)}"),
+            body(f"Conv {op.kernel}×{op.kernel}{stride}{grouped(op)}{norm_act(op)}"),
             # only the output width: "3 → 32 → 40 ch" would mix up the two kinds of arrow
             body(changed(str(op.out_channels), str(before.out_channels) if before else None),
                  " ch out"),
@@ -594,8 +617,9 @@ def with_residual(block: BlockPlan, body_part: Part, prefix: str) -> Part:
 
 
 def block_layout(block: BlockPlan) -> tuple[Row, ...]:
-    """What a MixConv or CondConv block does beyond an MBConv's shape: the mixed kernels and
-    their channel slices, the 1×1 convs' groups, the experts and their routing."""
+    """What a block does beyond an MBConv's shape: a MixConv's mixed kernels and their channel
+    slices, the 1×1 convs' groups, a CondConv's experts and their routing, a grouped k×k conv,
+    and a norm other than batch norm."""
     rows = []
     for op in block.ops:
         if isinstance(op, MixedConvOp) and op.depthwise:
@@ -608,6 +632,12 @@ def block_layout(block: BlockPlan) -> tuple[Row, ...]:
             rows.append(body(f"{op.role} 1×1 in {len(op.kernels)} groups"))
         elif isinstance(op, RoutingOp):
             rows.append(body(f"{op.experts} experts · routing avgpool → FC → sigmoid"))
+        elif isinstance(op, ConvOp) and grouped(op):
+            cin, cout = op.in_channels // op.groups, op.out_channels // op.groups
+            each = f"of {cin} ch" if cin == cout else f"of {cin} → {cout} ch"
+            rows.append(body(f"{op.role} {op.kernel}×{op.kernel} in {op.groups} groups {each}"))
+    norms = {norm_label(op) for op in block.ops if isinstance(op, ConvOp) and op.norm != "batch"}
+    rows += [body(label.removeprefix(" · ")) for label in sorted(norms)]
     return tuple(rows)
 
 
@@ -676,8 +706,8 @@ def op_rows(op: Op) -> tuple[Row, ...]:
                 else f"{op.in_channels} → {op.out_channels} ch")
     experts = f" · {op.experts} experts" if op.experts else ""
     return (
-        title(f"{op.role} {op.kernel}×{op.kernel}{stride}{experts}"),
-        body(f"{channels}{norm_label(op)} · {activation(op.act)}"),
+        title(f"{op.role} {op.kernel}×{op.kernel}{stride}{experts}{grouped(op)}"),
+        body(f"{channels}{norm_act(op)}"),
     )
 
 

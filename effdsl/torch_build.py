@@ -5,7 +5,8 @@
     fast = optimize_for_inference(model)         # eval copy, batch norm folded, channels_last
 
 The module tree is a contract shared with the code generator and the checkpoint converter:
-each `ConvOp` at path `P` is a module with children `conv`, `bn`, `act` (a CondConv one has
+each `ConvOp` at path `P` is a module with children `conv`, `bn` (whichever norm the op has:
+batch, group, layer, EvoNorm-S0, or the identity), `act` (a CondConv one has
 its experts' kernels as `weight`, then `bn`, `act`); each `MixedConvOp` has `convs.{g}` (one
 per channel slice), `bn`, `act`; each `SqueezeExciteOp` has 1×1 convs `reduce` and `expand`;
 a `RoutingOp` is a linear layer (`weight`, `bias`); blocks live at `stages.{i}.blocks.{j}`
@@ -103,10 +104,12 @@ def activation(name: str | None) -> nn.Module:
 
 
 class ConvBNAct(nn.Module):
-    """Convolution, batch norm, activation: a `ConvOp` with symmetric padding.
+    """Convolution, normalisation, activation: a `ConvOp` with symmetric padding.
 
-    The conv has no bias (the batch norm's shift does a bias's job) unless the op has no
-    normalisation (`norm="none"`), and then `bn` is the identity.
+    The conv has no bias (the norm's shift does a bias's job) unless the op has no
+    normalisation (`norm="none"`), and then `bn` is the identity. `bn` holds whichever norm the
+    op has (batch, group, layer, EvoNorm-S0); where EvoNorm-S0 applies its own non-linearity,
+    `act` is the identity.
     """
 
     def __init__(self, op: ConvOp, padding: int) -> None:
@@ -121,19 +124,68 @@ class ConvBNAct(nn.Module):
             bias=op.bias,
         )
         self.bn = norm_layer(op)
-        self.act = activation(op.act)
+        self.act = activation(op.act_after_norm)
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.act(self.bn(self.conv(x)))
         return out
 
 
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of each pixel of an N, C, H, W tensor (timm's
+    `LayerNorm2d`): the channels moved last, normalised, moved back."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.permute(0, 2, 3, 1)  # N, H, W, C
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)  # N, C, H, W
+
+
+class EvoNormS0(nn.Module):
+    """EvoNorm-S0 (Liu et al., 2020) as timm's `EvoNorm2dS0`: x·σ(v·x) divided by the standard
+    deviation of x over its group of channels and the pixels, then a per-channel affine
+    (`weight`, `bias`). Without its non-linearity (`act=False`, after a linear projection) it
+    is the affine alone and has no `v`, as in timm."""
+
+    def __init__(self, channels: int, groups: int, eps: float, act: bool) -> None:
+        super().__init__()
+        self.groups = groups
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.v = nn.Parameter(torch.ones(channels)) if act else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (1, -1, 1, 1)
+        if self.v is not None:
+            x = x * torch.sigmoid(x * self.v.view(shape)) / self.group_std(x)
+        return x * self.weight.view(shape) + self.bias.view(shape)
+
+    def group_std(self, x: Tensor) -> Tensor:
+        """√(var + ε) over each group's channels and pixels, per sample: N, C, H, W."""
+        batch, channels, height, width = x.shape
+        grouped = x.reshape(batch, self.groups, channels // self.groups, height, width)
+        # half precision has too few bits for a variance: at least float32, as timm does
+        if grouped.dtype not in (torch.float32, torch.float64):
+            grouped = grouped.float()
+        var = grouped.var(dim=(2, 3, 4), unbiased=False, keepdim=True)
+        std = var.add(self.eps).sqrt().to(x.dtype)
+        return std.expand(grouped.shape).reshape(batch, channels, height, width)
+
+
 def norm_layer(op: ConvOp) -> nn.Module:
     """The normalisation after `op`'s conv."""
+    channels, eps = op.out_channels, op.bn_eps
     if op.norm == "none":
         return nn.Identity()
     if op.norm == "batch":
-        return nn.BatchNorm2d(op.out_channels, eps=op.bn_eps, momentum=op.bn_momentum)
+        return nn.BatchNorm2d(channels, eps=eps, momentum=op.bn_momentum)
+    if op.norm == "group":
+        return nn.GroupNorm(op.norm_groups, channels, eps=eps)
+    if op.norm == "layer":
+        return LayerNorm2d(channels, eps=eps)
+    if op.norm == "evonorm":
+        return EvoNormS0(channels, op.norm_groups, eps, op.norm_acts)
     raise BuildError(f"the PyTorch backend has no normalisation `{op.norm}`")
 
 
@@ -633,7 +685,8 @@ class PooledSqueezeExcite(nn.Module):
 @checked
 def optimize_for_inference(model: nn.Module) -> nn.Module:
     """An eval-mode copy of an effdsl-built `model` for inference: every batch norm folded into
-    its conv (`ConvAct`; a MixConv's into its slices, a CondConv's into its experts),
+    its conv (`ConvAct`; a MixConv's into its slices, a CondConv's into its experts; group,
+    layer and EvoNorm-S0 norms are kept, as they depend on their input),
     squeeze-and-excitation on the pooled vector (`PooledSqueezeExcite`),
     channels_last memory format. Outputs match the original's in eval mode (fp32: ~1e-6).
 
@@ -644,21 +697,25 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
             f"optimize_for_inference() takes a torch.nn.Module, not {type(model).__name__}"
         )
     fused = copy.deepcopy(model).eval()
-    replaced = 0
+    found = 0
     for parent in list(fused.modules()):
         for name, child in list(parent.named_children()):
+            # only a batch norm is a fixed affine map at inference; group, layer and EvoNorm
+            # depend on the tensor they normalise and stay as they are
             if isinstance(child, ConvBNAct) and isinstance(child.bn, nn.BatchNorm2d):
                 _fold_batch_norm(child.conv, child.bn)
                 setattr(parent, name, ConvAct(child))
-                replaced += 1
+                found += 1
             elif isinstance(child, MixedConvBNAct | CondConvBNAct) and isinstance(
                 child.bn, nn.BatchNorm2d
             ):
                 _fold_sliced_batch_norm(child)
-                replaced += 1
+                found += 1
+            elif isinstance(child, ConvBNAct) and not isinstance(child.bn, nn.Identity | _Folded):
+                found += 1  # a norm that cannot be folded
             elif isinstance(child, SqueezeExcite):
                 setattr(parent, name, PooledSqueezeExcite(child))
-    if not replaced:
+    if not found:
         raise BuildError(
             "found no convolution followed by batch norm to fold",
             hint="pass a model made by effdsl.build() that was not optimised already",

@@ -42,6 +42,8 @@ defaults = st.builds(
     se_act=st.one_of(maybe(), st.sampled_from(ast.ACTIVATIONS)),
     se_gate=st.sampled_from(ast.GATES),
     norm=st.sampled_from(ast.NORMS),
+    norm_group_size=st.one_of(maybe(), st.sampled_from([1, 2])),
+    group_size=st.one_of(maybe(), st.sampled_from([1, 2])),
 )
 presets = st.builds(
     ast.Preset,
@@ -64,6 +66,7 @@ def _options() -> dict[str, st.SearchStrategy[object]]:
         "se_gate": st.one_of(maybe(), st.sampled_from(ast.GATES)),
         "se_act": st.one_of(maybe(), st.sampled_from(ast.ACTIVATIONS)),
         "norm": st.one_of(maybe(), st.sampled_from(ast.NORMS)),
+        "norm_group_size": st.one_of(maybe(), st.sampled_from([1, 2, 4])),
     }
 
 
@@ -109,6 +112,8 @@ def lines(draw: st.DrawFn, line: type[ast.Line]) -> dict[str, object]:
         }
     elif kind == "condconv":
         kind_options = {"experts": draw(st.integers(2, 5))}
+    else:
+        kind_options = {"group_size": draw(st.one_of(maybe(), st.sampled_from([1, 2, 4])))}
     fields: dict[str, object] = dict(
         kind=kind,
         kernel=kernel,
@@ -166,8 +171,31 @@ def networks(draw: st.DrawFn, max_stages: int = 5) -> ast.Network:
         classifier=draw(classifiers),
         **optional,  # type: ignore[arg-type]
     )
-    try:  # a MixConv needs a channel for each of its slices
+    try:  # a MixConv needs a channel for each of its slices, group sizes must divide widths
         lower(network)
     except EffSemanticError:
-        assume(False)
+        network = _ungrouped(network)
+        try:
+            lower(network)
+        except EffSemanticError:
+            assume(False)
     return network
+
+
+def _ungrouped(network: ast.Network) -> ast.Network:
+    """`network` with no grouped convs and one channel per norm group, which divide any width."""
+
+    def line(node: ast.Line) -> ast.Line:
+        return node.model_copy(update={"group_size": None, "norm_group_size": None})
+
+    stages = tuple(
+        stage.model_copy(update={"group_size": None, "norm_group_size": None,
+                                 "lines": tuple(line(block) for block in stage.lines)})
+        for stage in network.stages
+    )
+    defaults = network.defaults.model_copy(update={"group_size": None, "norm_group_size": 1})
+    ends = {
+        name: getattr(network, name).model_copy(update={"norm_group_size": None})
+        for name in ("stem", "head")
+    }
+    return network.model_copy(update={"stages": stages, "defaults": defaults, **ends})

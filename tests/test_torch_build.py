@@ -373,7 +373,9 @@ def test_torch_compile_inductor() -> None:
 
 
 def randomise_batch_norm(model: nn.Module) -> None:
-    """Non-trivial running statistics and affine parameters, so folding has work to do."""
+    """Non-trivial running statistics and affine parameters, so folding has work to do; group,
+    layer and EvoNorm-S0 norms (effdsl's or timm's) get random affine parameters (and `v`),
+    so that a checkpoint mapped to the wrong norm shows in the logits."""
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
@@ -381,6 +383,13 @@ def randomise_batch_norm(model: nn.Module) -> None:
                 module.running_var.uniform_(0.5, 2.0)
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.5, 0.5)
+            elif isinstance(module, nn.GroupNorm | nn.LayerNorm) or type(
+                module
+            ).__name__.startswith("EvoNorm"):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+                if getattr(module, "v", None) is not None:
+                    module.v.uniform_(0.5, 1.5)
 
 
 @pytest.mark.parametrize("padding", ["symmetric", "same"])

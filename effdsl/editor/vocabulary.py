@@ -39,6 +39,12 @@ VALUE_DOCS = {
     ("fix", "depth"): "Keep the repeats when scaling.",
     ("fix", "all"): "Keep channels and repeats.",
     ("se", "none"): "No squeeze-and-excitation.",
+    ("norm", "batch"): "Batch norm (folded into the conv for inference).",
+    ("norm", "group"): "GroupNorm of `norm_group_size` channels per group.",
+    ("norm", "layer"): "LayerNorm over the channels of each pixel (timm's LayerNorm2d).",
+    ("norm", "evonorm"): "EvoNorm-S0: x·σ(v·x) over the group's deviation, then an affine; "
+    "its non-linearity replaces the activation.",
+    ("norm", "none"): "No norm: the conv has a bias.",
 }
 
 
