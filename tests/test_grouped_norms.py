@@ -6,6 +6,8 @@ small net of every case through every backend.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -14,10 +16,12 @@ from torch import nn
 import effdsl
 import effdsl.codegen
 from effdsl.errors import EffError
+from effdsl.export import write_output
 from effdsl.plan import ConvOp, MixedConvOp
 from effdsl.torch_build import EvoNormS0, LayerNorm2d
 
 from .test_codegen import load_generated, model_of
+from .test_export import RUNTIMES, relative_error
 from .test_family import Twin, assert_same_logits, layout, macs, params
 from .test_torch_build import randomise_batch_norm
 
@@ -271,3 +275,20 @@ def test_converter_maps_evonorm_v_and_no_statistics(grouped: effdsl.Network) -> 
     assert "blocks.4.0.bn2.v" in keys and "blocks.4.0.bn3.weight" in keys
     assert "blocks.4.0.bn3.v" not in keys  # after the projection: its affine alone
     assert "bn1.weight" in keys and "bn1.running_mean" not in keys  # the stem's group norm
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+@pytest.mark.parametrize("extension", RUNTIMES)
+def test_exports_run_in_their_runtimes(
+    grouped: effdsl.Network, tmp_path: Path, extension: str
+) -> None:
+    plan = effdsl.lower(grouped)
+    model = trained(grouped)
+    weights = tmp_path / "grouped.pth"
+    torch.save(model.state_dict(), weights)
+    target = tmp_path / f"grouped{extension}"
+    write_output(target, grouped, plan, weights=weights, inference=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert relative_error(RUNTIMES[extension](target)(x), model(x)) < 1e-4
