@@ -468,6 +468,7 @@ def random_block(rng: random.Random, keyword: str) -> str:
     plain = keyword not in lines or rng.random() < 0.2 or not others
     kind = "conv" if plain else rng.choice(others)
     shape = [kind]
+    pooled = keyword == "head" and rng.random() < 0.15  # `pool=first`
     # conv and separable have no expansion (random_attribute still gives them one now and then)
     expanded = kind not in ("conv", "separable")
     mid = keyword in lines and expanded and rng.random() < 0.1
@@ -476,9 +477,11 @@ def random_block(rng: random.Random, keyword: str) -> str:
     if kind == "mixconv" and rng.random() < 0.7:  # a kernel list, now and then a bad one
         kernels = rng.sample((1, 3, 5, 7, 9, 11), rng.randint(2, 4))
         shape.append("k" + _pick(rng, (".".join(map(str, kernels)),), ("3.4", "3." * 17 + "3")))
+    elif pooled:  # a head after the pool is 1×1, stride 1 (else an error, now and then)
+        shape.append("k" + _pick(rng, (1,), (3,)))
     else:
         shape.append("k" + _pick(rng, (1, 3, 5), (0, 2, 99, 101)))
-    shape.append("s" + _pick(rng, (1, 2), (0, 3)))
+    shape.append("s" + _pick(rng, (1,) if pooled else (1, 2), (0, 3)))
     shape.append("c" + _pick(rng, (8, 16, 24, 40), (1, 1_000_000, 1_000_001)))
     if keyword in lines:
         shape.append("x" + _pick(rng, (1, 2, 3), (0, 2_000, 10_000, 100_000, 100_001)))
@@ -503,10 +506,12 @@ def random_block(rng: random.Random, keyword: str) -> str:
         extra.append("group_size=" + _pick(rng, (1, 4, 8, 16), (0, 3, 4097)))
     if mid:
         extra.append("mid=" + _pick(rng, (16, 24, 100), (0, 1_000_001)))
-    if keyword in lines and expanded and rng.random() < 0.1:
+    if keyword in lines and kind in ("mbconv", "fused_mbconv") and rng.random() < 0.1:
         extra.append("full=" + rng.choice(("yes", "no")))
-    if keyword == "head" and rng.random() < 0.3:
-        extra.append("pool=" + _pick(rng, ("first", "last"), ("middle",)))
+    if pooled:
+        extra.append("pool=first")
+    elif keyword == "head" and rng.random() < 0.2:
+        extra.append("pool=" + _pick(rng, ("last",), ("middle",)))
     if keyword == "head" and rng.random() < 0.1:
         extra.append("shrink=" + rng.choice(("no", "yes")))
     if keyword == "head" and rng.random() < 0.1:  # an error unless the head has `norm=none`
@@ -605,18 +610,20 @@ def _spec(rng: random.Random) -> str:
             count = rng.randint(1, 3)
             header.append(" ".join([keyword, *(random_attribute(rng, node_type)
                                                for _ in range(count))]))
-    body = [random_block(rng, "stem")]
+    # a stage and its `block` lines are one unit, which a shuffle moves whole
+    body = [[random_block(rng, "stem")]]
     for _ in range(rng.randint(1, 6)):
-        body.append(random_block(rng, "stage"))
-        body += [random_block(rng, "block") for _ in range(rng.choice((0, 0, 0, 1, 2)))]
+        body.append([random_block(rng, "stage")])
+        body[-1] += [random_block(rng, "block") for _ in range(rng.choice((0, 0, 0, 1, 2)))]
     if rng.random() < 0.05:  # a block line with no stage above it
-        body.insert(1, random_block(rng, "block"))
-    body += [random_block(rng, "head"), "classifier classes=" + _pick(rng, (10, 1000), (10**7,))]
-    statements = header + body
+        body.insert(1, [random_block(rng, "block")])
+    classifier = "classifier classes=" + _pick(rng, (10, 1000), (10**7,))
+    body += [[random_block(rng, "head")], [classifier]]
+    units = [[statement] for statement in header] + body
     if rng.random() < 0.2:
-        rng.shuffle(statements)
+        rng.shuffle(units)
     lines = [f"network {random_name(rng)} {{"]
-    for statement in statements:
+    for statement in (statement for unit in units for statement in unit):
         if rng.random() < 0.1:
             lines.append("  # " + random_name(rng))
         lines.append("  " + statement + rng.choice(("", "", "  # note")))

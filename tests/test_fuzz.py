@@ -124,15 +124,16 @@ def test_mutations_stay_bounded() -> None:
 
 
 def test_random_specs_are_often_valid() -> None:
+    # 500 specs: of 100, the count valid varies by ±5 from seed to seed
     rng = random.Random(2)
     valid = 0
-    for _ in range(100):
+    for _ in range(500):
         try:
             parse(fuzz.random_spec(rng))
         except EffError:
             continue
         valid += 1
-    assert 20 <= valid <= 95
+    assert 20 * 5 <= valid <= 95 * 5
 
 
 def test_a_bug_is_counted_as_other(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,8 +29,8 @@ TWINS = [
     Twin("efficientnet-b0-gn.eff", None, "efficientnet_b0_gn"),
     Twin("efficientnet-b0-g8-gn.eff", None, "efficientnet_b0_g8_gn"),
     Twin("efficientnet-b0-g16.eff", None, "efficientnet_b0_g16_evos"),
-    Twin("efficientnet-b3-gn.eff", "b3", "efficientnet_b3_gn"),
-    Twin("efficientnet-b3-g8-gn.eff", "b3", "efficientnet_b3_g8_gn"),
+    Twin("efficientnet-b3-gn.eff", None, "efficientnet_b3_gn"),
+    Twin("efficientnet-b3-g8-gn.eff", None, "efficientnet_b3_g8_gn"),
     Twin("mobilenet-edgetpu-v2-xs.eff", None, "mobilenet_edgetpu_v2_xs"),
     Twin("mobilenet-edgetpu-v2-s.eff", None, "mobilenet_edgetpu_v2_s"),
     Twin("mobilenet-edgetpu-v2-m.eff", None, "mobilenet_edgetpu_v2_m"),
@@ -63,7 +63,7 @@ def twin(name: str, slow: bool = False) -> object:
         twin("mobilenet_edgetpu_v2_s", slow=True),  # grouped fused convs on some lines
         twin("efficientnet_b0_gn", slow=True),
         twin("efficientnet_b0_g16_evos", slow=True),
-        twin("efficientnet_b3_g8_gn", slow=True),  # scaled by a preset, divisor 16
+        twin("efficientnet_b3_g8_gn", slow=True),  # GroupNorm of 16, grouped convs of 8
         twin("mobilenet_edgetpu_v2_l", slow=True),
     ],
     ids=str,
