@@ -105,7 +105,7 @@ def _norm_entries(ours: str, theirs: str, op: ConvOp) -> Iterator[Entry]:
     layer norm's weight and bias; EvoNorm-S0's and, with its non-linearity, `v`."""
     if op.norm == "batch":
         yield from _bn_entries(ours, theirs, op.out_channels)
-    elif op.norm != "none":
+    else:
         names = ("weight", "bias", "v") if op.norm_acts else ("weight", "bias")
         for name in names:
             yield Entry(f"{ours}.{name}", f"{theirs}.{name}", (op.out_channels,))
@@ -126,7 +126,8 @@ def _op_entries(op: Op, names: Mapping[str, str]) -> Iterator[Entry]:
         yield from _bn_entries(f"{op.path}.bn", names["bn"], op.out_channels)
     elif isinstance(op, ConvOp):
         yield from _conv_entries(f"{op.path}.conv", names["conv"], op, "linear" in names)
-        yield from _norm_entries(f"{op.path}.bn", names["bn"], op)
+        if op.norm != "none":  # else there is no norm module, and maybe no name for one
+            yield from _norm_entries(f"{op.path}.bn", names["bn"], op)
     elif isinstance(op, MixedConvOp):
         for g, (kernel, cin, cout, groups, _) in enumerate(op.slices()):
             shape = (cout, cin // groups, kernel, kernel)
