@@ -130,8 +130,6 @@ IMPORTER_PENDING: set[str] = set()
 )
 def test_every_shipped_spec_round_trips_through_a_built_module(spec: Path) -> None:
     network = effdsl.load(spec)
-    if spec.stem in BUILT_BY_PRESET:  # the base's widths do not split into its norm's groups
-        network = effdsl.scale(network, preset=BUILT_BY_PRESET[spec.stem])
     with torch.device("meta"):
         model = effdsl.build(network)
     imported = import_model(model)
@@ -141,10 +139,6 @@ def test_every_shipped_spec_round_trips_through_a_built_module(spec: Path) -> No
         assert written in text
         network = effdsl.parse(text.replace(written, imported_as))
     assert canonical(imported) == canonical(network)
-
-
-#: Specs whose unscaled base is not a network, built by their preset.
-BUILT_BY_PRESET = {"efficientnet-b3-gn": "b3", "efficientnet-b3-g8-gn": "b3"}
 
 
 #: Expansions a spec writes one way and the importer, seeing only the widths, another that
