@@ -665,8 +665,8 @@ def _run_trial(
             storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
         raise
     seconds = time.perf_counter() - start
-    storage.set_trial_user_attr(trial_id, "seconds", round(seconds, 3))
     try:
+        storage.set_trial_user_attr(trial_id, "seconds", round(seconds, 3))
         study.tell(number, value)
     except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
         # GridSampler calls study.stop() after the last grid point, which raises outside

@@ -50,10 +50,13 @@ def spec(tmp_path: Path) -> Path:
 
 def worker(spec: Path, storage: Path | str, log: Path, *extra: str,
            env: dict[str, str] | None = None, scorer: str = SCORER) -> subprocess.Popen[str]:
-    """An `effdsl search` process scoring with `slow_params`, sharing `storage`."""
+    """An `effdsl search` process scoring with `slow_params`, sharing `storage`.
+
+    Heartbeats every 2 s: a trial is taken over after 6 s of silence, short enough for the
+    killed-worker test, long enough that a worker starved by a loaded machine is not."""
     return subprocess.Popen(
         [sys.executable, "-m", "effdsl", "search", str(spec), *GRID, "--score", scorer,
-         "--storage", str(storage), "--study", "shared", "--heartbeat", "1", "--threads", "1",
+         "--storage", str(storage), "--study", "shared", "--heartbeat", "2", "--threads", "1",
          *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "EFFDSL_TEST_LOG": str(log),
@@ -452,3 +455,42 @@ def test_bars_show_on_a_terminal_that_reports_no_size(monkeypatch: pytest.Monkey
         drawn = os.read(master, 65536).decode()
     os.close(master)
     assert "candidates:   0%" in drawn and "epochs:  33%" in drawn and "top-1 0.600" in drawn
+
+
+def test_a_trial_given_up_as_stale_while_it_ran_is_scored_again(
+    spec: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a worker starved for three heartbeats (a loaded machine) finds, when its scorer returns,
+    # that another worker failed its trial as stale: it says so and goes on, and the candidate
+    # is scored again rather than the worker stopping with an error
+    import optuna
+
+    storage = tmp_path / "stale.db"
+    calls: list[tuple[float, float, float]] = []
+
+    def starved(network: object, name: str) -> object:
+        def score(key: tuple[float, float, float]) -> float:
+            calls.append(key)
+            if len(calls) == 1:  # what fail_stale_trials in another worker does
+                other = optuna.storages.RDBStorage(f"sqlite:///{storage}")
+                (running,) = [t for t in other.get_all_trials(other.get_all_studies()[0]._study_id)
+                              if t.state == optuna.trial.TrialState.RUNNING]
+                other.set_trial_state_values(running._trial_id, optuna.trial.TrialState.FAIL)
+            return 1.0
+
+        return score
+
+    monkeypatch.setattr(s, "_custom_score", starved)
+    notes: list[str] = []
+
+    class Notes(s.Reporter):
+        def note(self, message: str) -> None:
+            notes.append(message)
+
+    result = s.search(effdsl.load(spec), grid=s.parse_grid("alpha=1:1.2:0.1,beta=1:1.2:0.1,"
+                                                             "gamma=1:1.2:0.1"),
+                      target=1.45, tolerance=0.02, scorer="tests.search_scorers:fewest_params",
+                      storage=str(storage), reporter=Notes())
+    assert result.study is not None and result.study.counts["scored"] == FIVE
+    assert len(calls) == FIVE + 1 and calls.count(calls[0]) == 2  # the first one, twice
+    assert len(notes) == 1 and "was given up as stale while it ran" in notes[0]
