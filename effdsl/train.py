@@ -179,12 +179,31 @@ def _split(
 # ---- training --------------------------------------------------------------------------------
 
 
+class Files:
+    """(image, class) pairs read from `rows` and transformed: a map-style data set.
+
+    At module level, so that data-loading processes started by `spawn` (macOS, Windows) can
+    unpickle it; torch's `Dataset` base adds nothing a DataLoader needs.
+    """
+
+    def __init__(self, rows: tuple[tuple[str, int], ...], transform: Any) -> None:
+        self.rows = rows
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        from torchvision.datasets.folder import default_loader
+
+        path, label = self.rows[index]
+        return self.transform(default_loader(path)), label
+
+
 def _loaders(data: ImageData, recipe: Recipe, resolution: int, group: Group
              ) -> tuple[Any, ...]:
-    import torch
     from torch.utils.data import DataLoader, DistributedSampler
     from torchvision import transforms
-    from torchvision.datasets.folder import default_loader
 
     normalise = transforms.Normalize(MEAN, STD)
     train_tf = transforms.Compose([
@@ -200,23 +219,14 @@ def _loaders(data: ImageData, recipe: Recipe, resolution: int, group: Group
         normalise,
     ])
 
-    class Files(torch.utils.data.Dataset):  # type: ignore[type-arg]
-        def __init__(self, rows: tuple[tuple[str, int], ...], transform: Any) -> None:
-            self.rows = rows
-            self.transform = transform
-
-        def __len__(self) -> int:
-            return len(self.rows)
-
-        def __getitem__(self, index: int) -> tuple[Any, int]:
-            path, label = self.rows[index]
-            return self.transform(default_loader(path)), label
-
     pin = group.device.type == "cuda"
     common: dict[str, Any] = {"num_workers": recipe.workers, "pin_memory": pin,
                               "persistent_workers": recipe.workers > 0}
     batch = recipe.batch // group.world  # per process; the recipe's batch is the group's
-    images = Files(data.train, train_tf)
+    # torch's types want Dataset subclasses; a DataLoader needs only __len__ and __getitem__
+    images: Any = Files(data.train, train_tf)
+    calibration_images: Any = Files(data.train[:PRECISE_BN_IMAGES], eval_tf)
+    val_images: Any = Files(tuple(group.shard(data.val)), eval_tf)
     # a seeded shuffle per epoch (set_epoch), the same order on every rank, each rank every
     # world-th image of it; every rank gets as many, so all take the same number of steps
     sampler: DistributedSampler[Any] = DistributedSampler(
@@ -224,9 +234,8 @@ def _loaders(data: ImageData, recipe: Recipe, resolution: int, group: Group
     train = DataLoader(images, batch_size=batch, sampler=sampler,
                        drop_last=len(sampler) > batch, **common)
     # every rank re-estimates batch norm on the same images, so the replicas stay identical
-    calibration = DataLoader(Files(data.train[:PRECISE_BN_IMAGES], eval_tf), batch_size=batch,
-                             **common)
-    val = DataLoader(Files(tuple(group.shard(data.val)), eval_tf), batch_size=batch, **common)
+    calibration = DataLoader(calibration_images, batch_size=batch, **common)
+    val = DataLoader(val_images, batch_size=batch, **common)
     return train, calibration, val
 
 

@@ -3,6 +3,7 @@ refusing foreign files, the `--data` scorer on a synthetic image folder, and `pl
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -119,7 +120,7 @@ def test_a_killed_workers_candidate_is_finished_by_another(spec: Path, tmp_path:
     wait_for(lambda: any(c.startswith(HANG_PARAMS) for _, c in started(log)))
     survivor = worker(spec, storage, log)
     doomed.send_signal(signal.SIGKILL)  # mid-trial: no chance to say anything to the storage
-    doomed.wait(timeout=60)
+    doomed.wait(timeout=600)
     out, err = survivor.communicate(timeout=600)
     assert survivor.returncode == 0, err
     assert f"{FIVE} of {FIVE} scored" in out
@@ -138,7 +139,7 @@ def test_an_interrupted_worker_resumes_where_it_stopped(spec: Path, tmp_path: Pa
     first = worker(spec, storage, log, env={"EFFDSL_TEST_HANG_AT": HANG_PARAMS})
     wait_for(lambda: any(c.startswith(HANG_PARAMS) for _, c in started(log)))
     first.send_signal(signal.SIGINT)  # Ctrl-C
-    _, err = first.communicate(timeout=60)
+    _, err = first.communicate(timeout=600)
     assert first.returncode == 130 and err.strip().endswith("interrupted"), err
     before = len(started(log))
     data = status_json(storage)
@@ -284,6 +285,26 @@ def test_training_scores_tell_a_good_candidate_from_a_clearly_bad_one(textures: 
     assert good >= 0.9, good
     assert bad <= 0.7 and good - bad >= 0.3, (good, bad)  # three classes: chance is 1/3
     assert train_score(network, data, recipe) == good  # fixed seeds: the same score again
+
+
+@pytest.mark.slow
+def test_images_load_in_worker_processes(textures: Path) -> None:
+    import pickle
+
+    from torchvision import transforms
+
+    from effdsl.train import Files
+
+    recipe = Recipe(epochs=1, batch=16, workers=1)
+    data = ImageData.open(textures, recipe)
+    # what `spawn` (macOS, Windows) sends each data-loading process
+    files = pickle.loads(pickle.dumps(Files(data.val, transforms.ToTensor())))
+    image, label = files[0]
+    assert len(files) == len(data.val) and image.shape == (3, 32, 32) and label == data.val[0][1]
+    seen: list[int] = []
+    top1 = train_score(effdsl.parse(TINY), data, recipe,
+                       report=lambda e, n, loss, right, count: seen.append(count))
+    assert seen == [len(data.val)] and 0 <= top1 <= 1
 
 
 @pytest.mark.slow
@@ -451,9 +472,12 @@ def test_bars_show_on_a_terminal_that_reports_no_size(monkeypatch: pytest.Monkey
         bars.started((1.0, 1.0, 1.0), 0)
         bars.epoch(1, 3, 0.9, 3, 5)
         bars.close()
-        terminal.flush()
-        drawn = os.read(master, 65536).decode()
+    chunks = []
+    with contextlib.suppress(OSError):  # EIO: everything written has been read
+        while chunk := os.read(master, 65536):
+            chunks.append(chunk)
     os.close(master)
+    drawn = b"".join(chunks).decode()
     assert "candidates:   0%" in drawn and "epochs:  33%" in drawn and "top-1 0.600" in drawn
 
 
