@@ -288,15 +288,16 @@ def open_storage(text: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT,
 
 def _rdb_storage(url: str, kwargs: dict[str, Any]) -> BaseStorage:
     """An RDBStorage; workers that start together on a new database race to create its tables,
-    and the losers see a constraint or lock error: they try again, and find the tables made."""
+    and the losers see a constraint or lock error, or (PostgreSQL) `relation "alembic_version"
+    already exists`: they try again, and find the tables made."""
     optuna = require_optuna()
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(CREATE_ATTEMPTS):
         try:
             storage: BaseStorage = optuna.storages.RDBStorage(url, **kwargs)
             return storage
-        except (IntegrityError, OperationalError):
+        except (IntegrityError, OperationalError, ProgrammingError):
             if attempt == CREATE_ATTEMPTS - 1:
                 raise
             time.sleep(0.5 * (attempt + 1))

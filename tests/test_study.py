@@ -62,6 +62,9 @@ def worker(spec: Path, storage: Path | str, log: Path, *extra: str,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "EFFDSL_TEST_LOG": str(log),
              "EFFDSL_TEST_SLEEP": "0.5", **(env or {})},
+        # a shell's background job ignores SIGINT, and so would the worker (Python then
+        # installs no KeyboardInterrupt): give it Ctrl-C back, as a terminal would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
