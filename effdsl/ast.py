@@ -485,6 +485,13 @@ class Head(Block):
         return self
 
 
+class NoHead(Node):
+    """`head none`: no head conv; the last stage's output goes straight to the global pool and
+    the classifier (MobileNetV1 as the paper has it, timm's `num_features=0`)."""
+
+    keyword: ClassVar[str] = "head"
+
+
 class Line(Block):
     """What a stage's block lines share: `repeats` blocks; only the first has the stride."""
 
@@ -583,7 +590,7 @@ class Network(Node):
     presets: tuple[Preset, ...] = ()
     stem: Stem
     stages: tuple[Stage, ...] = Field(min_length=1)
-    head: Head
+    head: Head | NoHead = Field(description="The head conv, or `head none`.")
     classifier: Classifier
     closing_comments: SkipJsonSchema[tuple[str, ...]] = Field(default=(), repr=False, exclude=True)
 

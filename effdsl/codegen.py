@@ -1152,16 +1152,19 @@ def _forward(plan: Plan) -> list[str]:
 
     head = plan.head
     last = plan.stages[-1]
-    if plan.pooled_head:  # the global pool first, then the head on a 1×1 map
+    features = plan.classifier.in_features
+    if head is None:  # `head none`: the last stage is pooled as it is
+        ending = [("x = x.mean((2, 3))", shape(features))]
+    elif plan.pooled_head:  # the global pool first, then the head on a 1×1 map
         ending = [
             ("x = x.mean((2, 3), keepdim=True)", shape(last.out_channels, 1)),
-            ("x = self.head(x)", shape(head.out_channels, 1)),
-            ("x = x.flatten(1)", shape(head.out_channels)),
+            ("x = self.head(x)", shape(features, 1)),
+            ("x = x.flatten(1)", shape(features)),
         ]
     else:
         ending = [
-            ("x = self.head(x)", shape(head.out_channels, head.out_size)),
-            ("x = x.mean((2, 3))", shape(head.out_channels)),  # global average pool
+            ("x = self.head(x)", shape(features, head.out_size)),
+            ("x = x.mean((2, 3))", shape(features)),  # global average pool
         ]
     rows = [
         ("x = self.stem(x)", shape(plan.stem.out_channels, plan.stem.out_size)),
@@ -1170,7 +1173,7 @@ def _forward(plan: Plan) -> list[str]:
             for s in plan.stages
         ),
         *ending,
-        ("x = self.dropout(x)", shape(head.out_channels)),
+        ("x = self.dropout(x)", shape(features)),
         ("x = self.classifier(x)", shape(plan.classifier.classes)),
     ]
     size = plan.resolution
@@ -1220,9 +1223,10 @@ def _model(plan: Plan, used: _Used) -> str:
         lines.append("            Stage([")
         lines += [f"                {_block_call(block, used)}," for block in stage.blocks]
         lines.append("            ]),")
+    lines.append("        ])")
+    if plan.head is not None:
+        lines.append(f"        self.head = {_conv_call(plan.head, used)}")
     lines += [
-        "        ])",
-        f"        self.head = {_conv_call(plan.head, used)}",
         f"        self.dropout = nn.Dropout({classifier.dropout!r})",
         f"        self.classifier = nn.Linear({classifier.in_features}, {classifier.classes})",
         "        self._init_weights()",

@@ -175,10 +175,20 @@ def _torchvision_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
             continue
         for k, op in enumerate(block.ops):
             yield op, children(op, f"{where}.block.{k}")
+    head = _head_conv(plan, "torchvision")
     if flat:
-        yield plan.head, {"conv": "classifier.0", "linear": "yes"}
+        yield head, {"conv": "classifier.0", "linear": "yes"}
     else:
-        yield plan.head, children(plan.head, f"features.{len(plan.stages) + 1}")
+        yield head, children(head, f"features.{len(plan.stages) + 1}")
+
+
+def _head_conv(plan: Plan, library: str) -> ConvOp:
+    """The head conv, which every torchvision layout has (timm's may be missing: `head none`)."""
+    if plan.head is None:
+        raise CheckpointError(
+            f"`{plan.name}` has no head conv (`head none`), and {library}'s models all have one"
+        )
+    return plan.head
 
 
 def _timm_conv_name(block: BlockPlan, op: ConvOp | MixedConvOp) -> str:
@@ -215,7 +225,8 @@ def _timm_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
                 conv = f"{prefix}.{_timm_conv_name(block, op)}"
                 yield op, {"conv": conv, "bn": f"{prefix}.bn{convs}"}
     # EfficientNet's head is `conv_head`, `bn2`; MobileNetV3's, after the pool, `norm_head`
-    yield plan.head, {"conv": "conv_head", "bn": "norm_head" if plan.pooled_head else "bn2"}
+    if plan.head is not None:  # `head none`: timm's `num_features=0`, no conv_head
+        yield plan.head, {"conv": "conv_head", "bn": "norm_head" if plan.pooled_head else "bn2"}
 
 
 def _mobilenet_v2_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
@@ -231,7 +242,8 @@ def _mobilenet_v2_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
         k = len(layers)
         yield project, {"conv": f"{where}.{k}", "bn": f"{where}.{k + 1}"}
     last = plan.block_count + 1
-    yield plan.head, {"conv": f"features.{last}.0", "bn": f"features.{last}.1"}
+    head = _head_conv(plan, "torchvision.mobilenet_v2")
+    yield head, {"conv": f"features.{last}.0", "bn": f"features.{last}.1"}
 
 
 def _mnasnet_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
@@ -256,7 +268,7 @@ def _mnasnet_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
                 )
             for op, at in zip(block.ops, (0, 3, 6), strict=True):
                 yield op, {"conv": f"{where}.{at}", "bn": f"{where}.{at + 1}"}
-    yield plan.head, {"conv": "layers.14", "bn": "layers.15"}
+    yield _head_conv(plan, "torchvision.mnasnet"), {"conv": "layers.14", "bn": "layers.15"}
 
 
 def _no_squeeze(plan: Plan, library: str) -> None:

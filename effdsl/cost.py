@@ -144,7 +144,7 @@ def cost(plan: Plan, bytes_per_element: int = 4) -> CostReport:
     return CostReport(
         stem=op_cost(plan.stem, bytes_per_element),
         stages=tuple(stage_cost(s, bytes_per_element) for s in plan.stages),
-        head=op_cost(plan.head, bytes_per_element),
+        head=op_cost(plan.head, bytes_per_element) if plan.head is not None else Cost(),
         classifier=classifier_cost(plan.classifier, bytes_per_element),
     )
 
@@ -181,7 +181,7 @@ def network_cost(network: ast.Network, bytes_per_element: int = 4) -> CostReport
     return CostReport(
         stem=op_cost(plan.stem, bytes_per_element),
         stages=tuple(stages),
-        head=op_cost(plan.head, bytes_per_element),
+        head=op_cost(plan.head, bytes_per_element) if plan.head is not None else Cost(),
         classifier=classifier_cost(plan.classifier, bytes_per_element),
     )
 

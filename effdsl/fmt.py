@@ -94,11 +94,13 @@ def _named(node: ast.Node, skip: Iterable[str] = ()) -> list[str]:
 _SHAPE = ("kind", "expand", "kernel", "stride", "channels", "repeats", "lines")
 
 
-def _block_cells(block: ast.Block) -> list[str]:
+def _block_cells(block: ast.Block | ast.NoHead) -> list[str]:
     """keyword, kind, e, k, s, c, x, then the named attributes as one cell.
 
-    A line that gives its expanded width (`mid=`) has no ratio to show.
+    A line that gives its expanded width (`mid=`) has no ratio to show; `head none` is two.
     """
+    if isinstance(block, ast.NoHead):
+        return [block.keyword, "none"]
     ratio = block.kind in ("conv", "separable") or (
         isinstance(block, ast.Line) and block.mid is not None
     )
@@ -132,7 +134,7 @@ def _plain_cells(node: ast.Node) -> list[str]:
 
 def statement(node: ast.Node) -> str:
     """One statement in canonical form, unaligned: `stage mbconv e6 k3 s2 c24 x2`."""
-    if isinstance(node, ast.Block):
+    if isinstance(node, ast.Block | ast.NoHead):
         cells = _block_cells(node)
     elif isinstance(node, ast.Preset):
         cells = _preset_cells(node)
@@ -177,7 +179,7 @@ def format(network: ast.Network) -> str:
     ]
     if network.presets:
         groups.append((network.presets, [_preset_cells(p) for p in network.presets]))
-    body: list[ast.Block] = [
+    body: list[ast.Block | ast.NoHead] = [
         network.stem,
         *(line for stage in network.stages for line in stage.all_lines()),
         network.head,

@@ -139,7 +139,7 @@ WORDS = (
     "{", "}", "=", '"', "#", "\\", "se=none", "se=0",
     "name=x", 'name="a b"', "skip=maybe", "fix=all", "act=tanh", "padding=same", "kernel=3",
     "x100000", "c1000000", "k99", "k100", "e1000", "e0.5", "s3", "x0", "phi=3", "size=1e9",
-    "stage mbconv e6 k3 s1 c8 x1", "stage conv k3 s1 c8 se=0.5", "input size=32",
+    "stage mbconv e6 k3 s1 c8 x1", "stage conv k3 s1 c8 se=0.5", "input size=32", "head none",
     "network n {", '"\\u0000"', '"\\ud800"', '"\\N{BULLET}"', '"\\x"', '"\\', "nan", "inf",
     "-inf", "true", "yes", "None", "__import__", '"""', "'", "`", "$", ";", ",", "(", ")",
     "[", "]", "<", ">", "&",
@@ -527,6 +527,8 @@ def random_block(rng: random.Random, keyword: str) -> str:
     if rng.random() < 0.15:
         extra.append(random_attribute(rng, _BLOCK_TYPES[keyword]))
     words = [shape[0], *rng.sample(shape[1:], len(shape) - 1), *extra]
+    if keyword == "head" and rng.random() < 0.08:  # no head conv, now and then with leftovers
+        words = ["none", *rng.sample(words[1:], rng.choice((0, 0, 0, 1)))]
     return " ".join([keyword, *words])
 
 

@@ -18,7 +18,7 @@ import threading
 import types
 import typing
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -311,6 +311,8 @@ STATEMENTS: dict[str, type[ast.Node]] = {
     "head": ast.Head,
     "classifier": ast.Classifier,
 }
+#: What `head none` followed by anything gets.
+_NO_HEAD_HINT = "`head none` stands alone; a head conv is written `head conv k1 c1280 ...`"
 SINGLETONS = ("input", "scaling", "defaults", "stem", "head", "classifier")
 REQUIRED = ("input", "stem", "head", "classifier")
 
@@ -377,6 +379,10 @@ class _Reader:
             hint = did_you_mean(keyword, STATEMENTS) or f"statements are {_one_of(STATEMENTS)}"
             self.error(f"unknown statement `{keyword}`", raw.keyword.span, hint)
             return None
+        if node_type is ast.Head and raw.positional and raw.positional[0].text == "none":
+            # `head none`: no head conv at all (MobileNetV1)
+            node_type = ast.NoHead
+            raw = replace(raw, positional=raw.positional[1:])
         values: dict[str, Any] = {}
         spans: dict[str, Span] = {}
         self.failed = set()
@@ -422,7 +428,8 @@ class _Reader:
                 self.error(
                     f"`{keyword}` needs a block kind",
                     raw.keyword.span,
-                    f"one of {_one_of(ast.BLOCK_KINDS)}, e.g. `{keyword} mbconv e6 k3 s2 c24`",
+                    f"one of {_one_of(ast.BLOCK_KINDS)}, e.g. `{keyword} mbconv e6 k3 s2 c24`"
+                    + (", or `head none`" if node_type is ast.Head else ""),
                 )
                 return
             self._set(node_type, "kind", words.pop(0), values, spans, "block kind")
@@ -438,7 +445,9 @@ class _Reader:
             self.error(
                 f"unexpected `{word.text}` in `{keyword}`",
                 word.span,
-                f"`{keyword}` takes attributes: "
+                _NO_HEAD_HINT
+                if node_type is ast.NoHead
+                else f"`{keyword}` takes attributes: "
                 + " ".join(f"{a}=..." for a in attributes(node_type)),
             )
 
@@ -489,6 +498,8 @@ class _Reader:
                 hint = did_you_mean(key, allowed) or f"`{node_type.keyword}` takes " + _one_of(
                     allowed
                 )
+                if node_type is ast.NoHead:
+                    hint = _NO_HEAD_HINT
                 self.error(
                     f"unknown attribute `{key}` in `{node_type.keyword}`", attribute.key.span, hint
                 )

@@ -302,7 +302,7 @@ class Plan:
     padding: str
     stem: ConvOp
     stages: tuple[StagePlan, ...]
-    head: ConvOp
+    head: ConvOp | None  # None: `head none`, the last stage's output is pooled as it is
     classifier: ClassifierPlan
     scaling: Multipliers
     head_pool: str = "last"  # "first": the global pool runs before the head (on a 1×1 map)
@@ -316,11 +316,12 @@ class Plan:
         return tuple(block for stage in self.stages for block in stage.blocks)
 
     def ops(self) -> Iterator[Op]:
-        """Every op in forward order: the stem, each block's ops, the head."""
+        """Every op in forward order: the stem, each block's ops, the head (if any)."""
         yield self.stem
         for block in self.blocks():
             yield from block.ops
-        yield self.head
+        if self.head is not None:
+            yield self.head
 
     @property
     def block_count(self) -> int:
@@ -837,21 +838,24 @@ def lower(
                 lines=len(stage.all_lines()),
             )
         )
-    head_pool = network.head.pool
-    head = _conv(
-        "head",
-        "head",
-        channels,
-        network.head.channels,
-        network.head.kernels[0],
-        network.head.stride,
-        1 if head_pool == "first" else size,  # after the pool, the map is 1×1
-        _options(network.head, defaults),
-    )
-    head = replace(head, unnormalised_bias=network.head.bias)
-    _check_norms(network.head, (head,))
+    head: ConvOp | None = None  # `head none`: the last stage goes to the pool itself
+    head_pool = "last"
+    if isinstance(network.head, ast.Head):
+        head_pool = network.head.pool
+        head = _conv(
+            "head",
+            "head",
+            channels,
+            network.head.channels,
+            network.head.kernels[0],
+            network.head.stride,
+            1 if head_pool == "first" else size,  # after the pool, the map is 1×1
+            _options(network.head, defaults),
+        )
+        head = replace(head, unnormalised_bias=network.head.bias)
+        _check_norms(network.head, (head,))
     classifier = ClassifierPlan(
-        in_features=head.out_channels,
+        in_features=head.out_channels if head is not None else channels,
         classes=network.classifier.classes,
         dropout=network.classifier.dropout,
     )

@@ -401,11 +401,17 @@ def spine_parts(
 ) -> list[Part]:
     """input, stem, `middle`, head, classifier: the parts of the forward path, in order."""
     total = cost(plan).total
+    # `head none` (MobileNetV1): the last stage feeds the classifier's pool, with no head box
+    head = (
+        [conv_end_part(plan.head, "head", total, prefix, base.head if base else None)]
+        if plan.head is not None
+        else []
+    )
     return [
         input_part(plan, prefix, base),
         conv_end_part(plan.stem, "stem", total, prefix, base.stem if base else None),
         *middle,
-        conv_end_part(plan.head, "head", total, prefix, base.head if base else None),
+        *head,
         classifier_part(plan, total, prefix, base),
     ]
 

@@ -329,7 +329,11 @@ def apply(network: ast.Network, factors: Multipliers) -> ast.Network:
     update: dict[str, Any] = {
         "stem": scale_block(network.stem, factors, scaling),
         "stages": tuple(scale_stage(s, factors, scaling) for s in network.stages),
-        "head": scale_block(network.head, factors, scaling),
+        "head": (
+            scale_block(network.head, factors, scaling)
+            if isinstance(network.head, ast.Head)
+            else network.head  # `head none`: nothing to scale
+        ),
         "presets": (),
     }
     if factors.resolution is not None and factors.resolution != network.input.size:

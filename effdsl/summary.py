@@ -123,8 +123,11 @@ def to_text(summary: Summary) -> str:
     lines += table(rows)
     lines.append("")
     stem = _arrow(base.stem.out_channels, scaled.stem.out_channels)
-    head = _arrow(base.head.out_channels, scaled.head.out_channels)
-    lines.append(f"stem {stem} channels, head {head} channels, {scaled.classifier.classes} classes")
+    if scaled.head is not None and base.head is not None:
+        head = f"head {_arrow(base.head.out_channels, scaled.head.out_channels)} channels"
+    else:
+        head = "no head conv"
+    lines.append(f"stem {stem} channels, {head}, {scaled.classifier.classes} classes")
     lines.append(
         f"params      {summary.scaled_cost.params:,} ({human(summary.scaled_cost.params)})"
     )
@@ -204,7 +207,7 @@ def to_json(summary: Summary) -> dict[str, Any]:
         ),
         "blocks": scaled.block_count,
         "stem_channels": scaled.stem.out_channels,
-        "head_channels": scaled.head.out_channels,
+        "head_channels": scaled.head.out_channels if scaled.head is not None else None,
         "classes": scaled.classifier.classes,
         "dropout": scaled.classifier.dropout,
         "stages": stages,

@@ -468,7 +468,8 @@ class EfficientNet(nn.Module):
         super().__init__()
         self.stem = conv_bn_act(plan.stem)
         self.stages = nn.ModuleList(Stage(stage) for stage in plan.stages)
-        self.head = conv_bn_act(plan.head)
+        # `head none` (MobileNetV1): the last stage's output is pooled as it is
+        self.head = conv_bn_act(plan.head) if plan.head is not None else nn.Identity()
         self.dropout = nn.Dropout(plan.classifier.dropout, inplace=True)
         self.classifier = nn.Linear(plan.classifier.in_features, plan.classifier.classes)
         self.plan = plan

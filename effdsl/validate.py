@@ -15,9 +15,8 @@ from effdsl.errors import EffError, EffSemanticError
 
 def validate(network: ast.Network) -> list[EffError]:
     """All global-rule violations of `network`, in source order (empty when it is valid)."""
-    return validate_parts(
-        stages=network.stages, presets=network.presets, ends=(network.stem, network.head)
-    )
+    ends = (network.stem, network.head) if isinstance(network.head, ast.Head) else (network.stem,)
+    return validate_parts(stages=network.stages, presets=network.presets, ends=ends)
 
 
 def validate_parts(

@@ -86,6 +86,7 @@ heads = st.one_of(
         pool=st.just("first"),
         shrink=st.booleans(),
     ),
+    st.builds(ast.NoHead),  # `head none`
     st.builds(  # FBNetV3's: neither norm nor bias (here before the pool)
         ast.Head,
         **{**conv_blocks, "norm": st.just("none")},  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import effdsl
 import effdsl.codegen
 from effdsl.convert import convert_state_dict
+from effdsl.render import to_dot
 
 from .conftest import ROOT, SPECS
 from .test_torch_build import randomise_batch_norm
@@ -72,6 +73,8 @@ TWINS = [
     *(Twin("lcnet.eff", name, name) for name in ("lcnet_035", "lcnet_050", "lcnet_075")),
     *(Twin("lcnet.eff", name, name) for name in ("lcnet_100", "lcnet_150")),
     Twin("mobilenetv1-100h.eff", None, "mobilenetv1_100h"),
+    Twin("mobilenetv1.eff", "mobilenetv1_100", "mobilenetv1_100"),
+    Twin("mobilenetv1.eff", "mobilenetv1_125", "mobilenetv1_125"),
     Twin("mixnet-s.eff", None, "mixnet_s"),
     Twin("mixnet-s.eff", None, "tf_mixnet_s", tf=True),
     *(Twin("mixnet-m.eff", f"mixnet_{size}", f"mixnet_{size}") for size in ("m", "l", "xl", "xxl")),
@@ -344,6 +347,69 @@ def test_a_head_without_bias_says_norm_none() -> None:
     errors = getattr(caught.value, "errors", (caught.value,))
     assert [(e.span.line, e.message) for e in errors if e.span] == [
         (12, "`bias=no` is for a head conv without norm: add `norm=none`")
+    ]
+
+
+#: MOBILE without its head conv: the 48 channels of the last stage go to the pool (MobileNetV1).
+HEADLESS = MOBILE.replace("head  conv         k1 s1 c64 pool=first norm=none", "head  none")
+
+
+def test_head_none_lowers_to_no_head_op_and_reads_back() -> None:
+    network = effdsl.parse(HEADLESS)
+    assert isinstance(network.head, effdsl.ast.NoHead)
+    text = effdsl.format(network)
+    assert "  head  none\n" in text and effdsl.format(effdsl.parse(text)) == text
+    assert effdsl.parse(text) == network
+    plan = effdsl.lower(effdsl.scale(network, width=2.0))
+    assert plan.head is None and all(op.role != "head" for op in plan.ops())
+    assert plan.classifier.in_features == plan.stages[-1].out_channels == 96
+    assert effdsl.cost(plan).head == effdsl.cost(plan).head.__class__()
+
+
+def test_head_none_through_every_backend(tmp_path: Path) -> None:
+    network = effdsl.parse(HEADLESS)
+    plan = effdsl.lower(network)
+    model = trained_mobile(network)
+    assert effdsl.cost(plan).params == params(model)
+    assert effdsl.cost(plan).macs == macs(model, 32)
+    path = tmp_path / "headless.py"
+    path.write_text(effdsl.codegen.to_python(plan), encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("headless_generated", path)
+    assert spec is not None and spec.loader is not None
+    generated = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generated)
+    twin = getattr(generated, effdsl.codegen.class_name(plan))().eval()
+    assert layout(twin) == layout(model)
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(twin(x), expected)
+        fast = effdsl.optimize_for_inference(model)
+        torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-5)
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(x), expected)
+        torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), expected)
+    features = effdsl.build(network, features_only=True).eval()
+    with torch.no_grad():
+        assert tuple(features(x)[-1].shape) == (2, 48, 4, 4)
+    dot = to_dot(plan, detail="block")
+    assert '"head"' not in dot and "avgpool · dropout" in dot
+    with pytest.raises(effdsl.EffError, match="has no head conv"):
+        convert_state_dict(model.state_dict(), network=network, target="torchvision")
+
+
+def test_head_none_takes_nothing_after_it() -> None:
+    text = HEADLESS.replace("head  none", "head  none c64")
+    with pytest.raises(effdsl.EffError) as caught:
+        effdsl.parse(text, "mobile.eff")
+    errors = getattr(caught.value, "errors", (caught.value,))
+    assert [(e.span.line, e.message, e.hint) for e in errors if e.span] == [
+        (
+            12,
+            "unexpected `c64` in `head`",
+            "`head none` stands alone; a head conv is written `head conv k1 c1280 ...`",
+        )
     ]
 
 

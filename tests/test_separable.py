@@ -58,12 +58,12 @@ def network(padding: str = "symmetric") -> effdsl.Network:
     return effdsl.parse(SEPARABLE.replace("PAD", padding))
 
 
-def timm_twin(padding: str = "symmetric") -> nn.Module:
+def timm_twin(padding: str = "symmetric", head: int = 96) -> nn.Module:
     """timm's EfficientNet made of `TIMM_ARCH`: its DepthwiseSeparableConv blocks, with LCNet's
-    squeeze-and-excitation."""
+    squeeze-and-excitation; `head=0`: no head conv (MobileNetV1's `num_features=0`)."""
     return EfficientNet(
         decode_arch_def(TIMM_ARCH),
-        num_features=96,
+        num_features=head,
         stem_size=16,
         num_classes=10,
         act_layer=get_act_layer("hard_swish"),
@@ -166,11 +166,15 @@ def test_parameters_macs_and_layout_equal_timms(padding: str) -> None:
     assert [(key, tuple(t.shape)) for key, t in converted.items()] == layout(ours)
 
 
-@pytest.mark.parametrize("padding", ["symmetric", "same"])
-def test_timm_checkpoints_convert_both_ways_and_give_the_same_logits(padding: str) -> None:
+@pytest.mark.parametrize(("padding", "head"), [("symmetric", 96), ("same", 96), ("same", 0)])
+def test_timm_checkpoints_convert_both_ways_and_give_the_same_logits(
+    padding: str, head: int
+) -> None:
     torch.manual_seed(0)
     spec = network(padding)
-    theirs = timm_twin(padding).double().eval()
+    if not head:  # `head none`: timm's num_features=0, the last stage pooled as it is
+        spec = effdsl.parse(effdsl.format(spec).replace("head  conv      k1 s1 c96", "head none"))
+    theirs = timm_twin(padding, head).double().eval()
     randomise_batch_norm(theirs)
     ours = effdsl.build(spec).double().eval()
     ours.load_state_dict(convert_state_dict(theirs.state_dict(), network=spec, source="timm"))

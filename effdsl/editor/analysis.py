@@ -353,6 +353,8 @@ class Analysis:
             spent = costs.stages[index]
         else:
             op = plan.stem if isinstance(node, ast.Stem) else plan.head
+            if op is None:  # a `Head` node always lowers to a head conv; `head none` has none
+                return vocabulary.statement_doc(node.keyword)
             spent = costs.stem if isinstance(node, ast.Stem) else costs.head
             body = _conv_table(node.keyword, op)
         return "\n".join([*body, "", _share(spent, costs.total)])
@@ -503,8 +505,9 @@ class Analysis:
                 (s, p.out_size, p.out_channels)
                 for s, p in zip(network.stages, plan.stages, strict=True)
             ),
-            (network.head, plan.head.out_size, plan.head.out_channels),
         ]
+        if plan.head is not None:
+            shaped.append((network.head, plan.head.out_size, plan.head.out_channels))
         return [
             InlayHint(node.span.end_line, node.span.end_column, f"→ {size}×{size}×{channels}")
             for node, size, channels in shaped
