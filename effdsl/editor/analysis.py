@@ -298,6 +298,8 @@ class Analysis:
             text = self._block_hover(node)
         elif isinstance(node, ast.Preset):
             text = self._preset_hover(node)
+        elif isinstance(node, ast.NoHead):
+            text = " ".join((ast.NoHead.__doc__ or "").split())
         else:
             text = vocabulary.statement_doc(keyword)
         return Hover(text, node.span if node is not None and node.span else whole)
