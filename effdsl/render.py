@@ -261,9 +261,10 @@ def squeeze_excite(block: BlockPlan) -> SqueezeExciteOp | None:
 
 
 def norm_label(op: ConvOp) -> str:
-    """The norm after a conv where it is not batch norm, as drawn."""
+    """The norm after a conv where it is not batch norm, as drawn: without one, a bias or
+    (FBNetV3's head) nothing at all."""
     if op.norm == "none":
-        return " · bias, no norm"
+        return " · bias, no norm" if op.bias else " · no bias, no norm"
     if op.norm == "group":
         return f" · GroupNorm {op.norm_groups}×{op.norm_group_size}"
     if op.norm == "layer":

@@ -323,6 +323,7 @@ def test_a_head_without_norm_or_bias_through_every_backend(tmp_path: Path) -> No
     assert not plan.head.bias and plan.head.norm == "none"
     model = trained_mobile(network)
     assert model.head.conv.bias is None
+    assert "Conv 1×1 · no bias, no norm · HardSwish" in to_dot(plan, detail="block")
     with_bias = params(trained_mobile(effdsl.parse(MOBILE)))
     assert effdsl.cost(plan).params == params(model) == with_bias - 64  # the head's 64 biases
     path = tmp_path / "unbiased.py"
