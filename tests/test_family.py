@@ -70,6 +70,7 @@ TWINS = [
     Twin("tinynet.eff", "tinynet_c", "tinynet_c"),
     Twin("tinynet.eff", "tinynet_d", "tinynet_d"),
     Twin("efficientnetv2-rw-s.eff", None, "efficientnetv2_rw_s"),
+    Twin("efficientnetv2-rw-m.eff", None, "efficientnetv2_rw_m"),
     *(Twin("lcnet.eff", name, name) for name in ("lcnet_035", "lcnet_050", "lcnet_075")),
     *(Twin("lcnet.eff", name, name) for name in ("lcnet_100", "lcnet_150")),
     Twin("mobilenetv1-100h.eff", None, "mobilenetv1_100h"),
