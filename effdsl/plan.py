@@ -678,6 +678,15 @@ def _spatial_groups(
             line.span_of("group_size"),
             hint="choose a group size for which both widths split into whole groups",
         )
+    # a fused block of ratio 1 is that one k×k conv, straight to the block's output
+    single = line.kind == "fused_mbconv" and mid == in_channels and not line.full
+    if single and line.channels % groups:
+        raise EffSemanticError(
+            f"group_size={size}{inherited} makes {groups} groups, which do not divide the "
+            f"output width of this `fused_mbconv` block, {line.channels} channels",
+            line.span_of("group_size"),
+            hint="choose a group size for which both widths split into whole groups",
+        )
     return groups
 
 

@@ -198,5 +198,6 @@ def _ungrouped(network: ast.Network) -> ast.Network:
     ends = {
         name: getattr(network, name).model_copy(update={"norm_group_size": None})
         for name in ("stem", "head")
+        if isinstance(getattr(network, name), ast.Block)  # not `head none`
     }
     return network.model_copy(update={"stages": stages, "defaults": defaults, **ends})
