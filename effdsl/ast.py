@@ -32,7 +32,7 @@ from pydantic.json_schema import SkipJsonSchema
 from effdsl.errors import EffSemanticError, Span
 
 Activation = Literal["silu", "relu", "relu6", "hardswish", "gelu", "hard_sigmoid", "none"]
-BlockKind = Literal["conv", "mbconv", "fused_mbconv", "mixconv", "condconv", "separable"]
+BlockKind = Literal["conv", "mbconv", "fused_mbconv", "mixconv", "condconv", "separable", "uir"]
 Padding = Literal["symmetric", "same"]
 Fix = Literal["none", "depth", "width", "all"]
 Gate = Literal["sigmoid", "hard_sigmoid"]
@@ -40,6 +40,9 @@ SqueezeFrom = Literal["input", "expanded"]
 Norm = Literal["batch", "group", "layer", "evonorm", "none"]
 HeadPool = Literal["last", "first"]
 DepthRound = Literal["up", "nearest"]
+
+#: The block kinds whose output a layer scale may multiply.
+LAYER_SCALED: tuple[str, ...] = ("uir",)
 
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 BLOCK_KINDS: tuple[str, ...] = get_args(BlockKind)
@@ -77,6 +80,7 @@ MAX_MIXED_KERNELS = 16  # MixNet uses up to 5 (k3.5.7.9.11)
 MAX_SPLITS = 64
 MAX_EXPERTS = 64
 MAX_GROUP_SIZE = 4096  # channels per group of a grouped conv or a group norm
+MAX_LAYER_SCALE = 1_000.0
 
 #: A kernel size, or a mixconv's list of kernel sizes (`k3.5.7`), one per channel slice.
 Kernel = int | tuple[int, ...]
@@ -279,8 +283,15 @@ class Defaults(Node):
         description="Channels per group of every stage block's k×k conv (timm's `gs`); unset: "
         "depthwise (mbconv, separable) or dense (conv, fused_mbconv).",
     )
+    layer_scale: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=MAX_LAYER_SCALE,
+        description="Layer scale of `uir` blocks: their output times a learnt per-channel "
+        "factor, initialised to this (MobileNetV4 hybrid: 1e-5); 0 means none (`none`).",
+    )
 
-    _finite = field_validator("se", "bn_eps", "bn_momentum", "drop_path")(_finite)
+    _finite = field_validator("se", "bn_eps", "bn_momentum", "drop_path", "layer_scale")(_finite)
 
 
 class Preset(Node):
@@ -323,8 +334,16 @@ class BlockOptions(Node):
     norm_group_size: int | None = Field(
         default=None, ge=1, le=MAX_GROUP_SIZE, description="Overrides `defaults norm_group_size`."
     )
+    layer_scale: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=MAX_LAYER_SCALE,
+        description="Overrides `defaults layer_scale` (`uir` blocks); `none` turns it off.",
+    )
 
-    _finite = field_validator("se", "bn_eps", "bn_momentum", "drop_path")(_finite_or_none)
+    _finite = field_validator(
+        "se", "bn_eps", "bn_momentum", "drop_path", "layer_scale"
+    )(_finite_or_none)
 
 
 class Block(BlockOptions):
@@ -332,15 +351,17 @@ class Block(BlockOptions):
 
     kind: BlockKind = Field(
         description="`conv`, `mbconv`, `fused_mbconv`, `mixconv` (mixed-kernel depthwise), "
-        "`condconv` (per-sample expert kernels) or `separable` (depthwise-separable)."
+        "`condconv` (per-sample expert kernels), `separable` (depthwise-separable) or `uir` "
+        "(MobileNetV4's universal inverted bottleneck)."
     )
     expand: float = Field(default=1.0, ge=1.0, le=MAX_EXPAND, description="Expansion ratio (e).")
     kernel: Kernel = Field(
-        description="Kernel size (k), odd. A `mixconv` may list one per channel slice (`k3.5.7`).",
+        description="Kernel size (k), odd. A `mixconv` may list one per channel slice (`k3.5.7`); "
+        "a `uir` block's is its middle depthwise conv's, `k0` for none.",
         # the bounds `_odd_kernel` checks, for the schema and the editor's hover
         json_schema_extra={
             "anyOf": [
-                {"type": "integer", "minimum": 1, "maximum": MAX_KERNEL},
+                {"type": "integer", "minimum": 0, "maximum": MAX_KERNEL},
                 {
                     "type": "array",
                     "items": {"type": "integer", "minimum": 1, "maximum": MAX_KERNEL},
@@ -381,11 +402,16 @@ class Block(BlockOptions):
 
     @field_validator("kernel")
     @classmethod
-    def _odd_kernel(cls, kernel: Kernel) -> Kernel:
+    def _odd_kernel(cls, kernel: Kernel, info: ValidationInfo) -> Kernel:
         sizes = kernel_sizes(kernel)
         if isinstance(kernel, tuple) and not 2 <= len(kernel) <= MAX_MIXED_KERNELS:
             raise ValueError(f"a kernel list has 2 to {MAX_MIXED_KERNELS} sizes, got {len(kernel)}")
+        if kernel == 0 and info.data.get("kind") == "uir":
+            return kernel  # a uir block without its middle depthwise conv
         for size in sizes:
+            if size == 0:
+                raise ValueError("kernel must be ≥ 1, got 0 (`k0`, no middle depthwise conv, is "
+                                 "for `uir` blocks)")
             if size < 1:
                 raise ValueError(f"kernel must be ≥ 1, got {size}")
             if size > MAX_KERNEL:
@@ -520,6 +546,20 @@ class Line(Block):
         "the expanded width (mbconv, fused_mbconv) or the input width (conv, separable) over "
         "this. Overrides `defaults group_size`.",
     )
+    dw_start: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_KERNEL,
+        description="`uir`: the kernel of a depthwise conv (batch norm, no activation) before "
+        "the expansion (MobileNetV4's ExtraDW and ConvNeXt-like blocks).",
+    )
+    dw_end: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_KERNEL,
+        description="`uir`: the kernel of a depthwise conv (batch norm, no activation) after "
+        "the projection.",
+    )
 
     @model_validator(mode="after")
     def _expanded_width_once(self) -> Line:
@@ -530,7 +570,7 @@ class Line(Block):
                 raise ValueError("give the expansion as a ratio (e) or a width (mid=), not both")
         if self.full and self.kind in ("conv", "separable"):
             raise ValueError(f"a `{self.kind}` block has no expansion; remove `full=`")
-        if self.full and self.kind in ("mixconv", "condconv"):
+        if self.full and self.kind in ("mixconv", "condconv", "uir"):
             raise ValueError(f"`full=` is for mbconv and fused_mbconv, not `{self.kind}`")
         return self
 
@@ -543,6 +583,29 @@ class Line(Block):
                 f"a `{kind}` block takes no group_size: its convs are cut by kernel or expert"
             )
         return size
+
+    @field_validator("dw_start", "dw_end")
+    @classmethod
+    def _extra_depthwise_is_uir(cls, kernel: int | None, info: ValidationInfo) -> int | None:
+        kind = info.data.get("kind")
+        if kernel is not None and kind not in (None, "uir"):
+            raise ValueError(f"{info.field_name} applies to `uir` blocks, not `{kind}`")
+        if kernel is not None and kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd, got {kernel}")
+        return kernel
+
+    @model_validator(mode="after")
+    def _strided_uir_has_a_depthwise(self) -> Line:
+        if (
+            self.kind == "uir"
+            and self.stride > 1
+            and not (self.kernel or self.dw_start or self.dw_end)
+        ):
+            raise ValueError(
+                "a strided `uir` block needs a depthwise conv to stride: give `k` (not k0), "
+                "`dw_start=` or `dw_end=`"
+            )
+        return self
 
 
 class BlockLine(Line):

@@ -28,7 +28,16 @@ from effdsl.arguments import checked
 from effdsl.ast import kernel_text
 from effdsl.cost import cost
 from effdsl.errors import BuildError
-from effdsl.plan import BlockPlan, ConvOp, MixedConvOp, Plan, RoutingOp, SqueezeExciteOp, StagePlan
+from effdsl.plan import (
+    BlockPlan,
+    ConvOp,
+    LayerScaleOp,
+    MixedConvOp,
+    Plan,
+    RoutingOp,
+    SqueezeExciteOp,
+    StagePlan,
+)
 from effdsl.scaling import Multipliers
 from effdsl.version import __version__
 
@@ -69,7 +78,10 @@ BLOCK_CLASSES = {
 }
 
 #: The block classes in the order they are defined.
-BLOCK_ORDER = ("ConvBlock", "MBConv", "FusedMBConv", "MixConv", "CondConv", "SeparableConv")
+BLOCK_ORDER = (
+    "ConvBlock", "MBConv", "FusedMBConv", "MixConv", "CondConv", "SeparableConv",
+    "UniversalInvertedResidual",
+)
 
 # Names the generated module may define besides the model class.
 _FIXED_NAMES = (
@@ -84,7 +96,7 @@ _FIXED_NAMES = (
 )
 _OPTIONAL_NAMES = (
     "SqueezeExcite", "GATES", "MixedConvBNAct", "mixed_conv", "Routing", "CondConvBNAct",
-    "norm_layer", "LayerNorm2d", "EvoNormS0", *BLOCK_ORDER,
+    "norm_layer", "LayerNorm2d", "EvoNormS0", "LayerScale", *BLOCK_ORDER,
 )
 
 
@@ -143,6 +155,7 @@ def top_level_names(plan: Plan) -> frozenset[str]:
         "norm_layer": bool(used.norms),
         "LayerNorm2d": "layer" in used.norms,
         "EvoNormS0": "evonorm" in used.norms,
+        "LayerScale": used.layer_scale,
         **{block: block in used.blocks for block in BLOCK_ORDER},
     }
     return frozenset(
@@ -185,11 +198,16 @@ class _Used:
     full: bool = False  # some MBConv keeps its expansion conv at expansion 1
     norms: tuple[str, ...] = ()  # the norms of OTHER_NORMS used: `norm` is then a name
     grouped: bool = False  # some block's k×k conv has groups other than its class's default
+    layer_scale: bool = False  # some block ends in a layer scale
 
     @classmethod
     def of(cls, plan: Plan) -> _Used:
         ops = list(plan.ops())
-        acts = {op.act for op in ops if not isinstance(op, RoutingOp) and op.act is not None}
+        acts = {
+            op.act
+            for op in ops
+            if not isinstance(op, RoutingOp | LayerScaleOp) and op.act is not None
+        }
         unknown = sorted(acts - ACTIVATION_MODULES.keys())
         if unknown:
             raise BuildError(f"code generation does not know the activation `{unknown[0]}`")
@@ -216,6 +234,7 @@ class _Used:
             full=any(_keeps_expansion(block) for block in plan.blocks()),
             norms=tuple(name for name in OTHER_NORMS if any(op.norm == name for op in convs)),
             grouped=any(_groups_arg(block) is not None for block in plan.blocks()),
+            layer_scale=any(isinstance(op, LayerScaleOp) for op in ops),
         )
 
 
@@ -234,6 +253,8 @@ def _keeps_expansion(block: BlockPlan) -> bool:
 
 def block_class(block: BlockPlan) -> str:
     """The generated class that builds `block`, from the roles of its ops."""
+    if block.kind == "uir":  # its optional convs are arguments of one class
+        return "UniversalInvertedResidual"
     roles = tuple(op.role for op in block.ops)
     name = BLOCK_CLASSES.get((block.kind, roles))
     if name is None:
@@ -622,6 +643,78 @@ class SeparableConv(nn.Module):
 {_RESIDUAL}'''
 
 
+_LAYER_SCALE = '''\
+class LayerScale(nn.Module):
+    """Each channel times a learnt factor `gamma`, initialised to `init`."""
+
+    def __init__(self, channels: int, init: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((channels,), init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma.view(1, -1, 1, 1)'''
+
+
+def _universal(used: _Used, padding: str) -> str:
+    """MobileNetV4's universal inverted bottleneck: its three depthwise convs are optional."""
+    norm_arg, norm = _norm(used)
+    se = _se_parts(used)
+    return f'''\
+class UniversalInvertedResidual(nn.Module):
+    """Universal inverted bottleneck (MobileNetV4): depthwise (no activation), 1×1 expand,
+    depthwise, squeeze-and-excitation, 1×1 project, depthwise (no activation), layer scale.
+    The depthwise convs' `kernels` are (start, middle, end); a kernel 0 leaves its conv out.
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        mid: int,
+        cout: int,
+        kernels: tuple[int, int, int],
+        strides: tuple[int, int, int],
+        paddings: tuple[{padding}, ...],{se["{squeeze_arg}"]}
+        act: str | None,
+        eps: float,
+        momentum: float,
+        drop_rate: float,
+        residual: bool,{se["{gate_arg}"]}
+        layer_scale: float = 0.0,{norm_arg}
+    ) -> None:
+        super().__init__(){_norm_setup(used)}
+        bn = dict(eps=eps, momentum=momentum{norm})
+        start, kernel, end = kernels
+        self.start = None
+        if start:
+            self.start = ConvBNAct(cin, cin, start, strides[0], paddings[0], groups=cin, **bn)
+        self.expand = ConvBNAct(cin, mid, 1, act=act, **bn)
+        self.depthwise = None
+        if kernel:
+            self.depthwise = ConvBNAct(
+                mid, mid, kernel, strides[1], paddings[1], groups=mid, act=act, **bn
+            ){se["{se_layer}"]}
+        # linear bottleneck: no activation after the projection
+        self.project = ConvBNAct(mid, cout, 1, **bn)
+        self.end = None
+        if end:
+            self.end = ConvBNAct(cout, cout, end, strides[2], paddings[2], groups=cout, **bn)
+        self.layer_scale = LayerScale(cout, layer_scale) if layer_scale else None
+        self.drop_rate = drop_rate
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x if self.start is None else self.start(x)
+        out = self.expand(out)
+        if self.depthwise is not None:
+            out = self.depthwise(out){se["{se_step}"]}
+        out = self.project(out)
+        if self.end is not None:
+            out = self.end(out)
+        if self.layer_scale is not None:
+            out = self.layer_scale(out)
+{_RESIDUAL}'''
+
+
 def _inverted_residual(name: str, used: _Used, padding: str) -> str:
     """MBConv or FusedMBConv: they differ in where the k×k conv is and what it sees."""
     norm_arg, norm = _norm(used)
@@ -940,6 +1033,8 @@ def _block_classes(used: _Used) -> list[str]:
             classes += [_filled(_COND_CONV, any_padding), _filled(_COND_CONV_BLOCK, any_padding)]
         elif name == "SeparableConv":
             classes.append(_separable(used, padding))
+        elif name == "UniversalInvertedResidual":
+            classes += [*([_LAYER_SCALE] if used.layer_scale else []), _universal(used, padding)]
         else:
             classes.append(_inverted_residual(name, used, padding))
     return classes
@@ -980,7 +1075,9 @@ def _conv_call(op: ConvOp, used: _Used) -> str:
 
 
 #: The block classes that take `norm=` (MixConv and CondConv are always batch-normalised).
-_NORM_BLOCKS = ("ConvBlock", "MBConv", "FusedMBConv", "SeparableConv")
+_NORM_BLOCKS = (
+    "ConvBlock", "MBConv", "FusedMBConv", "SeparableConv", "UniversalInvertedResidual"
+)
 
 #: The groups of each block class's k×k conv unless told otherwise: None, one per channel.
 _DEFAULT_GROUPS = {"ConvBlock": 1, "FusedMBConv": 1, "MBConv": None, "SeparableConv": None}
@@ -1055,9 +1152,56 @@ def _groups(block: BlockPlan, role: str) -> int:
     return len(op.kernels) if isinstance(op, MixedConvOp) else 1
 
 
+def _universal_call(block: BlockPlan, used: _Used) -> str:
+    """The constructor call of a universal inverted bottleneck, from the plan's ops."""
+    convs = {op.role: op for op in block.ops if isinstance(op, ConvOp)}
+    expand = convs["expand"]
+    spatial = [convs.get(role) for role in ("start", "depthwise", "end")]
+    for op in convs.values():
+        act = expand.act if op.role in ("expand", "depthwise") else None
+        same = (op.bn_eps, op.bn_momentum, op.norm) == (
+            expand.bn_eps, expand.bn_momentum, expand.norm
+        )
+        if op.act != act or not same or (op.role in ("expand", "project") and op.kernel != 1):
+            raise BuildError(f"code generation cannot express {op.path} as a uir layer")
+    kernels = ", ".join(str(op.kernel if op else 0) for op in spatial)
+    strides = ", ".join(str(op.stride if op else 1) for op in spatial)
+    paddings = ", ".join(_padding(op) if op else "0" for op in spatial)
+    args = [
+        str(block.in_channels),
+        str(block.mid_channels),
+        str(block.out_channels),
+        f"({kernels})",
+        f"({strides})",
+        f"({paddings})",
+    ]
+    se = next((op for op in block.ops if isinstance(op, SqueezeExciteOp)), None)
+    if used.squeeze_excite:
+        args.append(str(block.se_channels))
+        if used.se_options:
+            se_act = se.act if se is not None else expand.act
+            args.append(f'"{se_act}"' if se_act else "None")
+    args += [
+        f'"{expand.act}"' if expand.act else "None",
+        repr(expand.bn_eps),
+        repr(expand.bn_momentum),
+        _rate(block.drop_path),
+        str(block.residual),
+    ]
+    if se is not None and se.gate != "sigmoid":
+        args.append(f'gate="{se.gate}"')
+    scale = next((op for op in block.ops if isinstance(op, LayerScaleOp)), None)
+    if scale is not None:
+        args.append(f"layer_scale={scale.init!r}")
+    args += _norm_args(expand, used)
+    return f"UniversalInvertedResidual({', '.join(args)})"
+
+
 def _block_call(block: BlockPlan, used: _Used) -> str:
     """The constructor call of one block, every argument a literal from the plan."""
     name = block_class(block)
+    if name == "UniversalInvertedResidual":
+        return _universal_call(block, used)
     spatial = _spatial_op(block, name)
     kernels, stride, paddings = _shape_of(spatial)
     args = [str(block.in_channels)]
@@ -1123,6 +1267,7 @@ def _signatures(used: _Used) -> list[str]:
         shape = {
             "MixConv": "kernels, stride, paddings, expand_groups, project_groups,",
             "CondConv": "kernel, stride, padding, experts,",
+            "UniversalInvertedResidual": "kernels, strides, paddings,",
         }.get(name, "kernel, stride, padding,")
         options = [
             *([" gate="] if name != "ConvBlock" and used.gates not in ((), ("sigmoid",)) else []),
@@ -1130,6 +1275,8 @@ def _signatures(used: _Used) -> list[str]:
             *([" groups="] if used.grouped and name in _DEFAULT_GROUPS else []),
             *([" norm="] if (used.unnormalised or used.norms) and name in _NORM_BLOCKS else []),
             *([" norm_size="] if used.norms and name in _NORM_BLOCKS else []),
+            *([" layer_scale="] if name == "UniversalInvertedResidual" and used.layer_scale
+              else []),
         ]
         more = f",{','.join(options)}" if options else ""
         lines += [

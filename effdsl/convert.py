@@ -49,7 +49,17 @@ from typing import Any
 
 from effdsl import ast
 from effdsl.errors import CheckpointError
-from effdsl.plan import BlockPlan, ConvOp, MixedConvOp, Op, Plan, RoutingOp, SqueezeExciteOp, lower
+from effdsl.plan import (
+    BlockPlan,
+    ConvOp,
+    LayerScaleOp,
+    MixedConvOp,
+    Op,
+    Plan,
+    RoutingOp,
+    SqueezeExciteOp,
+    lower,
+)
 
 LIBRARIES = ("torchvision", "timm")
 
@@ -135,6 +145,8 @@ def _op_entries(op: Op, names: Mapping[str, str]) -> Iterator[Entry]:
         yield from _bn_entries(f"{op.path}.bn", names["bn"], op.out_channels)
     elif isinstance(op, RoutingOp):
         yield from _affine_entries(op.path, names["routing"], (op.experts, op.channels))
+    elif isinstance(op, LayerScaleOp):
+        yield Entry(f"{op.path}.gamma", f"{names['layer_scale']}.gamma", (op.channels,))
     else:
         yield from _affine_entries(
             f"{op.path}.reduce", names["reduce"], (op.squeeze, op.channels, 1, 1)
@@ -153,6 +165,12 @@ def _torchvision_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
     `1` batch norm; SqueezeExcitation: `fc1`, `fc2`)."""
 
     def children(op: Op, prefix: str) -> dict[str, str]:
+        if isinstance(op, LayerScaleOp) or op.role in ("start", "end"):
+            raise CheckpointError(
+                f"torchvision has no universal inverted bottleneck like `{op.path}` "
+                "(MobileNetV4)",
+                hint="convert timm checkpoints of such networks with source='timm'",
+            )
         if isinstance(op, MixedConvOp | RoutingOp) or (isinstance(op, ConvOp) and op.experts):
             raise CheckpointError(
                 f"torchvision has no {type(op).__name__} like `{op.path}` ("
@@ -205,15 +223,31 @@ def _timm_conv_name(block: BlockPlan, op: ConvOp | MixedConvOp) -> str:
     return "conv_dw" if op.role == "depthwise" else "conv"
 
 
+#: timm's `UniversalInvertedResidual` (MobileNetV4): each conv a ConvNormAct (`conv`, `bn`).
+_TIMM_UIR = {
+    "start": "dw_start",
+    "expand": "pw_exp",
+    "depthwise": "dw_mid",
+    "project": "pw_proj",
+    "end": "dw_end",
+}
+
+
 def _timm_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
     """timm: `conv_stem`/`bn1`, `blocks.i.j`, `conv_head`/`bn2`; inside a block the batch
-    norms are numbered `bn1`, `bn2`, ... in forward order and the SE module is `se`."""
+    norms are numbered `bn1`, `bn2`, ... in forward order and the SE module is `se`; a
+    universal inverted bottleneck's convs are ConvNormAct modules named by `_TIMM_UIR`."""
     yield plan.stem, {"conv": "conv_stem", "bn": "bn1"}
     for block in plan.blocks():
         prefix = f"blocks.{block.stage}.{block.index}"
         convs = 0
         for op in block.ops:
-            if isinstance(op, SqueezeExciteOp):
+            if isinstance(op, LayerScaleOp):
+                yield op, {"layer_scale": f"{prefix}.layer_scale"}
+            elif block.kind == "uir" and op.role in _TIMM_UIR:
+                module = f"{prefix}.{_TIMM_UIR[op.role]}"
+                yield op, {"conv": f"{module}.conv", "bn": f"{module}.bn"}
+            elif isinstance(op, SqueezeExciteOp):
                 yield (
                     op,
                     {"reduce": f"{prefix}.se.conv_reduce", "expand": f"{prefix}.se.conv_expand"},

@@ -6,7 +6,8 @@ Conventions, chosen so that the numbers equal what PyTorch reports for the built
   the norm's weight and bias (`2 · out`, batch, group or layer norm; running statistics are
   buffers, not parameters; EvoNorm-S0 with its non-linearity also has `v`, `3 · out`) or a
   conv's bias where it has no norm, SE convs and CondConv's routing layer with their biases, the
-  linear layer with its bias. Exactly `sum(p.numel() for p in model.parameters())`.
+  linear layer with its bias, layer scale's factors. Exactly
+  `sum(p.numel() for p in model.parameters())`.
 - **MACs** (multiply-accumulates): convolutions (`out_h · out_w · out · in/groups · k²`, SE convs
   on their 1×1 input) and the linear layer (`in · classes`), per image. A MixConv counts each
   slice's conv; a CondConv conv also counts mixing its E expert kernels (`E · weights`, a matrix
@@ -29,6 +30,7 @@ from effdsl.arguments import checked
 from effdsl.plan import (
     ClassifierPlan,
     ConvOp,
+    LayerScaleOp,
     MixedConvOp,
     Op,
     Plan,
@@ -84,6 +86,8 @@ def op_cost(op: Op, bytes_per_element: int = 4) -> Cost:
     if isinstance(op, RoutingOp):
         weights = op.channels * op.experts
         return Cost(weights + op.experts, weights, op.experts * bytes_per_element)
+    if isinstance(op, LayerScaleOp):  # an elementwise product: no MACs, as FlopCounterMode
+        return Cost(op.channels, 0, op.channels * op.size * op.size * bytes_per_element)
     assert isinstance(op, SqueezeExciteOp)
     reduce = op.channels * op.squeeze + op.squeeze
     expand = op.squeeze * op.channels + op.channels

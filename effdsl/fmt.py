@@ -58,7 +58,7 @@ def quote(text: str) -> str:
 
 
 def _value(name: str, value: object) -> str:
-    if name == "se" and value == 0.0:
+    if name in ("se", "layer_scale") and value == 0.0:
         return "none"
     if isinstance(value, str):
         return quote(value)

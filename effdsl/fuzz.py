@@ -105,6 +105,7 @@ network tiny {
   stage mixconv      e3 k3.5.7 s2 c32 x2 expand_groups=2 project_groups=2
   stage condconv     e4 k5 s1 c32 x1 experts=4
   stage mbconv       e4 k3 s1 c32 x1 group_size=8 norm=group norm_group_size=8
+  stage uir          e4 k0 s2 c32 x2 dw_start=5 dw_end=3 layer_scale=1e-5
   head  conv            k1 s1 c64
   classifier dropout=0.2 classes=10
 }
@@ -133,6 +134,7 @@ WORDS = (
     "conv", "mbconv", "fused_mbconv", "mixconv", "condconv", "separable", "k3.5.7",
     "k3.5.7.9.11.13.15.17", "k3.5.", "k.3", "k3..5", "k1.0.1", "e6.5.7", "experts=4", "experts=1",
     "experts=65",
+    "uir", "k0", "dw_start=3", "dw_end=5", "dw_start=0", "layer_scale=1e-5", "layer_scale=none",
     "expand_groups=2", "project_groups=64", "project_groups=0", "kernel=3.5",
     "group_size=8", "group_size=0", "group_size=5", "norm=group", "norm=evonorm", "norm=layer",
     "norm_group_size=8", "norm_group_size=3", "norm_group_size=4097",
@@ -490,6 +492,14 @@ def random_block(rng: random.Random, keyword: str) -> str:
         extra.append("expand_groups=" + _pick(rng, (1, 2, 3), (0, 64, 65)))
     if kind == "mixconv" and rng.random() < 0.5:
         extra.append("project_groups=" + _pick(rng, (1, 2), (0, 100)))
+    if keyword in lines and (kind == "uir" or rng.random() < 0.02):  # an error elsewhere
+        for attribute in ("dw_start", "dw_end"):
+            if rng.random() < 0.5:
+                extra.append(f"{attribute}=" + _pick(rng, (3, 5), (0, 2, 101)))
+    if kind == "uir" and rng.random() < 0.3:  # no middle depthwise conv
+        shape = [part if not part.startswith("k") else "k0" for part in shape]
+    if (kind == "uir" or rng.random() < 0.02) and rng.random() < 0.3:
+        extra.append("layer_scale=" + _pick(rng, (1e-5, "none", 0.1), (-1, 1001)))
     if kind == "condconv" or rng.random() < 0.005:  # required there, an error elsewhere
         extra.append("experts=" + _pick(rng, (2, 4, 8), (1, 64, 65)))
     if kind != "conv" and rng.random() < 0.4:

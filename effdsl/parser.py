@@ -263,6 +263,8 @@ def convert(field_name: str, annotation: Any, word: Word, shown: str | None = No
         if value == 0:
             raise _Bad("se must be > 0", "write `se=none` to turn squeeze-and-excitation off")
         return value
+    if field_name == "layer_scale" and word.text == "none":
+        return 0.0
     if field_name == "kernel":
         return _kernel(word)
     if get_origin(kind) is Literal:

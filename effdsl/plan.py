@@ -223,7 +223,39 @@ class RoutingOp:
         return self.size
 
 
-Op = ConvOp | MixedConvOp | SqueezeExciteOp | RoutingOp
+@dataclass(frozen=True)
+class LayerScaleOp:
+    """Layer scale: the tensor times a learnt per-channel factor `gamma`, initialised to `init`
+    (MobileNetV4's blocks, before the residual sum).
+
+    The module at `path` holds the parameter `gamma` (`channels` values).
+    """
+
+    path: str
+    channels: int
+    init: float
+    size: int
+
+    role: str = field(default="layer_scale", init=False)
+
+    @property
+    def in_channels(self) -> int:
+        return self.channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.channels
+
+    @property
+    def in_size(self) -> int:
+        return self.size
+
+    @property
+    def out_size(self) -> int:
+        return self.size
+
+
+Op = ConvOp | MixedConvOp | SqueezeExciteOp | RoutingOp | LayerScaleOp
 
 
 @dataclass(frozen=True)
@@ -378,6 +410,7 @@ class _Options:
     se_gate: str
     norm: str
     norm_group_size: int | None
+    layer_scale: float
 
 
 def _options(block: ast.Block, defaults: ast.Defaults) -> _Options:
@@ -617,6 +650,57 @@ def _block_ops(
     return tuple(ops)
 
 
+def _uir_ops(
+    path: str,
+    line: ast.Line,
+    in_channels: int,
+    mid: int,
+    se_channels: int,
+    stride: int,
+    size: int,
+    options: _Options,
+) -> tuple[Op, ...]:
+    """MobileNetV4's universal inverted bottleneck: a depthwise conv before the expansion
+    (`dw_start`, no activation), the 1×1 expansion, the middle depthwise conv (`k`; k0: none),
+    squeeze-and-excitation, the 1×1 projection, a depthwise conv after it (`dw_end`, no
+    activation), then layer scale. The first depthwise conv there is takes the stride, in the
+    order middle, start, end (timm's `UniversalInvertedResidual`)."""
+    kernel = line.kernel if isinstance(line.kernel, int) else line.kernel[0]
+    start_stride = stride if not kernel else 1
+    end_stride = stride if not (kernel or line.dw_start) else 1
+    ops: list[Op] = []
+    if line.dw_start:
+        start = _conv(
+            f"{path}.start", "start", in_channels, in_channels, line.dw_start, start_stride,
+            size, options, groups=in_channels, act=False,
+        )
+        ops.append(start)
+        size = start.out_size
+    ops.append(_conv(f"{path}.expand", "expand", in_channels, mid, 1, 1, size, options))
+    if kernel:
+        depthwise = _conv(
+            f"{path}.depthwise", "depthwise", mid, mid, kernel, stride, size, options, groups=mid
+        )
+        ops.append(depthwise)
+        size = depthwise.out_size
+    if se_channels:
+        se_act = _act(options.se_act if options.se_act is not None else options.act)
+        ops.append(SqueezeExciteOp(f"{path}.se", mid, se_channels, se_act, size, options.se_gate))
+    ops.append(
+        _conv(f"{path}.project", "project", mid, line.channels, 1, 1, size, options, act=False)
+    )
+    if line.dw_end:
+        end = _conv(
+            f"{path}.end", "end", line.channels, line.channels, line.dw_end, end_stride, size,
+            options, groups=line.channels, act=False,
+        )
+        ops.append(end)
+        size = end.out_size
+    if options.layer_scale:
+        ops.append(LayerScaleOp(f"{path}.layer_scale", line.channels, options.layer_scale, size))
+    return tuple(ops)
+
+
 def check_blocks(network: ast.Network, max_blocks: int = MAX_BLOCKS) -> int:
     """The number of blocks of `network`; more than `max_blocks` is a `LimitError`."""
     if isinstance(max_blocks, bool) or not isinstance(max_blocks, int | float):
@@ -769,6 +853,17 @@ def lower(
                         divisor=options.se_divisor,
                         round_limit=network.scaling.round_limit,
                     )
+                elif line.kind == "uir":  # the expansion conv is always there, rounded as timm's
+                    mid = line.mid if line.mid is not None else make_divisible(
+                        channels * line.expand
+                    )
+                    se_channels = squeeze_channels(
+                        channels,
+                        options.se,
+                        mid_channels=mid,
+                        source=options.se_from,
+                        divisor=options.se_divisor,
+                    )
                 else:
                     mid = expanded_channels(channels, line.expand, line.mid)
                     se_channels = squeeze_channels(
@@ -780,20 +875,23 @@ def lower(
                         round_limit=network.scaling.round_limit,
                     )
                 path = f"stages.{s}.blocks.{b}"
-                groups = _spatial_groups(line, defaults, channels, mid)
-                ops = _block_ops(
-                    path,
-                    line.kind,
-                    channels,
-                    line.channels,
-                    mid,
-                    se_channels,
-                    _Layout.of(line, groups),
-                    stride,
-                    size,
-                    options,
-                    line.full,
-                )
+                if line.kind == "uir":
+                    ops = _uir_ops(path, line, channels, mid, se_channels, stride, size, options)
+                else:
+                    groups = _spatial_groups(line, defaults, channels, mid)
+                    ops = _block_ops(
+                        path,
+                        line.kind,
+                        channels,
+                        line.channels,
+                        mid,
+                        se_channels,
+                        _Layout.of(line, groups),
+                        stride,
+                        size,
+                        options,
+                        line.full,
+                    )
                 _check_slices(line, ops)
                 _check_norms(line, ops)
                 # a separable block has no residual connection (MobileNetV1, timm's `dsa`)

@@ -34,6 +34,7 @@ from effdsl.files import atomic_path, atomic_write
 from effdsl.plan import (
     BlockPlan,
     ConvOp,
+    LayerScaleOp,
     MixedConvOp,
     Op,
     Plan,
@@ -88,6 +89,7 @@ PALETTE: dict[str, Swatch] = {
     "mixconv": Swatch("#fbf3c4", "#a88a12", "MixConv"),
     "condconv": Swatch("#f5d9ec", "#a4497f", "CondConv"),
     "separable": Swatch("#e3ecf7", "#4f6f9a", "SepConv"),
+    "uir": Swatch("#efe3d3", "#8a6234", "UIB"),
     "head": Swatch("#d3eeea", "#2a8579", "head"),
     "classifier": Swatch("#f6d5d5", "#b04848", "classifier"),
     "add": Swatch("#ffffff", "#777777", "residual add"),
@@ -101,6 +103,7 @@ STAGE_TINT: dict[str, str] = {
     "mixconv": "#fffcea",
     "condconv": "#fdf3f9",
     "separable": "#f4f7fb",
+    "uir": "#fcf8f2",
 }
 BLOCK_TINT = "#ffffff"
 
@@ -520,9 +523,9 @@ def stage_summary(stage: StagePlan) -> str:
     gate = "/".join(gate_name(name) for name in gates)
     se = f" · SE {stage.se:g} {gate}" if stage.se else (f" · SE {gate}" if gates else "")
     acts = "/".join(dict.fromkeys(activation(block.act) for block in stage.blocks))
-    kernel = kernel_text(stage.kernel)
+    kernel = block_kernels(stage.blocks[0])
     more = f" · +{stage.lines - 1} line{'s' if stage.lines > 2 else ''}" if stage.lines > 1 else ""
-    return f"{kind_name(stage.kind, stage.expand)} k{kernel} s{stage.stride} · {acts}{se}{more}"
+    return f"{kind_name(stage.kind, stage.expand)} {kernel} s{stage.stride} · {acts}{se}{more}"
 
 
 def se_gate(block: BlockPlan) -> str:
@@ -580,7 +583,16 @@ def stage_box_part(
 def block_title(block: BlockPlan) -> str:
     stride = f" s{block.stride}" if block.stride > 1 else ""
     kind = kind_name(block.kind, block.expand)
-    return f"{block.stage}.{block.index} {kind} k{kernel_text(block.kernel)}{stride}"
+    return f"{block.stage}.{block.index} {kind} {block_kernels(block)}{stride}"
+
+
+def block_kernels(block: BlockPlan) -> str:
+    """`k3`, `k3.5.7` (mixed), or a universal inverted bottleneck's depthwise kernels before,
+    between and after its 1×1 convs, `–` where it has none: `dw 3·5·–`."""
+    if block.kind != "uir":
+        return f"k{kernel_text(block.kernel)}"
+    kernels = {op.role: op.kernel for op in block.ops if isinstance(op, ConvOp)}
+    return "dw " + "·".join(str(kernels.get(role, "–")) for role in ("start", "depthwise", "end"))
 
 
 def add_part(block: BlockPlan, prefix: str) -> Box:
@@ -694,6 +706,8 @@ def op_rows(op: Op) -> tuple[Row, ...]:
             title(f"routing · {op.experts} experts"),
             body(f"avgpool → FC {op.channels} → {op.experts} · sigmoid"),
         )
+    if isinstance(op, LayerScaleOp):
+        return (title("layer scale"), body(f"{op.channels} ch × γ · init {op.init:g}"))
     stride = f" s{op.stride}" if op.stride > 1 else ""
     if isinstance(op, MixedConvOp):
         kernels = " | ".join(f"{k}×{k}" for k in op.kernels)

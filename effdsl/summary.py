@@ -24,6 +24,7 @@ BLOCK_NAMES = {
     "mixconv": "MixConv",
     "condconv": "CondConv",
     "separable": "SepConv",
+    "uir": "UIB",
 }
 
 

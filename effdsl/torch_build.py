@@ -35,6 +35,7 @@ from effdsl.limits import Limits, check_plan
 from effdsl.plan import (
     BlockPlan,
     ConvOp,
+    LayerScaleOp,
     MixedConvOp,
     Op,
     Plan,
@@ -329,6 +330,18 @@ class CondConvBNAct(nn.Module):
         return out
 
 
+class LayerScale(nn.Module):
+    """Layer scale: each channel times a learnt factor `gamma` (a `LayerScaleOp`)."""
+
+    def __init__(self, op: LayerScaleOp) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((op.channels,), op.init))
+        self.init = op.init
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma.view(1, -1, 1, 1)  # N, C, H, W
+
+
 def layer(op: Op) -> nn.Module:
     if isinstance(op, ConvOp):
         return CondConvBNAct(op) if op.experts else conv_bn_act(op)
@@ -336,6 +349,8 @@ def layer(op: Op) -> nn.Module:
         return MixedConvBNAct(op)
     if isinstance(op, RoutingOp):
         return Routing(op)
+    if isinstance(op, LayerScaleOp):
+        return LayerScale(op)
     return SqueezeExcite(op)
 
 
@@ -357,8 +372,12 @@ def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
 
 # The order in which a block runs its ops; every block kind's ops are a subsequence of it
 # (mbconv: expand?, depthwise, se?, project; fused: expand, se?, project; conv: conv;
-# separable: depthwise, se?, pointwise; a condconv block starts with its routing function).
-OP_ORDER = ("routing", "conv", "expand", "depthwise", "se", "pointwise", "project")
+# separable: depthwise, se?, pointwise; uir: start?, expand, depthwise?, se?, project, end?,
+# layer_scale?; a condconv block starts with its routing function).
+OP_ORDER = (
+    "routing", "conv", "start", "expand", "depthwise", "se", "pointwise", "project", "end",
+    "layer_scale",
+)
 
 
 def _block_layers(block: BlockPlan) -> dict[str, nn.Module]:
@@ -388,11 +407,14 @@ class Block(nn.Module):
         # assigned in OP_ORDER, so state_dict keys come out in forward order
         self.routing = layers.get("routing")
         self.conv = layers.get("conv")
+        self.start = layers.get("start")
         self.expand = layers.get("expand")
         self.depthwise = layers.get("depthwise")
         self.se = layers.get("se")
         self.pointwise = layers.get("pointwise")
         self.project = layers.get("project")
+        self.end = layers.get("end")
+        self.layer_scale = layers.get("layer_scale")
         self.residual = block.residual
         self.drop_rate = block.drop_path
 
@@ -400,6 +422,8 @@ class Block(nn.Module):
         out = x
         if self.conv is not None:
             out = self.conv(out)  # N, C_out, H/s, W/s
+        if self.start is not None:
+            out = self.start(out)  # N, C_in, H/s, W/s (uir: depthwise before the expansion)
         if self.expand is not None:
             out = self.expand(out)  # N, C_mid, H (fused: H/s), W
         if self.depthwise is not None:
@@ -410,6 +434,10 @@ class Block(nn.Module):
             out = self.pointwise(out)  # N, C_out, H/s, W/s (separable: with its activation)
         if self.project is not None:
             out = self.project(out)  # N, C_out, H/s, W/s
+        if self.end is not None:
+            out = self.end(out)  # N, C_out, H/s, W/s (uir: depthwise after the projection)
+        if self.layer_scale is not None:
+            out = self.layer_scale(out)  # N, C_out, H/s, W/s
         return self._residual(out, x)
 
     def _residual(self, out: Tensor, x: Tensor) -> Tensor:
@@ -639,6 +667,8 @@ def initialise(model: nn.Module) -> None:
             bound = 1.0 / math.sqrt(module.out_features)
             nn.init.uniform_(module.weight, -bound, bound)
             nn.init.zeros_(module.bias)
+        elif isinstance(module, LayerScale):
+            nn.init.constant_(module.gamma, module.init)
 
 
 # ---- inference ------------------------------------------------------------------------------

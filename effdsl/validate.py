@@ -56,6 +56,16 @@ def validate_parts(
                     hint="remove `se=...` or use an mbconv or fused_mbconv block",
                 )
             )
+    for block in (*ends, *every_line, *lines):
+        if block.layer_scale and block.kind not in ast.LAYER_SCALED:
+            errors.append(
+                EffSemanticError(
+                    f"layer_scale applies to `uir` blocks, not `{block.kind}`",
+                    block.span_of("layer_scale"),
+                    hint="remove `layer_scale=...` here, or set it in `defaults`, where it "
+                    "applies to the uir blocks only",
+                )
+            )
     return sorted(errors, key=lambda e: (e.span.line, e.span.column) if e.span else (0, 0))
 
 

@@ -44,6 +44,7 @@ defaults = st.builds(
     norm=st.sampled_from(ast.NORMS),
     norm_group_size=st.one_of(maybe(), st.sampled_from([1, 2])),
     group_size=st.one_of(maybe(), st.sampled_from([1, 2])),
+    layer_scale=st.sampled_from([0.0, 1e-5]),
 )
 presets = st.builds(
     ast.Preset,
@@ -113,6 +114,15 @@ def lines(draw: st.DrawFn, line: type[ast.Line]) -> dict[str, object]:
         }
     elif kind == "condconv":
         kind_options = {"experts": draw(st.integers(2, 5))}
+    elif kind == "uir":  # each depthwise conv optional; one strides (timm: middle, start, end)
+        kernel = draw(st.sampled_from([0, 3, 5]))
+        kind_options = {
+            "dw_start": draw(st.one_of(maybe(), odd_kernels)),
+            "dw_end": draw(st.one_of(maybe(), odd_kernels)),
+            "layer_scale": draw(st.one_of(maybe(), st.just(0.0), st.sampled_from([1e-5, 0.5]))),
+        }
+        if not (kernel or kind_options["dw_start"] or kind_options["dw_end"]):
+            kernel = 3
     else:
         kind_options = {"group_size": draw(st.one_of(maybe(), st.sampled_from([1, 2, 4])))}
     fields: dict[str, object] = dict(

@@ -27,6 +27,9 @@ VALUE_DOCS = {
     "1×1 projection; with e = 1 a single k×k conv-BN-act.",
     ("kind", "separable"): "Depthwise-separable: depthwise k×k with the stride, optional SE, "
     "1×1 pointwise conv, both convs with their activation; no residual (MobileNetV1, LCNet).",
+    ("kind", "uir"): "Universal inverted bottleneck (MobileNetV4): optional depthwise "
+    "`dw_start` before the 1×1 expansion, the depthwise k×k (k0: none), optional SE, 1×1 "
+    "projection, optional depthwise `dw_end`, optional layer scale.",
     ("act", "silu"): "SiLU (swish): x · sigmoid(x).",
     ("act", "relu"): "ReLU: max(x, 0).",
     ("act", "relu6"): "ReLU6: min(max(x, 0), 6).",

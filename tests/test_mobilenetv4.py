@@ -1,0 +1,204 @@
+"""MobileNetV4 against timm, and its universal inverted bottleneck (`uir`) through every backend.
+
+The specs are followed through the plan as in `test_family`: parameters and MACs on the `meta`
+device, the converted timm checkpoint's layout, and logits (float64, randomised batch-norm
+statistics) at a low resolution.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import effdsl
+import effdsl.codegen
+from effdsl.convert import convert_state_dict
+from effdsl.render import to_dot
+
+from .test_family import Twin, assert_same_logits, layout, macs, params
+from .test_torch_build import randomise_batch_norm
+
+TWINS = [
+    Twin("mobilenetv4-conv-small.eff", "small_100", "mobilenetv4_conv_small"),
+    Twin("mobilenetv4-conv-small.eff", "small_050", "mobilenetv4_conv_small_050"),
+    Twin("mobilenetv4-conv-small.eff", "small_035", "mobilenetv4_conv_small_035"),
+    Twin("mobilenetv4-conv-medium.eff", None, "mobilenetv4_conv_medium"),
+]
+
+
+@pytest.mark.parametrize("twin", TWINS, ids=str)
+def test_counts_and_layout_equal_timm(twin: Twin) -> None:
+    network = twin.network(resolution=96)
+    report = effdsl.cost(effdsl.lower(network))
+    with torch.device("meta"):
+        theirs = timm.create_model(twin.timm).eval()  # its head's batch norm sees a 1×1 map
+        ours = effdsl.build(network).eval()
+        assert report.params == params(ours) == params(theirs)
+        assert report.macs == macs(ours, 96) == macs(theirs, 96)
+        converted = convert_state_dict(theirs.state_dict(), network=network, source="timm")
+    assert [(key, tuple(t.shape)) for key, t in converted.items()] == layout(ours)
+
+
+def test_counts_at_224_are_the_papers() -> None:
+    """At 224 px, as timm counts them (the paper's Table: 3.8M/0.2G and 9.2M/1.0G MACs)."""
+    small = effdsl.cost(effdsl.lower(TWINS[0].network()))
+    medium = effdsl.cost(effdsl.lower(TWINS[3].network()))
+    assert (small.params, small.macs) == (3_774_024, 186_005_568)
+    assert (medium.params, medium.macs) == (9_715_512, 827_649_984)
+
+
+@pytest.mark.slow  # float64 depthwise convs take PyTorch's slow path on a CPU: 15-60 s each
+@pytest.mark.parametrize("twin", [TWINS[0], TWINS[3]], ids=str)
+def test_timm_weights_give_the_same_logits(twin: Twin) -> None:
+    # 32 px: every stage still has a map (1×1 at the end); float64 depthwise convs are slow
+    assert_same_logits(timm.create_model(twin.timm), twin.network(resolution=32), "timm")
+
+
+# ---- the universal inverted bottleneck through every backend --------------------------------
+
+#: Each form of the block once: ExtraDW (start and middle), IB (middle), ConvNeXt-like (start,
+#: striding), FFN (neither), a block striding with its end conv, SE, layer scale from the
+#: defaults and turned off on one line, a block without norm, TF's SAME padding.
+UIR = """\
+network uir {
+  input    size=33 channels=3
+  defaults act=relu layer_scale=1e-5 padding=same
+
+  stem  conv    k3 s2 c16
+  stage uir  e4 k5 s2 c24 dw_start=3
+  block uir  e2 k3 s1 c24 se=0.25 layer_scale=none
+  stage uir  e4 k0 s2 c32 dw_start=5
+  block uir  e2 k0 s1 c32
+  stage uir  e3 k0 s2 c40 dw_end=3 norm=none
+  block uir  e4 k3 s1 c40 dw_start=3 dw_end=5
+  head  conv    k1 s1 c64 pool=first
+  classifier dropout=0.1 classes=10
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def uir() -> effdsl.Network:
+    return effdsl.parse(UIR)
+
+
+def trained(network: effdsl.Network) -> nn.Module:
+    torch.manual_seed(0)
+    model = effdsl.build(network)
+    randomise_batch_norm(model)
+    for name, parameter in model.named_parameters():
+        if name.endswith("gamma"):  # layer scale at 1e-5 would hide the rest of the block
+            nn.init.uniform_(parameter, 0.5, 1.5)
+    return model.eval()
+
+
+def test_the_plan_lowers_each_form_once(uir: effdsl.Network) -> None:
+    plan = effdsl.lower(uir)
+    roles = [[op.role for op in block.ops] for block in plan.blocks()]
+    assert roles == [
+        ["start", "expand", "depthwise", "project", "layer_scale"],
+        ["expand", "depthwise", "se", "project"],
+        ["start", "expand", "project", "layer_scale"],
+        ["expand", "project", "layer_scale"],
+        ["expand", "project", "end", "layer_scale"],
+        ["start", "expand", "depthwise", "project", "end", "layer_scale"],
+    ]
+    first, _, convnext, _, ending, _ = plan.blocks()
+    # the middle conv strides when there is one, else the start conv, else the end conv
+    assert [op.stride for op in first.ops[:3]] == [1, 1, 2]
+    assert convnext.ops[0].stride == 2 and ending.ops[2].stride == 2
+    assert first.ops[0].act is None and first.ops[1].act == "relu"  # the extra dw: no act
+    assert first.mid_channels == 64 and not first.residual
+    assert plan.blocks()[1].se_channels == 6  # a quarter of its 24 input channels
+    assert plan.blocks()[3].residual
+    assert {op.norm for op in ending.ops if op.role != "layer_scale"} == {"none"}
+
+
+def test_build_codegen_and_cost_agree(uir: effdsl.Network, tmp_path: Path) -> None:
+    plan = effdsl.lower(uir)
+    model = trained(uir)
+    assert effdsl.cost(plan).params == params(model)
+    assert effdsl.cost(plan).macs == macs(model, 33)
+    path = tmp_path / "uir.py"
+    path.write_text(effdsl.codegen.to_python(plan), encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("uir_generated", path)
+    assert spec is not None and spec.loader is not None
+    generated = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generated)
+    twin = getattr(generated, effdsl.codegen.class_name(plan))().eval()
+    assert layout(twin) == layout(model)
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 33, 33)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), model(x))
+
+
+def test_inference_folding_features_and_graph_capture(uir: effdsl.Network) -> None:
+    model = trained(uir)
+    x = torch.randn(2, 3, 33, 33)
+    with torch.no_grad():
+        expected = model(x)
+        fast = effdsl.optimize_for_inference(model)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+        torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-5)
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(x), expected)
+        exported = torch.export.export(model, (x,))
+        torch.testing.assert_close(exported.module()(x), expected)
+    features = effdsl.build(uir, features_only=True).eval()
+    with torch.no_grad():
+        shapes = [tuple(f.shape) for f in features(x)]
+    assert shapes == [(2, 24, 9, 9), (2, 32, 5, 5), (2, 40, 3, 3)]
+
+
+def test_converts_to_timm_names_and_back(uir: effdsl.Network) -> None:
+    model = trained(uir)
+    theirs = convert_state_dict(model.state_dict(), network=uir, target="timm")
+    assert "blocks.0.0.dw_start.conv.weight" in theirs
+    assert "blocks.0.0.dw_mid.bn.running_var" in theirs
+    assert "blocks.2.0.dw_end.conv.weight" in theirs
+    assert "blocks.2.1.layer_scale.gamma" in theirs
+    assert "blocks.0.1.se.conv_reduce.weight" in theirs
+    back = convert_state_dict(theirs, network=uir, source="timm")
+    assert list(back) == list(model.state_dict())
+    with pytest.raises(effdsl.EffError, match="torchvision has no universal inverted"):
+        convert_state_dict(model.state_dict(), network=uir, target="torchvision")
+
+
+def test_format_round_trip(uir: effdsl.Network) -> None:
+    text = effdsl.format(uir)
+    assert "layer_scale=none" in text and "k0" in text and "dw_end=3" in text
+    assert effdsl.parse(text) == uir and effdsl.format(effdsl.parse(text)) == text
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("stage mbconv e4 k3 s1 c40 dw_start=3", "dw_start applies to `uir` blocks"),
+        ("stage mbconv e4 k3 s1 c40 dw_end=3", "dw_end applies to `uir` blocks"),
+        ("stage mbconv e4 k0 s1 c40", "`k0`, no middle depthwise conv, is for `uir`"),
+        ("stage uir e4 k0 s2 c40", "a strided `uir` block needs a depthwise conv"),
+        ("stage uir e4 k3 s1 c40 dw_start=4", "kernel must be odd"),
+        ("stage uir e4 k3 s1 c40 full=yes", "`full=` is for mbconv and fused_mbconv"),
+        ("stage mbconv e4 k3 s1 c40 layer_scale=0.1", "layer_scale applies to `uir` blocks"),
+    ],
+)
+def test_located_errors(line: str, message: str) -> None:
+    spec = UIR.replace("  stage uir  e3 k0 s2 c40 dw_end=3 norm=none", "  " + line)
+    with pytest.raises(effdsl.EffError) as caught:
+        effdsl.parse(spec, "uir.eff")
+    errors = getattr(caught.value, "errors", (caught.value,))
+    found = [e for e in errors if message in e.message]
+    assert found and all(e.span is not None and e.span.line == 10 for e in found), errors
+
+
+def test_drawn_with_its_depthwise_kernels_and_layer_scale(uir: effdsl.Network) -> None:
+    dot = to_dot(effdsl.lower(uir), detail="layer")
+    assert "UIB4 dw 3·5·– s2" in dot  # its depthwise kernels before, between, after the 1×1s
+    assert "UIB3 dw –·–·3 s2" in dot and "UIB2 dw –·–·–" in dot
+    assert "layer scale" in dot and "start 3×3" in dot and "end 3×3 s2" in dot
