@@ -32,7 +32,9 @@ from pydantic.json_schema import SkipJsonSchema
 from effdsl.errors import EffSemanticError, Span
 
 Activation = Literal["silu", "relu", "relu6", "hardswish", "gelu", "hard_sigmoid", "none"]
-BlockKind = Literal["conv", "mbconv", "fused_mbconv", "mixconv", "condconv", "separable", "uir"]
+BlockKind = Literal[
+    "conv", "mbconv", "fused_mbconv", "mixconv", "condconv", "separable", "uir", "mqa"
+]
 Padding = Literal["symmetric", "same"]
 Fix = Literal["none", "depth", "width", "all"]
 Gate = Literal["sigmoid", "hard_sigmoid"]
@@ -42,7 +44,11 @@ HeadPool = Literal["last", "first"]
 DepthRound = Literal["up", "nearest"]
 
 #: The block kinds whose output a layer scale may multiply.
-LAYER_SCALED: tuple[str, ...] = ("uir",)
+LAYER_SCALED: tuple[str, ...] = ("uir", "mqa")
+#: The block kinds without an expansion ratio (no `e`, `mid=` or `full=`).
+UNEXPANDED: tuple[str, ...] = ("conv", "separable", "mqa")
+MAX_HEADS = 1024
+MAX_KV_STRIDE = 8
 
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 BLOCK_KINDS: tuple[str, ...] = get_args(BlockKind)
@@ -351,8 +357,8 @@ class Block(BlockOptions):
 
     kind: BlockKind = Field(
         description="`conv`, `mbconv`, `fused_mbconv`, `mixconv` (mixed-kernel depthwise), "
-        "`condconv` (per-sample expert kernels), `separable` (depthwise-separable) or `uir` "
-        "(MobileNetV4's universal inverted bottleneck)."
+        "`condconv` (per-sample expert kernels), `separable` (depthwise-separable), `uir` "
+        "(MobileNetV4's universal inverted bottleneck) or `mqa` (multi-query attention)."
     )
     expand: float = Field(default=1.0, ge=1.0, le=MAX_EXPAND, description="Expansion ratio (e).")
     kernel: Kernel = Field(
@@ -424,9 +430,9 @@ class Block(BlockOptions):
 
     @model_validator(mode="after")
     def _conv_has_no_expansion(self) -> Block:
-        if self.kind in ("conv", "separable") and self.expand != 1.0:
+        if self.kind in UNEXPANDED and self.expand != 1.0:
             raise ValueError(
-                f"a `{self.kind}` block has no expansion ratio; use mbconv or fused_mbconv"
+                f"a `{self.kind}` block has no expansion ratio; use mbconv, fused_mbconv or uir"
             )
         return self
 
@@ -564,11 +570,11 @@ class Line(Block):
     @model_validator(mode="after")
     def _expanded_width_once(self) -> Line:
         if self.mid is not None:
-            if self.kind in ("conv", "separable"):
+            if self.kind in UNEXPANDED:
                 raise ValueError(f"a `{self.kind}` block has no expanded width; remove `mid=`")
             if "expand" in self.model_fields_set and self.expand != 1.0:
                 raise ValueError("give the expansion as a ratio (e) or a width (mid=), not both")
-        if self.full and self.kind in ("conv", "separable"):
+        if self.full and self.kind in UNEXPANDED:
             raise ValueError(f"a `{self.kind}` block has no expansion; remove `full=`")
         if self.full and self.kind in ("mixconv", "condconv", "uir"):
             raise ValueError(f"`full=` is for mbconv and fused_mbconv, not `{self.kind}`")
@@ -583,6 +589,54 @@ class Line(Block):
                 f"a `{kind}` block takes no group_size: its convs are cut by kernel or expert"
             )
         return size
+
+    heads: int | None = Field(
+        default=None,
+        validate_default=True,
+        ge=1,
+        le=MAX_HEADS,
+        description="`mqa`: the number of query heads (all share one key and one value).",
+    )
+    key_dim: int | None = Field(
+        default=None,
+        validate_default=True,
+        ge=1,
+        le=MAX_CHANNELS,
+        description="`mqa`: the width of each query head and of the shared key.",
+    )
+    value_dim: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CHANNELS,
+        description="`mqa`: the width of the shared value (and of each head's output); unset: "
+        "`key_dim`.",
+    )
+    kv_stride: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_KV_STRIDE,
+        description="`mqa`: downsample the keys and values by a depthwise k×k conv of this "
+        "stride (with batch norm) before their projections; 1: none.",
+    )
+
+    @field_validator("heads", "key_dim", "value_dim")
+    @classmethod
+    def _attention_is_mqa(cls, value: int | None, info: ValidationInfo) -> int | None:
+        kind = info.data.get("kind")
+        if value is not None and kind not in (None, "mqa"):
+            raise ValueError(f"{info.field_name} applies to `mqa` blocks, not `{kind}`")
+        if value is None and kind == "mqa" and info.field_name != "value_dim":
+            example = "heads=4" if info.field_name == "heads" else "key_dim=64"
+            raise ValueError(f"an `mqa` block needs its {info.field_name}, e.g. `{example}`")
+        return value
+
+    @field_validator("kv_stride")
+    @classmethod
+    def _kv_stride_is_mqa(cls, stride: int, info: ValidationInfo) -> int:
+        kind = info.data.get("kind")
+        if stride != 1 and kind not in (None, "mqa"):
+            raise ValueError(f"kv_stride applies to `mqa` blocks, not `{kind}`")
+        return stride
 
     @field_validator("dw_start", "dw_end")
     @classmethod
@@ -604,6 +658,11 @@ class Line(Block):
             raise ValueError(
                 "a strided `uir` block needs a depthwise conv to stride: give `k` (not k0), "
                 "`dw_start=` or `dw_end=`"
+            )
+        if self.kind == "mqa" and self.stride != 1:
+            raise ValueError(
+                "an `mqa` block keeps the map size: write it `s1` (downsample its keys and "
+                "values with `kv_stride=`)"
             )
         return self
 

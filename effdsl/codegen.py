@@ -25,16 +25,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from effdsl.arguments import checked
-from effdsl.ast import kernel_text
+from effdsl.ast import UNEXPANDED, kernel_text
 from effdsl.cost import cost
 from effdsl.errors import BuildError
 from effdsl.plan import (
+    AttentionOp,
     BlockPlan,
     ConvOp,
     LayerScaleOp,
     MixedConvOp,
+    NormOp,
     Plan,
-    RoutingOp,
     SqueezeExciteOp,
     StagePlan,
 )
@@ -80,7 +81,7 @@ BLOCK_CLASSES = {
 #: The block classes in the order they are defined.
 BLOCK_ORDER = (
     "ConvBlock", "MBConv", "FusedMBConv", "MixConv", "CondConv", "SeparableConv",
-    "UniversalInvertedResidual",
+    "UniversalInvertedResidual", "AttentionBlock",
 )
 
 # Names the generated module may define besides the model class.
@@ -96,7 +97,7 @@ _FIXED_NAMES = (
 )
 _OPTIONAL_NAMES = (
     "SqueezeExcite", "GATES", "MixedConvBNAct", "mixed_conv", "Routing", "CondConvBNAct",
-    "norm_layer", "LayerNorm2d", "EvoNormS0", "LayerScale", *BLOCK_ORDER,
+    "norm_layer", "LayerNorm2d", "EvoNormS0", "LayerScale", "MultiQueryAttention", *BLOCK_ORDER,
 )
 
 
@@ -156,6 +157,7 @@ def top_level_names(plan: Plan) -> frozenset[str]:
         "LayerNorm2d": "layer" in used.norms,
         "EvoNormS0": "evonorm" in used.norms,
         "LayerScale": used.layer_scale,
+        "MultiQueryAttention": "AttentionBlock" in used.blocks,
         **{block: block in used.blocks for block in BLOCK_ORDER},
     }
     return frozenset(
@@ -206,7 +208,7 @@ class _Used:
         acts = {
             op.act
             for op in ops
-            if not isinstance(op, RoutingOp | LayerScaleOp) and op.act is not None
+            if isinstance(op, ConvOp | MixedConvOp | SqueezeExciteOp) and op.act is not None
         }
         unknown = sorted(acts - ACTIVATION_MODULES.keys())
         if unknown:
@@ -255,6 +257,8 @@ def block_class(block: BlockPlan) -> str:
     """The generated class that builds `block`, from the roles of its ops."""
     if block.kind == "uir":  # its optional convs are arguments of one class
         return "UniversalInvertedResidual"
+    if block.kind == "mqa":
+        return "AttentionBlock"
     roles = tuple(op.role for op in block.ops)
     name = BLOCK_CLASSES.get((block.kind, roles))
     if name is None:
@@ -715,6 +719,87 @@ class UniversalInvertedResidual(nn.Module):
 {_RESIDUAL}'''
 
 
+def _attention(padding: str) -> str:
+    """Multi-query attention and the block around it (MobileNetV4's hybrid models)."""
+    return f'''\
+class MultiQueryAttention(nn.Module):
+    """Multi-query attention: `heads` queries per position attend over one shared key and one
+    shared value, each first downsampled by a depthwise conv with batch norm where
+    `kv_stride` > 1; the heads' outputs, concatenated head by head, are projected."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        heads: int,
+        key_dim: int,
+        value_dim: int,
+        kv_stride: int,
+        kernel: int,
+        padding: {padding},
+        eps: float,
+        momentum: float,
+    ) -> None:
+        super().__init__()
+        self.heads, self.key_dim, self.value_dim = heads, key_dim, value_dim
+        bn = dict(eps=eps, momentum=momentum)
+        # keys and values downsampled by depthwise convs where kv_stride > 1
+        down = (cin, cin, kernel, kv_stride, padding, cin)
+        self.query = nn.Conv2d(cin, heads * key_dim, 1, bias=False)
+        self.key_down = ConvBNAct(*down, **bn) if kv_stride > 1 else None
+        self.key = nn.Conv2d(cin, key_dim, 1, bias=False)
+        self.value_down = ConvBNAct(*down, **bn) if kv_stride > 1 else None
+        self.value = nn.Conv2d(cin, value_dim, 1, bias=False)
+        self.output = nn.Conv2d(heads * value_dim, cout, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        q = self.query(x).reshape(n, self.heads, self.key_dim, h * w).transpose(-1, -2)
+        k = x if self.key_down is None else self.key_down(x)
+        k = self.key(k).flatten(2).transpose(1, 2).unsqueeze(1)  # (N, 1, keys, key_dim)
+        v = x if self.value_down is None else self.value_down(x)
+        v = self.value(v).flatten(2).transpose(1, 2).unsqueeze(1)  # (N, 1, keys, value_dim)
+        weights = (q * self.key_dim**-0.5) @ k.transpose(-1, -2)  # (N, heads, h·w, keys)
+        out = weights.softmax(dim=-1) @ v  # (N, heads, h·w, value_dim)
+        out = out.transpose(1, 2).reshape(n, h, w, self.heads * self.value_dim)
+        return self.output(out.permute(0, 3, 1, 2))
+
+
+class AttentionBlock(nn.Module):
+    """Batch norm, multi-query attention, layer scale, then the residual."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        heads: int,
+        key_dim: int,
+        value_dim: int,
+        kv_stride: int,
+        kernel: int,
+        padding: {padding},
+        eps: float,
+        momentum: float,
+        drop_rate: float,
+        residual: bool,
+        layer_scale: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(cin, eps=eps, momentum=momentum)
+        self.attn = MultiQueryAttention(
+            cin, cout, heads, key_dim, value_dim, kv_stride, kernel, padding, eps, momentum
+        )
+        self.layer_scale = LayerScale(cout, layer_scale) if layer_scale else None
+        self.drop_rate = drop_rate
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.attn(self.norm(x))
+        if self.layer_scale is not None:
+            out = self.layer_scale(out)
+{_RESIDUAL}'''
+
+
 def _inverted_residual(name: str, used: _Used, padding: str) -> str:
     """MBConv or FusedMBConv: they differ in where the k×k conv is and what it sees."""
     norm_arg, norm = _norm(used)
@@ -1022,7 +1107,7 @@ def _filled(template: str, parts: dict[str, str]) -> str:
 def _block_classes(used: _Used) -> list[str]:
     padding = "int | tuple[int, int, int, int]" if used.asymmetric_padding else "int"
     parts = {"{padding}": padding, **_se_parts(used)}
-    classes = []
+    classes = [_LAYER_SCALE] if used.layer_scale else []
     for name in used.blocks:
         if name == "ConvBlock":
             classes.append(_conv_block(used, padding))
@@ -1034,7 +1119,9 @@ def _block_classes(used: _Used) -> list[str]:
         elif name == "SeparableConv":
             classes.append(_separable(used, padding))
         elif name == "UniversalInvertedResidual":
-            classes += [*([_LAYER_SCALE] if used.layer_scale else []), _universal(used, padding)]
+            classes.append(_universal(used, padding))
+        elif name == "AttentionBlock":
+            classes.append(_attention(padding))
         else:
             classes.append(_inverted_residual(name, used, padding))
     return classes
@@ -1152,6 +1239,37 @@ def _groups(block: BlockPlan, role: str) -> int:
     return len(op.kernels) if isinstance(op, MixedConvOp) else 1
 
 
+def _attention_call(block: BlockPlan) -> str:
+    """The constructor call of a multi-query attention block, from the plan's ops."""
+    norm = next(op for op in block.ops if isinstance(op, NormOp))
+    attn = next(op for op in block.ops if isinstance(op, AttentionOp))
+    downs = [op for op in (attn.key_down, attn.value_down) if op is not None]
+    kernel, stride, padding = 1, 1, "0"
+    if downs:
+        down = downs[0]
+        kernel, stride, padding = down.kernel, down.stride, _padding(down)
+        if any((op.bn_eps, op.bn_momentum) != (norm.bn_eps, norm.bn_momentum) for op in downs):
+            raise BuildError(f"code generation cannot express {attn.path}'s batch norms")
+    args = [
+        str(attn.in_channels),
+        str(attn.out_channels),
+        str(attn.heads),
+        str(attn.key_dim),
+        str(attn.value_dim),
+        str(stride),
+        str(kernel),
+        padding,
+        repr(norm.bn_eps),
+        repr(norm.bn_momentum),
+        _rate(block.drop_path),
+        str(block.residual),
+    ]
+    scale = next((op for op in block.ops if isinstance(op, LayerScaleOp)), None)
+    if scale is not None:
+        args.append(f"layer_scale={scale.init!r}")
+    return f"AttentionBlock({', '.join(args)})"
+
+
 def _universal_call(block: BlockPlan, used: _Used) -> str:
     """The constructor call of a universal inverted bottleneck, from the plan's ops."""
     convs = {op.role: op for op in block.ops if isinstance(op, ConvOp)}
@@ -1202,6 +1320,8 @@ def _block_call(block: BlockPlan, used: _Used) -> str:
     name = block_class(block)
     if name == "UniversalInvertedResidual":
         return _universal_call(block, used)
+    if name == "AttentionBlock":
+        return _attention_call(block)
     spatial = _spatial_op(block, name)
     kernels, stride, paddings = _shape_of(spatial)
     args = [str(block.in_channels)]
@@ -1247,7 +1367,7 @@ def _block_call(block: BlockPlan, used: _Used) -> str:
 
 
 def _stage_comment(stage: StagePlan) -> str:
-    expand = "" if stage.kind in ("conv", "separable") else f" e{stage.expand:g}"
+    expand = "" if stage.kind in UNEXPANDED else f" e{stage.expand:g}"
     return (
         f"# {stage.index} {stage.name!r}: {stage.kind}{expand} k{kernel_text(stage.kernel)} "
         f"s{stage.stride} c{stage.out_channels} x{stage.repeats}, "
@@ -1262,6 +1382,12 @@ def _signatures(used: _Used) -> list[str]:
         squeeze += " se_act,"
     lines = []
     for name in used.blocks:
+        if name == "AttentionBlock":
+            lines += [
+                "# AttentionBlock(in, out, heads, key_dim, value_dim, kv_stride, kernel, padding,",
+                "#                bn_eps, bn_momentum, drop_rate, residual, layer_scale=)",
+            ]
+            continue
         channels = "in, out" if name in ("ConvBlock", "SeparableConv") else "in, mid, out"
         extra = "" if name == "ConvBlock" else squeeze
         shape = {

@@ -50,10 +50,12 @@ from typing import Any
 from effdsl import ast
 from effdsl.errors import CheckpointError
 from effdsl.plan import (
+    AttentionOp,
     BlockPlan,
     ConvOp,
     LayerScaleOp,
     MixedConvOp,
+    NormOp,
     Op,
     Plan,
     RoutingOp,
@@ -147,6 +149,10 @@ def _op_entries(op: Op, names: Mapping[str, str]) -> Iterator[Entry]:
         yield from _affine_entries(op.path, names["routing"], (op.experts, op.channels))
     elif isinstance(op, LayerScaleOp):
         yield Entry(f"{op.path}.gamma", f"{names['layer_scale']}.gamma", (op.channels,))
+    elif isinstance(op, NormOp):
+        yield from _bn_entries(op.path, names["norm"], op.channels)
+    elif isinstance(op, AttentionOp):
+        yield from _attention_entries(op, names["attn"])
     else:
         yield from _affine_entries(
             f"{op.path}.reduce", names["reduce"], (op.squeeze, op.channels, 1, 1)
@@ -154,6 +160,26 @@ def _op_entries(op: Op, names: Mapping[str, str]) -> Iterator[Entry]:
         yield from _affine_entries(
             f"{op.path}.expand", names["expand"], (op.channels, op.squeeze, 1, 1)
         )
+
+
+def _attention_entries(op: AttentionOp, theirs: str) -> Iterator[Entry]:
+    """Multi-query attention, laid out as timm's `MultiQueryAttention2d`: `query.proj`;
+    `key.down_conv`, `key.norm`, `key.proj`; the same for `value`; `output.proj`."""
+
+    def projection(name: str, their_name: str, cout: int, cin: int) -> Entry:
+        return Entry(f"{op.path}.{name}.weight", f"{theirs}.{their_name}.proj.weight",
+                     (cout, cin, 1, 1))
+
+    yield projection("query", "query", op.heads * op.key_dim, op.in_channels)
+    for name, down, width in (
+        ("key", op.key_down, op.key_dim),
+        ("value", op.value_down, op.value_dim),
+    ):
+        if down is not None:
+            yield from _conv_entries(f"{down.path}.conv", f"{theirs}.{name}.down_conv", down)
+            yield from _bn_entries(f"{down.path}.bn", f"{theirs}.{name}.norm", down.out_channels)
+        yield projection(name, name, width, op.in_channels)
+    yield projection("output", "output", op.out_channels, op.heads * op.value_dim)
 
 
 # ---- the other libraries' names of each op's modules ----------------------------------------
@@ -165,10 +191,10 @@ def _torchvision_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
     `1` batch norm; SqueezeExcitation: `fc1`, `fc2`)."""
 
     def children(op: Op, prefix: str) -> dict[str, str]:
-        if isinstance(op, LayerScaleOp) or op.role in ("start", "end"):
+        if isinstance(op, LayerScaleOp | NormOp | AttentionOp) or op.role in ("start", "end"):
             raise CheckpointError(
-                f"torchvision has no universal inverted bottleneck like `{op.path}` "
-                "(MobileNetV4)",
+                f"torchvision has no MobileNetV4 block like `{op.path}` (universal inverted "
+                "bottleneck, attention)",
                 hint="convert timm checkpoints of such networks with source='timm'",
             )
         if isinstance(op, MixedConvOp | RoutingOp) or (isinstance(op, ConvOp) and op.experts):
@@ -244,6 +270,10 @@ def _timm_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
         for op in block.ops:
             if isinstance(op, LayerScaleOp):
                 yield op, {"layer_scale": f"{prefix}.layer_scale"}
+            elif isinstance(op, NormOp):
+                yield op, {"norm": f"{prefix}.norm"}
+            elif isinstance(op, AttentionOp):
+                yield op, {"attn": f"{prefix}.attn"}
             elif block.kind == "uir" and op.role in _TIMM_UIR:
                 module = f"{prefix}.{_TIMM_UIR[op.role]}"
                 yield op, {"conv": f"{module}.conv", "bn": f"{module}.bn"}

@@ -9,7 +9,8 @@ Conventions, chosen so that the numbers equal what PyTorch reports for the built
   linear layer with its bias, layer scale's factors. Exactly
   `sum(p.numel() for p in model.parameters())`.
 - **MACs** (multiply-accumulates): convolutions (`out_h · out_w · out · in/groups · k²`, SE convs
-  on their 1×1 input) and the linear layer (`in · classes`), per image. A MixConv counts each
+  on their 1×1 input), the linear layer (`in · classes`) and attention's two batched matrix
+  products (`heads · queries · keys · (key_dim + value_dim)`), per image. A MixConv counts each
   slice's conv; a CondConv conv also counts mixing its E expert kernels (`E · weights`, a matrix
   product) and its routing function's linear layer (`in · E`). This is the convention
   of `torch.utils.flop_counter.FlopCounterMode`, which reports 2 FLOPs per MAC; norms,
@@ -28,10 +29,12 @@ from dataclasses import dataclass
 from effdsl import ast
 from effdsl.arguments import checked
 from effdsl.plan import (
+    AttentionOp,
     ClassifierPlan,
     ConvOp,
     LayerScaleOp,
     MixedConvOp,
+    NormOp,
     Op,
     Plan,
     RoutingOp,
@@ -88,12 +91,40 @@ def op_cost(op: Op, bytes_per_element: int = 4) -> Cost:
         return Cost(weights + op.experts, weights, op.experts * bytes_per_element)
     if isinstance(op, LayerScaleOp):  # an elementwise product: no MACs, as FlopCounterMode
         return Cost(op.channels, 0, op.channels * op.size * op.size * bytes_per_element)
+    if isinstance(op, NormOp):
+        return Cost(2 * op.channels, 0, op.channels * op.size * op.size * bytes_per_element)
+    if isinstance(op, AttentionOp):
+        return attention_cost(op, bytes_per_element)
     assert isinstance(op, SqueezeExciteOp)
     reduce = op.channels * op.squeeze + op.squeeze
     expand = op.squeeze * op.channels + op.channels
     macs = 2 * op.channels * op.squeeze
     activation = op.channels * op.size * op.size  # the gated tensor
     return Cost(reduce + expand, macs, activation * bytes_per_element)
+
+
+def attention_cost(op: AttentionOp, bytes_per_element: int = 4) -> Cost:
+    """Multi-query attention: its 1×1 projections (the query and the output at every query
+    position, the key and the value at every key position), the key's and value's
+    downsampling convs, and the two batched matrix products, queries × keys and weights ×
+    values: heads · positions · key positions · (key_dim + value_dim) MACs."""
+    channels, heads = op.in_channels, op.heads
+    queries, keys = op.size * op.size, op.kv_size * op.kv_size
+    query = channels * heads * op.key_dim
+    key = channels * op.key_dim
+    value = channels * op.value_dim
+    output = heads * op.value_dim * op.out_channels
+    total = Cost(
+        query + key + value + output,
+        (query + output) * queries
+        + (key + value) * keys
+        + heads * queries * keys * (op.key_dim + op.value_dim),
+        op.out_channels * queries * bytes_per_element,
+    )
+    for down in (op.key_down, op.value_down):
+        if down is not None:
+            total += op_cost(down, bytes_per_element)
+    return total
 
 
 def classifier_cost(classifier: ClassifierPlan, bytes_per_element: int = 4) -> Cost:

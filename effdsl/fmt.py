@@ -101,7 +101,7 @@ def _block_cells(block: ast.Block | ast.NoHead) -> list[str]:
     """
     if isinstance(block, ast.NoHead):
         return [block.keyword, "none"]
-    ratio = block.kind in ("conv", "separable") or (
+    ratio = block.kind in ast.UNEXPANDED or (
         isinstance(block, ast.Line) and block.mid is not None
     )
     expand = "" if ratio else f"e{format_number(block.expand)}"

@@ -106,6 +106,7 @@ network tiny {
   stage condconv     e4 k5 s1 c32 x1 experts=4
   stage mbconv       e4 k3 s1 c32 x1 group_size=8 norm=group norm_group_size=8
   stage uir          e4 k0 s2 c32 x2 dw_start=5 dw_end=3 layer_scale=1e-5
+  block mqa          k3 s1 c32 x1 heads=2 key_dim=16 kv_stride=2
   head  conv            k1 s1 c64
   classifier dropout=0.2 classes=10
 }
@@ -135,6 +136,7 @@ WORDS = (
     "k3.5.7.9.11.13.15.17", "k3.5.", "k.3", "k3..5", "k1.0.1", "e6.5.7", "experts=4", "experts=1",
     "experts=65",
     "uir", "k0", "dw_start=3", "dw_end=5", "dw_start=0", "layer_scale=1e-5", "layer_scale=none",
+    "mqa", "heads=4", "key_dim=64", "value_dim=32", "kv_stride=2", "heads=0",
     "expand_groups=2", "project_groups=64", "project_groups=0", "kernel=3.5",
     "group_size=8", "group_size=0", "group_size=5", "norm=group", "norm=evonorm", "norm=layer",
     "norm_group_size=8", "norm_group_size=3", "norm_group_size=4097",
@@ -471,8 +473,9 @@ def random_block(rng: random.Random, keyword: str) -> str:
     kind = "conv" if plain else rng.choice(others)
     shape = [kind]
     pooled = keyword == "head" and rng.random() < 0.15  # `pool=first`
-    # conv and separable have no expansion (random_attribute still gives them one now and then)
-    expanded = kind not in ("conv", "separable")
+    # conv, separable and mqa have no expansion (random_attribute still gives them one now
+    # and then)
+    expanded = kind not in ast.UNEXPANDED
     mid = keyword in lines and expanded and rng.random() < 0.1
     if expanded and not mid:
         shape.append("e" + _pick(rng, (1, 1.5, 4, 6), (0.5, 1000, 1001)))
@@ -483,7 +486,7 @@ def random_block(rng: random.Random, keyword: str) -> str:
         shape.append("k" + _pick(rng, (1,), (3,)))
     else:
         shape.append("k" + _pick(rng, (1, 3, 5), (0, 2, 99, 101)))
-    shape.append("s" + _pick(rng, (1,) if pooled else (1, 2), (0, 3)))
+    shape.append("s" + _pick(rng, (1,) if pooled or kind == "mqa" else (1, 2), (0, 3)))
     shape.append("c" + _pick(rng, (8, 16, 24, 40), (1, 1_000_000, 1_000_001)))
     if keyword in lines:
         shape.append("x" + _pick(rng, (1, 2, 3), (0, 2_000, 10_000, 100_000, 100_001)))
@@ -492,17 +495,28 @@ def random_block(rng: random.Random, keyword: str) -> str:
         extra.append("expand_groups=" + _pick(rng, (1, 2, 3), (0, 64, 65)))
     if kind == "mixconv" and rng.random() < 0.5:
         extra.append("project_groups=" + _pick(rng, (1, 2), (0, 100)))
-    if keyword in lines and (kind == "uir" or rng.random() < 0.02):  # an error elsewhere
+    if kind == "uir":
         for attribute in ("dw_start", "dw_end"):
             if rng.random() < 0.5:
                 extra.append(f"{attribute}=" + _pick(rng, (3, 5), (0, 2, 101)))
-    if kind == "uir" and rng.random() < 0.3:  # no middle depthwise conv
-        shape = [part if not part.startswith("k") else "k0" for part in shape]
-    if (kind == "uir" or rng.random() < 0.02) and rng.random() < 0.3:
+        if rng.random() < 0.3 and (extra or "s1" in shape):  # no middle depthwise conv
+            shape = [part if not part.startswith("k") else "k0" for part in shape]
+    if kind == "mqa":
+        for attribute, good, bad, rate in (
+            ("heads", (1, 4, 8), (0, 1025), 0.98),  # required
+            ("key_dim", (16, 64), (0,), 0.98),  # required
+            ("value_dim", (16, 64), (0,), 0.3),
+            ("kv_stride", (1, 2), (0, 9), 0.5),
+        ):
+            if rng.random() < rate:
+                extra.append(f"{attribute}=" + _pick(rng, good, bad))
+    if kind in ast.LAYER_SCALED and rng.random() < 0.3:
         extra.append("layer_scale=" + _pick(rng, (1e-5, "none", 0.1), (-1, 1001)))
+    if rng.random() < 0.01:  # an option of another kind: an error at the option
+        extra.append(rng.choice(("dw_start=3", "heads=2", "kv_stride=2", "layer_scale=0.1")))
     if kind == "condconv" or rng.random() < 0.005:  # required there, an error elsewhere
         extra.append("experts=" + _pick(rng, (2, 4, 8), (1, 64, 65)))
-    if kind != "conv" and rng.random() < 0.4:
+    if kind not in ("conv", "mqa") and rng.random() < 0.4:
         extra.append("se=" + _pick(rng, (0.25, "none", 0.5), (0, 1, 1.5)))
     if rng.random() < 0.2:
         extra.append("act=" + rng.choice((*ast.ACTIVATIONS, *ast.ALIASES)))

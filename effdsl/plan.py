@@ -255,7 +255,77 @@ class LayerScaleOp:
         return self.size
 
 
-Op = ConvOp | MixedConvOp | SqueezeExciteOp | RoutingOp | LayerScaleOp
+@dataclass(frozen=True)
+class NormOp:
+    """Batch norm on its own, without a conv before it (the pre-norm of an attention block).
+
+    The module at `path` is the `BatchNorm2d` itself.
+    """
+
+    path: str
+    channels: int
+    size: int
+    bn_eps: float
+    bn_momentum: float
+
+    role: str = field(default="norm", init=False)
+
+    @property
+    def in_channels(self) -> int:
+        return self.channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.channels
+
+    @property
+    def in_size(self) -> int:
+        return self.size
+
+    @property
+    def out_size(self) -> int:
+        return self.size
+
+
+@dataclass(frozen=True)
+class AttentionOp:
+    """Multi-query attention (MobileNetV4): `heads` query heads of width `key_dim` attend over
+    one shared key (`key_dim`) and one shared value (`value_dim`); the heads' outputs,
+    concatenated, are projected to `out_channels`. Every projection is a 1×1 conv without
+    bias. Where `kv_stride` > 1 the keys and the values are each first downsampled by their
+    own depthwise conv with batch norm (`key_down`, `value_down`), so the `size`² queries
+    attend over `kv_size`² positions.
+
+    The module at `path` has 1×1 convs `query`, `key`, `value`, `output` and the ConvOps'
+    modules `key_down`, `value_down` (when there are any).
+    """
+
+    path: str
+    in_channels: int
+    out_channels: int
+    heads: int
+    key_dim: int
+    value_dim: int
+    size: int
+    key_down: ConvOp | None = None
+    value_down: ConvOp | None = None
+
+    role: str = field(default="attention", init=False)
+
+    @property
+    def kv_size(self) -> int:
+        return self.key_down.out_size if self.key_down is not None else self.size
+
+    @property
+    def in_size(self) -> int:
+        return self.size
+
+    @property
+    def out_size(self) -> int:
+        return self.size
+
+
+Op = ConvOp | MixedConvOp | SqueezeExciteOp | RoutingOp | LayerScaleOp | NormOp | AttentionOp
 
 
 @dataclass(frozen=True)
@@ -701,6 +771,39 @@ def _uir_ops(
     return tuple(ops)
 
 
+def _mqa_ops(
+    path: str, line: ast.Line, in_channels: int, size: int, options: _Options
+) -> tuple[Op, ...]:
+    """MobileNetV4's multi-query attention block: batch norm, the attention, layer scale."""
+    assert line.heads is not None and line.key_dim is not None  # the AST requires them
+    kernel = line.kernel if isinstance(line.kernel, int) else line.kernel[0]
+    downs = [
+        _conv(
+            f"{path}.attn.{name}_down", f"{name}_down", in_channels, in_channels, kernel,
+            line.kv_stride, size, options, groups=in_channels, act=False,
+        )
+        if line.kv_stride > 1
+        else None
+        for name in ("key", "value")
+    ]
+    ops: list[Op] = [
+        NormOp(f"{path}.norm", in_channels, size, options.bn_eps, options.bn_momentum),
+        AttentionOp(
+            f"{path}.attn",
+            in_channels,
+            line.channels,
+            line.heads,
+            line.key_dim,
+            line.value_dim if line.value_dim is not None else line.key_dim,
+            size,
+            *downs,
+        ),
+    ]
+    if options.layer_scale:
+        ops.append(LayerScaleOp(f"{path}.layer_scale", line.channels, options.layer_scale, size))
+    return tuple(ops)
+
+
 def check_blocks(network: ast.Network, max_blocks: int = MAX_BLOCKS) -> int:
     """The number of blocks of `network`; more than `max_blocks` is a `LimitError`."""
     if isinstance(max_blocks, bool) or not isinstance(max_blocks, int | float):
@@ -833,7 +936,7 @@ def lower(
         blocks: list[BlockPlan] = []
         for line in stage.all_lines():
             options = _options(line, defaults)
-            if line.kind in ("mixconv", "condconv") and options.norm != "batch":
+            if line.kind in ("mixconv", "condconv", "mqa") and options.norm != "batch":
                 raise EffSemanticError(
                     f"a `{line.kind}` block is always batch-normalised, not `norm={options.norm}`",
                     line.span_of("norm"),
@@ -842,7 +945,7 @@ def lower(
             for r in range(line.repeats):
                 b = len(blocks)
                 stride = line.stride if r == 0 else 1
-                if line.kind == "conv":
+                if line.kind in ("conv", "mqa"):
                     mid, se_channels = channels, 0
                 elif line.kind == "separable":
                     mid = channels
@@ -877,6 +980,8 @@ def lower(
                 path = f"stages.{s}.blocks.{b}"
                 if line.kind == "uir":
                     ops = _uir_ops(path, line, channels, mid, se_channels, stride, size, options)
+                elif line.kind == "mqa":
+                    ops = _mqa_ops(path, line, channels, size, options)
                 else:
                     groups = _spatial_groups(line, defaults, channels, mid)
                     ops = _block_ops(
@@ -936,7 +1041,7 @@ def lower(
                 kernel=stage.kernel,
                 stride=stage.stride,
                 expand=blocks[0].expand,
-                se=first_options.se if stage.kind != "conv" else 0.0,
+                se=first_options.se if stage.kind not in ("conv", "mqa") else 0.0,
                 repeats=len(blocks),
                 out_channels=channels,
                 in_size=stage_in_size,

@@ -26,16 +26,18 @@ from itertools import pairwise
 from pathlib import Path
 
 from effdsl.arguments import checked
-from effdsl.ast import Network, kernel_text
+from effdsl.ast import UNEXPANDED, Network, kernel_text
 from effdsl.ast import Node as NetworkNode
 from effdsl.cost import Cost, classifier_cost, cost, op_cost
 from effdsl.errors import LimitError, OutputError, ToolMissingError
 from effdsl.files import atomic_path, atomic_write
 from effdsl.plan import (
+    AttentionOp,
     BlockPlan,
     ConvOp,
     LayerScaleOp,
     MixedConvOp,
+    NormOp,
     Op,
     Plan,
     RoutingOp,
@@ -90,6 +92,7 @@ PALETTE: dict[str, Swatch] = {
     "condconv": Swatch("#f5d9ec", "#a4497f", "CondConv"),
     "separable": Swatch("#e3ecf7", "#4f6f9a", "SepConv"),
     "uir": Swatch("#efe3d3", "#8a6234", "UIB"),
+    "mqa": Swatch("#dde3f6", "#4a58a8", "MQA"),
     "head": Swatch("#d3eeea", "#2a8579", "head"),
     "classifier": Swatch("#f6d5d5", "#b04848", "classifier"),
     "add": Swatch("#ffffff", "#777777", "residual add"),
@@ -104,6 +107,7 @@ STAGE_TINT: dict[str, str] = {
     "condconv": "#fdf3f9",
     "separable": "#f4f7fb",
     "uir": "#fcf8f2",
+    "mqa": "#f5f7fd",
 }
 BLOCK_TINT = "#ffffff"
 
@@ -243,7 +247,7 @@ def ratio(number: float) -> str:
 
 def kind_name(kind: str, expand: float) -> str:
     """`MBConv6`, `Fused-MBConv4`, `Conv`: the kind as the papers write it."""
-    if kind in ("conv", "separable"):
+    if kind in UNEXPANDED:
         return PALETTE[kind].legend
     return f"{PALETTE[kind].legend}{ratio(expand)}"
 
@@ -589,6 +593,11 @@ def block_title(block: BlockPlan) -> str:
 def block_kernels(block: BlockPlan) -> str:
     """`k3`, `k3.5.7` (mixed), or a universal inverted bottleneck's depthwise kernels before,
     between and after its 1×1 convs, `–` where it has none: `dw 3·5·–`."""
+    attention = next((op for op in block.ops if isinstance(op, AttentionOp)), None)
+    if attention is not None:
+        down = attention.key_down
+        kv = f" kv {down.kernel}×{down.kernel} s{down.stride}" if down is not None else ""
+        return f"{attention.heads}×{attention.key_dim}{kv}"
     if block.kind != "uir":
         return f"k{kernel_text(block.kernel)}"
     kernels = {op.role: op.kernel for op in block.ops if isinstance(op, ConvOp)}
@@ -708,6 +717,20 @@ def op_rows(op: Op) -> tuple[Row, ...]:
         )
     if isinstance(op, LayerScaleOp):
         return (title("layer scale"), body(f"{op.channels} ch × γ · init {op.init:g}"))
+    if isinstance(op, NormOp):
+        return (title("batch norm"), body(f"{op.channels} ch"))
+    if isinstance(op, AttentionOp):
+        rows = [
+            title(f"multi-query attention · {op.heads} heads"),
+            body(f"query {op.in_channels} → {op.heads}×{op.key_dim} · shared key {op.key_dim}, "
+                 f"value {op.value_dim}"),
+        ]
+        if op.key_down is not None:
+            down = op.key_down
+            rows.append(body(f"key, value: depthwise {down.kernel}×{down.kernel} s{down.stride} "
+                             f"→ {op.kv_size}×{op.kv_size}"))
+        rows.append(body(f"softmax · output {op.heads}×{op.value_dim} → {op.out_channels} ch"))
+        return tuple(rows)
     stride = f" s{op.stride}" if op.stride > 1 else ""
     if isinstance(op, MixedConvOp):
         kernels = " | ".join(f"{k}×{k}" for k in op.kernels)

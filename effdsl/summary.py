@@ -73,7 +73,7 @@ def summarize(network: ast.Network, factors: Multipliers) -> Summary:
 def block_label(stage: StagePlan) -> str:
     """`MBConv6`, `FusedMBConv4`, `Conv`: the paper's way of naming a stage's block."""
     name = BLOCK_NAMES[stage.kind]
-    if stage.kind in ("conv", "separable"):
+    if stage.kind in ast.UNEXPANDED:
         return name
     expand = f"{stage.expand:g}"
     return f"{name}{expand}"

@@ -33,10 +33,12 @@ from effdsl.arguments import checked
 from effdsl.errors import BuildError
 from effdsl.limits import Limits, check_plan
 from effdsl.plan import (
+    AttentionOp,
     BlockPlan,
     ConvOp,
     LayerScaleOp,
     MixedConvOp,
+    NormOp,
     Op,
     Plan,
     RoutingOp,
@@ -342,6 +344,43 @@ class LayerScale(nn.Module):
         return x * self.gamma.view(1, -1, 1, 1)  # N, C, H, W
 
 
+class MultiQueryAttention(nn.Module):
+    """Multi-query attention over a feature map (an `AttentionOp`): `heads` queries per
+    position attend over one shared key and value, computed (after `key_down`, `value_down`:
+    stride-s depthwise convs with batch norm, where there are any) at every key position.
+
+    The heads' outputs are concatenated head by head (channel h·value_dim + i), as timm's
+    `MultiQueryAttention2d` lays them out, then projected by `output`.
+    """
+
+    def __init__(self, op: AttentionOp) -> None:
+        super().__init__()
+        self.heads, self.key_dim, self.value_dim = op.heads, op.key_dim, op.value_dim
+        # assigned in forward order, so state_dict keys come out so
+        self.query = nn.Conv2d(op.in_channels, op.heads * op.key_dim, 1, bias=False)
+        self.key_down = conv_bn_act(op.key_down) if op.key_down is not None else None
+        self.key = nn.Conv2d(op.in_channels, op.key_dim, 1, bias=False)
+        self.value_down = conv_bn_act(op.value_down) if op.value_down is not None else None
+        self.value = nn.Conv2d(op.in_channels, op.value_dim, 1, bias=False)
+        self.output = nn.Conv2d(op.heads * op.value_dim, op.out_channels, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, _, height, width = x.shape
+        q = self.query(x).reshape(batch, self.heads, self.key_dim, height * width)
+        q = q.transpose(-1, -2)  # N, heads, H·W, key_dim
+        k = x if self.key_down is None else self.key_down(x)
+        k = self.key(k).flatten(2).transpose(1, 2).unsqueeze(1)  # N, 1, h·w, key_dim
+        v = x if self.value_down is None else self.value_down(x)
+        v = self.value(v).flatten(2).transpose(1, 2).unsqueeze(1)  # N, 1, h·w, value_dim
+        # explicit products rather than scaled_dot_product_attention, whose CPU kernels
+        # FlopCounterMode counts for some shapes and not others
+        weights = (q * self.key_dim**-0.5) @ k.transpose(-1, -2)  # N, heads, H·W, h·w
+        out = weights.softmax(dim=-1) @ v  # N, heads, H·W, value_dim
+        out = out.transpose(1, 2).reshape(batch, height, width, self.heads * self.value_dim)
+        result: Tensor = self.output(out.permute(0, 3, 1, 2))  # N, C_out, H, W
+        return result
+
+
 def layer(op: Op) -> nn.Module:
     if isinstance(op, ConvOp):
         return CondConvBNAct(op) if op.experts else conv_bn_act(op)
@@ -351,6 +390,10 @@ def layer(op: Op) -> nn.Module:
         return Routing(op)
     if isinstance(op, LayerScaleOp):
         return LayerScale(op)
+    if isinstance(op, NormOp):
+        return nn.BatchNorm2d(op.channels, eps=op.bn_eps, momentum=op.bn_momentum)
+    if isinstance(op, AttentionOp):
+        return MultiQueryAttention(op)
     return SqueezeExcite(op)
 
 
@@ -373,10 +416,10 @@ def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
 # The order in which a block runs its ops; every block kind's ops are a subsequence of it
 # (mbconv: expand?, depthwise, se?, project; fused: expand, se?, project; conv: conv;
 # separable: depthwise, se?, pointwise; uir: start?, expand, depthwise?, se?, project, end?,
-# layer_scale?; a condconv block starts with its routing function).
+# layer_scale?; mqa: norm, attn, layer_scale?; a condconv block starts with its routing).
 OP_ORDER = (
     "routing", "conv", "start", "expand", "depthwise", "se", "pointwise", "project", "end",
-    "layer_scale",
+    "norm", "attn", "layer_scale",
 )
 
 
@@ -414,6 +457,8 @@ class Block(nn.Module):
         self.pointwise = layers.get("pointwise")
         self.project = layers.get("project")
         self.end = layers.get("end")
+        self.norm = layers.get("norm")
+        self.attn = layers.get("attn")
         self.layer_scale = layers.get("layer_scale")
         self.residual = block.residual
         self.drop_rate = block.drop_path
@@ -436,6 +481,10 @@ class Block(nn.Module):
             out = self.project(out)  # N, C_out, H/s, W/s
         if self.end is not None:
             out = self.end(out)  # N, C_out, H/s, W/s (uir: depthwise after the projection)
+        if self.norm is not None:
+            out = self.norm(out)  # N, C_in, H, W (mqa: the pre-norm)
+        if self.attn is not None:
+            out = self.attn(out)  # N, C_out, H, W
         if self.layer_scale is not None:
             out = self.layer_scale(out)  # N, C_out, H/s, W/s
         return self._residual(out, x)

@@ -48,10 +48,10 @@ def validate_parts(
             )
     every_line = [line for stage in stages for line in stage.all_lines()]
     for block in (*ends, *every_line, *lines):
-        if block.kind == "conv" and block.se:
+        if block.kind in ("conv", "mqa") and block.se:
             errors.append(
                 EffSemanticError(
-                    "a `conv` block has no squeeze-and-excitation",
+                    f"a `{block.kind}` block has no squeeze-and-excitation",
                     block.span_of("se"),
                     hint="remove `se=...` or use an mbconv or fused_mbconv block",
                 )

@@ -6,7 +6,8 @@ from hypothesis import assume
 from hypothesis import strategies as st
 
 from effdsl import ast
-from effdsl.errors import EffSemanticError
+from effdsl.errors import EffSemanticError, LimitError
+from effdsl.limits import check_plan
 from effdsl.plan import lower
 
 names = st.text(min_size=1, max_size=12)
@@ -100,9 +101,9 @@ heads = st.one_of(
 def lines(draw: st.DrawFn, line: type[ast.Line]) -> dict[str, object]:
     """The fields of a `stage` or `block` line."""
     kind = draw(st.sampled_from(ast.BLOCK_KINDS))
-    expanded = kind not in ("conv", "separable")  # the kinds with an expansion ratio
+    expanded = kind not in ast.UNEXPANDED  # the kinds with an expansion ratio
     expand = 1.0 if not expanded else draw(st.sampled_from([1.0, 1.5, 3.0, 4.0, 6.0]))
-    se = None if kind == "conv" else draw(st.one_of(maybe(), st.just(0.0), ratios))
+    se = None if kind in ("conv", "mqa") else draw(st.one_of(maybe(), st.just(0.0), ratios))
     kernel: ast.Kernel = draw(odd_kernels)
     kind_options: dict[str, object] = {}
     if kind == "mixconv":
@@ -123,13 +124,21 @@ def lines(draw: st.DrawFn, line: type[ast.Line]) -> dict[str, object]:
         }
         if not (kernel or kind_options["dw_start"] or kind_options["dw_end"]):
             kernel = 3
+    elif kind == "mqa":  # keeps the map size; the kernel is the keys' and values' downsampling
+        kind_options = {
+            "heads": draw(st.integers(1, 4)),
+            "key_dim": draw(st.integers(1, 16)),
+            "value_dim": draw(st.one_of(maybe(), st.integers(1, 16))),
+            "kv_stride": draw(st.integers(1, 2)),
+            "layer_scale": draw(st.one_of(maybe(), st.just(0.0), st.just(1e-5))),
+        }
     else:
         kind_options = {"group_size": draw(st.one_of(maybe(), st.sampled_from([1, 2, 4])))}
     fields: dict[str, object] = dict(
         kind=kind,
         kernel=kernel,
         **kind_options,
-        stride=draw(st.integers(1, 2)),
+        stride=1 if kind == "mqa" else draw(st.integers(1, 2)),
         channels=draw(st.integers(1, 64)),
         repeats=draw(st.integers(1, 4)),
         se=se,
@@ -183,13 +192,17 @@ def networks(draw: st.DrawFn, max_stages: int = 5) -> ast.Network:
         **optional,  # type: ignore[arg-type]
     )
     try:  # a MixConv needs a channel for each of its slices, group sizes must divide widths
-        lower(network)
+        plan = lower(network)
     except EffSemanticError:
         network = _ungrouped(network)
         try:
-            lower(network)
+            plan = lower(network)
         except EffSemanticError:
             assume(False)
+    try:  # attention over every position of a large map is quadratic in its size
+        check_plan(plan)
+    except LimitError:
+        assume(False)
     return network
 
 

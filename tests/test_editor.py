@@ -77,7 +77,7 @@ def test_every_attribute_is_documented_with_its_bounds(keyword: str) -> None:
         if field.is_required():
             assert "required" in text
     kernel = vocabulary.attribute_markdown("stage", "kernel")
-    assert "Kernel size (k), odd." in kernel and "1 … 99" in kernel and "(`kN`)" in kernel
+    assert "Kernel size (k), odd." in kernel and "0 … 99" in kernel and "(`kN`)" in kernel
     drop = vocabulary.attribute_markdown("stage", "drop_path")
     assert "inherited from `defaults` (0)" in drop and "≥ 0, < 1" in drop
 

@@ -28,6 +28,7 @@ TWINS = [
     Twin("mobilenetv4-conv-small.eff", "small_050", "mobilenetv4_conv_small_050"),
     Twin("mobilenetv4-conv-small.eff", "small_035", "mobilenetv4_conv_small_035"),
     Twin("mobilenetv4-conv-medium.eff", None, "mobilenetv4_conv_medium"),
+    Twin("mobilenetv4-hybrid-medium.eff", None, "mobilenetv4_hybrid_medium"),
 ]
 
 
@@ -48,12 +49,15 @@ def test_counts_at_224_are_the_papers() -> None:
     """At 224 px, as timm counts them (the paper's Table: 3.8M/0.2G and 9.2M/1.0G MACs)."""
     small = effdsl.cost(effdsl.lower(TWINS[0].network()))
     medium = effdsl.cost(effdsl.lower(TWINS[3].network()))
+    hybrid = effdsl.cost(effdsl.lower(TWINS[4].network()))
     assert (small.params, small.macs) == (3_774_024, 186_005_568)
     assert (medium.params, medium.macs) == (9_715_512, 827_649_984)
+    # of which 24,586,240 the attention's products (FlopCounterMode's `bmm` on timm's model)
+    assert (hybrid.params, hybrid.macs) == (11_074_648, 966_311_360)
 
 
 @pytest.mark.slow  # float64 depthwise convs take PyTorch's slow path on a CPU: 15-60 s each
-@pytest.mark.parametrize("twin", [TWINS[0], TWINS[3]], ids=str)
+@pytest.mark.parametrize("twin", [TWINS[0], TWINS[3], TWINS[4]], ids=str)
 def test_timm_weights_give_the_same_logits(twin: Twin) -> None:
     # 32 px: every stage still has a map (1×1 at the end); float64 depthwise convs are slow
     assert_same_logits(timm.create_model(twin.timm), twin.network(resolution=32), "timm")
@@ -166,7 +170,7 @@ def test_converts_to_timm_names_and_back(uir: effdsl.Network) -> None:
     assert "blocks.0.1.se.conv_reduce.weight" in theirs
     back = convert_state_dict(theirs, network=uir, source="timm")
     assert list(back) == list(model.state_dict())
-    with pytest.raises(effdsl.EffError, match="torchvision has no universal inverted"):
+    with pytest.raises(effdsl.EffError, match="torchvision has no MobileNetV4 block"):
         convert_state_dict(model.state_dict(), network=uir, target="torchvision")
 
 
@@ -202,3 +206,138 @@ def test_drawn_with_its_depthwise_kernels_and_layer_scale(uir: effdsl.Network) -
     assert "UIB4 dw 3·5·– s2" in dot  # its depthwise kernels before, between, after the 1×1s
     assert "UIB3 dw –·–·3 s2" in dot and "UIB2 dw –·–·–" in dot
     assert "layer scale" in dot and "start 3×3" in dot and "end 3×3 s2" in dot
+
+
+# ---- multi-query attention through every backend ---------------------------------------------
+
+#: Attention with and without downsampled keys and values, with a value width of its own, a
+#: layer scale and none, after a uir block; at 17 px the maps are 9, 5 and 3 wide.
+MQA = """\
+network mqa {
+  input    size=17 channels=3
+  defaults act=relu layer_scale=1e-5
+
+  stem  conv    k3 s2 c16
+  stage uir  e2 k3 s2 c24
+  block mqa     k3 s1 c24 heads=2 key_dim=8 kv_stride=2
+  block mqa     k3 s1 c32 heads=3 key_dim=8 value_dim=4 layer_scale=none
+  stage mqa     k5 s1 c32 heads=4 key_dim=16 kv_stride=3
+  head  conv    k1 s1 c48 pool=first
+  classifier classes=10
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def mqa() -> effdsl.Network:
+    return effdsl.parse(MQA)
+
+
+def test_attention_is_lowered_to_norm_attention_and_layer_scale(mqa: effdsl.Network) -> None:
+    plan = effdsl.lower(mqa)
+    _, down, wide, strided = plan.blocks()
+    assert [op.role for op in down.ops] == ["norm", "attention", "layer_scale"]
+    assert [op.role for op in wide.ops] == ["norm", "attention"]
+    attention = down.ops[1]
+    assert attention.key_down is not None and attention.key_down.stride == 2
+    assert (attention.size, attention.kv_size) == (5, 3)
+    assert wide.ops[1].key_down is None and wide.ops[1].value_dim == 4
+    assert down.residual and not wide.residual  # 24 → 32 channels
+    assert strided.ops[1].kv_size == 2 and strided.residual  # (5 + 2·2 - 5) // 3 + 1
+    # 5·5 queries × 3·3 keys × 2 heads × (8 + 8): the attention's two matrix products
+    from effdsl.cost import op_cost
+
+    projections = (24 * 16 + 16 * 24) * 25 + (24 * 8 + 24 * 8) * 9
+    downsampling = 2 * 24 * 9 * 9
+    assert op_cost(attention).macs == projections + downsampling + 2 * 25 * 9 * 16
+
+
+def test_attention_build_codegen_and_cost_agree(mqa: effdsl.Network, tmp_path: Path) -> None:
+    plan = effdsl.lower(mqa)
+    model = trained(mqa)
+    assert effdsl.cost(plan).params == params(model)
+    assert effdsl.cost(plan).macs == macs(model, 17)  # on a CPU, not only on meta
+    path = tmp_path / "mqa.py"
+    path.write_text(effdsl.codegen.to_python(plan), encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("mqa_generated", path)
+    assert spec is not None and spec.loader is not None
+    generated = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generated)
+    twin = getattr(generated, effdsl.codegen.class_name(plan))().eval()
+    assert layout(twin) == layout(model)
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 17, 17)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), model(x))
+
+
+def test_attention_folds_exports_and_compiles(mqa: effdsl.Network) -> None:
+    model = trained(mqa)
+    x = torch.randn(2, 3, 17, 17)
+    with torch.no_grad():
+        expected = model(x)
+        fast = effdsl.optimize_for_inference(model)
+        # the keys' and values' downsampling convs fold; the pre-norm has no conv before it
+        assert sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules()) == 3
+        torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-5)
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(x), expected)
+        exported = torch.export.export(model, (x,))
+        torch.testing.assert_close(exported.module()(x), expected)
+    features = effdsl.build(mqa, features_only=True).eval()
+    with torch.no_grad():
+        assert [tuple(f.shape) for f in features(x)] == [(2, 32, 5, 5), (2, 32, 5, 5)]
+
+
+def test_attention_converts_to_timm_names(mqa: effdsl.Network) -> None:
+    model = trained(mqa)
+    theirs = convert_state_dict(model.state_dict(), network=mqa, target="timm")
+    for key in (
+        "blocks.0.1.norm.running_mean",
+        "blocks.0.1.attn.query.proj.weight",
+        "blocks.0.1.attn.key.down_conv.weight",
+        "blocks.0.1.attn.key.norm.weight",
+        "blocks.0.1.attn.value.proj.weight",
+        "blocks.0.1.attn.output.proj.weight",
+        "blocks.0.1.layer_scale.gamma",
+    ):
+        assert key in theirs, key
+    assert "blocks.0.2.attn.key.down_conv.weight" not in theirs
+    back = convert_state_dict(theirs, network=mqa, source="timm")
+    assert list(back) == list(model.state_dict())
+
+
+def test_attention_is_drawn_and_formatted(mqa: effdsl.Network) -> None:
+    dot = to_dot(effdsl.lower(mqa), detail="layer")
+    assert "multi-query attention · 2 heads" in dot and "MQA 2×8 kv 3×3 s2" in dot
+    assert "key, value: depthwise 3×3 s2 → 3×3" in dot
+    text = effdsl.format(mqa)
+    assert "heads=3 key_dim=8 value_dim=4" in text
+    assert effdsl.parse(text) == mqa and effdsl.format(effdsl.parse(text)) == text
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("stage mqa k3 s1 c32 key_dim=8", "an `mqa` block needs its heads"),
+        ("stage mqa k3 s1 c32 heads=2", "an `mqa` block needs its key_dim"),
+        ("stage mqa k3 s2 c32 heads=2 key_dim=8", "an `mqa` block keeps the map size"),
+        ("stage mqa e4 k3 s1 c32 heads=2 key_dim=8", "a `mqa` block has no expansion ratio"),
+        ("stage mqa k3 s1 c32 heads=2 key_dim=8 se=0.25", "a `mqa` block has no squeeze"),
+        ("stage mbconv e4 k3 s1 c32 heads=2", "heads applies to `mqa` blocks"),
+        ("stage uir e4 k3 s1 c32 kv_stride=2", "kv_stride applies to `mqa` blocks"),
+    ],
+)
+def test_attention_errors_are_located(line: str, message: str) -> None:
+    spec = MQA.replace("  stage mqa     k5 s1 c32 heads=4 key_dim=16 kv_stride=3", "  " + line)
+    with pytest.raises(effdsl.EffError) as caught:
+        effdsl.parse(spec, "mqa.eff")
+    errors = getattr(caught.value, "errors", (caught.value,))
+    found = [e for e in errors if message in e.message]
+    assert found and all(e.span is not None and e.span.line == 9 for e in found), errors
+
+
+def test_attention_needs_batch_norm(mqa: effdsl.Network) -> None:
+    spec = MQA.replace("kv_stride=3", "kv_stride=3 norm=none")
+    with pytest.raises(effdsl.EffError, match="always batch-normalised"):
+        effdsl.lower(effdsl.parse(spec))
