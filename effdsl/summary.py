@@ -25,6 +25,7 @@ BLOCK_NAMES = {
     "condconv": "CondConv",
     "separable": "SepConv",
     "uir": "UIB",
+    "mqa": "MQA",
 }
 
 

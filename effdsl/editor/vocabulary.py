@@ -30,6 +30,9 @@ VALUE_DOCS = {
     ("kind", "uir"): "Universal inverted bottleneck (MobileNetV4): optional depthwise "
     "`dw_start` before the 1×1 expansion, the depthwise k×k (k0: none), optional SE, 1×1 "
     "projection, optional depthwise `dw_end`, optional layer scale.",
+    ("kind", "mqa"): "Multi-query attention (MobileNetV4 hybrid): batch norm, `heads` query "
+    "heads over one shared key and value (downsampled by a depthwise k×k of `kv_stride`), "
+    "1×1 output projection, optional layer scale; stride 1.",
     ("act", "silu"): "SiLU (swish): x · sigmoid(x).",
     ("act", "relu"): "ReLU: max(x, 0).",
     ("act", "relu6"): "ReLU6: min(max(x, 0), 6).",
