@@ -301,7 +301,7 @@ def test_hover_reads_the_cost_model() -> None:
     assert f"**params** {b3.params:,}" in preset.contents.value
     assert "| stage1 | MBConv6 k3 | 2 → 3 | 24 → 32 | 75×75 |" in preset.contents.value
     assert kernel is not None and isinstance(kernel.contents, lsp.MarkupContent)
-    assert "Kernel size" in kernel.contents.value and "1 … 99" in kernel.contents.value
+    assert "Kernel size" in kernel.contents.value and "0 … 99" in kernel.contents.value
     assert comment is None
 
 
