@@ -599,12 +599,18 @@ class Composer:
     def network(self) -> ast.Network:
         facts = self.facts
         stem_norm = self._plain(facts.stem)
-        if facts.head is None:
+        head_conv = facts.head
+        if head_conv is None and not hasattr(ast, "NoHead"):
             raise self.refuse("head", "no head conv (pooling straight after the last stage)")
         # a head conv with neither norm nor bias (FBNetV3's), where the language has `bias=no`
-        bare = facts.head.norm is None and not facts.head.bias and "bias" in ast.Head.model_fields
-        head_norm = self._plain(facts.head, bare=bare)
-        if facts.stem.stride > 2 or facts.head.stride > 2:
+        bare = (
+            head_conv is not None
+            and head_conv.norm is None
+            and not head_conv.bias
+            and "bias" in ast.Head.model_fields
+        )
+        head_norm = self._plain(head_conv, bare=bare) if head_conv is not None else "none"
+        if facts.stem.stride > 2 or (head_conv is not None and head_conv.stride > 2):
             raise self.refuse(facts.stem.path, "a stride above 2")
         lines = [[self.line(block) for block in stage] for stage in facts.stages]
         stages = self._stages(lines)
@@ -619,7 +625,10 @@ class Composer:
             if line["kind"] == "conv" and fused:
                 line.update(kind="fused_mbconv", se=0.0)
         ends = []
-        for conv, norm in ((facts.stem, stem_norm), (facts.head, head_norm)):
+        ends_read = [(facts.stem, stem_norm)]
+        if head_conv is not None:
+            ends_read.append((head_conv, head_norm))
+        for conv, norm in ends_read:
             ends.append(
                 {
                     "kind": "conv",
@@ -635,11 +644,11 @@ class Composer:
             )
             if conv.norm_group_size:
                 ends[-1]["norm_group_size"] = conv.norm_group_size
-        if facts.head_style == "post_pool":
+        if head_conv is not None and facts.head_style == "post_pool":
             ends[1]["pool"] = "first"
         if bare:
             ends[1]["bias"] = False
-        statements = [ends[0], *every, ends[1]]
+        statements = [ends[0], *every, *ends[1:]]
         defaults = self._defaults(statements, every)
         defaults["drop_path"] = self._drop_path(lines)
         for statement in statements:
@@ -662,7 +671,8 @@ class Composer:
             "input": ast.Input(size=facts.resolution, channels=facts.in_channels),
             "stem": ast.Stem(**statements[0]),
             "stages": tuple(built),
-            "head": ast.Head(**statements[-1]),
+            # `head none` (MobileNetV1): the last stage goes to the pool itself
+            "head": ast.Head(**statements[-1]) if head_conv is not None else ast.NoHead(),
             "classifier": ast.Classifier(
                 **_given(dropout=facts.dropout, node=ast.Classifier), classes=facts.classes
             ),

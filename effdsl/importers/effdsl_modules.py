@@ -203,7 +203,9 @@ class EffdslReader(Reader):
             )
             for i, stage in enumerate(model.stages)
         )
-        head = self.conv("head", model.head)
+        module = getattr(model, "head", None)
+        none = module is None or type(module).__name__ == "Identity"  # `head none`
+        head = None if none else self.conv("head", module)
         return ModelFacts(
             source=self.source,
             name=self.name,
@@ -213,7 +215,7 @@ class EffdslReader(Reader):
             stem=stem,
             stages=stages,
             head=head,
-            head_style="post_pool" if _pooled_head(model) else "conv",
+            head_style="post_pool" if head is not None and _pooled_head(model) else "conv",
             dropout=float(model.dropout.p),
             classes=int(model.classifier.out_features),
             params=parameter_count(model),
