@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from decimal import Decimal
 
 from effdsl import ast
 from effdsl.arguments import checked
@@ -34,6 +35,14 @@ def parse_amount(text: str) -> float:
         # parameters, MACs and bytes are counted whole: `1e-9` would read as a limit of 0
         raise ValueError(f"not an amount of at least 1: {text!r}")
     return value
+
+
+def _whole(value: float) -> str:
+    """`3,371,744`, or `-1E+400` where the digits would run on: a budget as written in an
+    error, however large (a Python int need not fit a float)."""
+    if abs(value) < 10**15:
+        return f"{value:,.0f}"
+    return format(Decimal(value), ".4G")
 
 
 def _measure(
@@ -86,7 +95,7 @@ def solve_phi(
     if not fits(low):
         smallest = _measure(network, at, low, what)
         raise ScalingError(
-            f"no phi ≥ {low:g} fits {what} ≤ {limit:,.0f}"
+            f"no phi ≥ {low:g} fits {what} ≤ {_whole(limit)}"
             + (f" (phi={low:g} needs {smallest:,.0f})" if smallest is not None else "")
         )
     if fits(high):

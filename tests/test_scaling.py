@@ -302,6 +302,12 @@ def test_budget_too_small_is_an_error() -> None:
         solve_phi(effdsl.load(SPECS / "b0.eff"), params=1000)
 
 
+def test_a_budget_beyond_any_float_is_refused_in_words() -> None:
+    """An int budget too large for a float is named in the error, not an OverflowError."""
+    with pytest.raises(ScalingError, match=r"no phi.*macs ≤ -1\.000E\+400 "):
+        solve_phi(effdsl.load(SPECS / "b0.eff"), macs=-(10**400))
+
+
 @pytest.mark.parametrize(
     ("text", "value"),
     [("2G", 2e9), ("385.8M", 385.8e6), ("10m", 10e6), ("5e6", 5e6), ("1500k", 1.5e6)],
