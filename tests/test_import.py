@@ -359,7 +359,7 @@ def test_zoo_headline_counts_its_rows() -> None:
 def test_zoo_row_is_what_a_fresh_measurement_gives(row: tuple[str, ...]) -> None:
     """Each row of docs/zoo.md re-measured: status and counts, and logits for the models up to
     `ZOO_LOGITS_MAX` parameters (`python docs/zoo.py --check` regenerates the whole table,
-    logits up to 8M included)."""
+    logits of every model included)."""
     torch.set_num_threads(1)
     source, status, params, spec_params, macs, spec_macs = row
     small = int(params.replace(",", "")) <= ZOO_LOGITS_MAX
