@@ -101,22 +101,12 @@ class ConvOp:
         return self.groups == self.in_channels == self.out_channels and self.groups > 1
 
 
-@dataclass(frozen=True)
-class SqueezeExciteOp:
-    """Global average pool, 1×1 conv down to `squeeze` (with `act`), 1×1 conv back, `gate`.
+class _SameShape:
+    """An op whose output has its input's channels and size (`channels`, `size`): SE, layer
+    scale, a lone norm, and CondConv's routing, which passes the block's input on unchanged."""
 
-    The module at `path` has children `reduce` and `expand` (1×1 convs with bias), and the
-    gate function (`sigmoid` or `hard_sigmoid`) as `gate`.
-    """
-
-    path: str
     channels: int
-    squeeze: int
-    act: str | None
-    size: int  # spatial size of the tensor it gates
-    gate: str = "sigmoid"  # `sigmoid` or `hard_sigmoid`
-
-    role: str = field(default="se", init=False)
+    size: int
 
     @property
     def in_channels(self) -> int:
@@ -133,6 +123,24 @@ class SqueezeExciteOp:
     @property
     def out_size(self) -> int:
         return self.size
+
+
+@dataclass(frozen=True)
+class SqueezeExciteOp(_SameShape):
+    """Global average pool, 1×1 conv down to `squeeze` (with `act`), 1×1 conv back, `gate`.
+
+    The module at `path` has children `reduce` and `expand` (1×1 convs with bias), and the
+    gate function (`sigmoid` or `hard_sigmoid`) as `gate`.
+    """
+
+    path: str
+    channels: int
+    squeeze: int
+    act: str | None
+    size: int  # spatial size of the tensor it gates
+    gate: str = "sigmoid"  # `sigmoid` or `hard_sigmoid`
+
+    role: str = field(default="se", init=False)
 
 
 def split_channels(channels: int, slices: int) -> tuple[int, ...]:
@@ -192,7 +200,7 @@ class MixedConvOp:
 
 
 @dataclass(frozen=True)
-class RoutingOp:
+class RoutingOp(_SameShape):
     """CondConv's routing function: sigmoid(linear(global average of the block's input)), the
     weights of the `experts` kernels of each of the block's convs, per sample.
 
@@ -206,25 +214,9 @@ class RoutingOp:
 
     role: str = field(default="routing", init=False)
 
-    @property
-    def in_channels(self) -> int:
-        return self.channels
-
-    @property
-    def out_channels(self) -> int:
-        return self.channels  # it passes the block's input on unchanged
-
-    @property
-    def in_size(self) -> int:
-        return self.size
-
-    @property
-    def out_size(self) -> int:
-        return self.size
-
 
 @dataclass(frozen=True)
-class LayerScaleOp:
+class LayerScaleOp(_SameShape):
     """Layer scale: the tensor times a learnt per-channel factor `gamma`, initialised to `init`
     (MobileNetV4's blocks, before the residual sum).
 
@@ -238,25 +230,9 @@ class LayerScaleOp:
 
     role: str = field(default="layer_scale", init=False)
 
-    @property
-    def in_channels(self) -> int:
-        return self.channels
-
-    @property
-    def out_channels(self) -> int:
-        return self.channels
-
-    @property
-    def in_size(self) -> int:
-        return self.size
-
-    @property
-    def out_size(self) -> int:
-        return self.size
-
 
 @dataclass(frozen=True)
-class NormOp:
+class NormOp(_SameShape):
     """Batch norm on its own, without a conv before it (the pre-norm of an attention block).
 
     The module at `path` is the `BatchNorm2d` itself.
@@ -269,22 +245,6 @@ class NormOp:
     bn_momentum: float
 
     role: str = field(default="norm", init=False)
-
-    @property
-    def in_channels(self) -> int:
-        return self.channels
-
-    @property
-    def out_channels(self) -> int:
-        return self.channels
-
-    @property
-    def in_size(self) -> int:
-        return self.size
-
-    @property
-    def out_size(self) -> int:
-        return self.size
 
 
 @dataclass(frozen=True)
