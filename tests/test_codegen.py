@@ -117,6 +117,11 @@ def model_of(module: ModuleType, plan: Plan) -> torch.nn.Module:
     return model
 
 
+def generated_model(plan: Plan) -> torch.nn.Module:
+    """The model class of the standalone module generated for `plan`, instantiated."""
+    return model_of(load_generated(to_python(plan)), plan)
+
+
 def _is_main_guard(node: pyast.stmt) -> bool:
     return pyast.unparse(node) == "if __name__ == '__main__':\n    main()"
 

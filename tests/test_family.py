@@ -8,10 +8,8 @@ squeeze-and-excitation options, pooled heads, stages of several block lines, wid
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import timm
@@ -27,6 +25,7 @@ from effdsl.convert import convert_state_dict
 from effdsl.render import to_dot
 
 from .conftest import ROOT, SPECS
+from .test_codegen import generated_model
 from .test_torch_build import randomise_batch_norm
 
 
@@ -249,19 +248,12 @@ def test_the_plan_lowers_each_construct_once(mobile: effdsl.Network) -> None:
     assert plan.stem.act == "silu"
 
 
-def test_build_codegen_and_cost_agree(mobile: effdsl.Network, tmp_path: Path) -> None:
+def test_build_codegen_and_cost_agree(mobile: effdsl.Network) -> None:
     plan = effdsl.lower(mobile)
     model = trained_mobile(mobile)
     assert effdsl.cost(plan).params == params(model)
     assert effdsl.cost(plan).macs == macs(model, 32)
-    source = effdsl.codegen.to_python(plan)
-    path = tmp_path / "mobile.py"
-    path.write_text(source, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("mobile_generated", path)
-    assert spec is not None and spec.loader is not None
-    generated = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generated)
-    twin = getattr(generated, effdsl.codegen.class_name(plan))().eval()
+    twin = generated_model(plan).eval()
     assert layout(twin) == layout(model)
     twin.load_state_dict(model.state_dict())
     x = torch.randn(2, 3, 32, 32)
@@ -315,7 +307,7 @@ def test_pooled_head_must_be_pointwise() -> None:
         effdsl.parse(MOBILE.replace("head  conv         k1 s1", "head  conv         k3 s1"))
 
 
-def test_a_head_without_norm_or_bias_through_every_backend(tmp_path: Path) -> None:
+def test_a_head_without_norm_or_bias_through_every_backend() -> None:
     """FBNetV3's head (`norm=none bias=no`): pool, a bias-free 1×1 conv, the activation."""
     text = MOBILE.replace("pool=first norm=none", "pool=first norm=none bias=no")
     network = effdsl.parse(text)
@@ -327,13 +319,7 @@ def test_a_head_without_norm_or_bias_through_every_backend(tmp_path: Path) -> No
     assert "Conv 1×1 · no bias, no norm · HardSwish" in to_dot(plan, detail="block")
     with_bias = params(trained_mobile(effdsl.parse(MOBILE)))
     assert effdsl.cost(plan).params == params(model) == with_bias - 64  # the head's 64 biases
-    path = tmp_path / "unbiased.py"
-    path.write_text(effdsl.codegen.to_python(plan), encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("unbiased_generated", path)
-    assert spec is not None and spec.loader is not None
-    generated = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generated)
-    twin = getattr(generated, effdsl.codegen.class_name(plan))().eval()
+    twin = generated_model(plan).eval()
     assert layout(twin) == layout(model)
     twin.load_state_dict(model.state_dict())
     x = torch.randn(2, 3, 32, 32)
@@ -368,19 +354,13 @@ def test_head_none_lowers_to_no_head_op_and_reads_back() -> None:
     assert effdsl.cost(plan).head == effdsl.cost(plan).head.__class__()
 
 
-def test_head_none_through_every_backend(tmp_path: Path) -> None:
+def test_head_none_through_every_backend() -> None:
     network = effdsl.parse(HEADLESS)
     plan = effdsl.lower(network)
     model = trained_mobile(network)
     assert effdsl.cost(plan).params == params(model)
     assert effdsl.cost(plan).macs == macs(model, 32)
-    path = tmp_path / "headless.py"
-    path.write_text(effdsl.codegen.to_python(plan), encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("headless_generated", path)
-    assert spec is not None and spec.loader is not None
-    generated = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generated)
-    twin = getattr(generated, effdsl.codegen.class_name(plan))().eval()
+    twin = generated_model(plan).eval()
     assert layout(twin) == layout(model)
     twin.load_state_dict(model.state_dict())
     x = torch.randn(2, 3, 32, 32)

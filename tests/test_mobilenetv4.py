@@ -7,9 +7,6 @@ statistics) at a low resolution.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import timm
 import torch
@@ -20,6 +17,7 @@ import effdsl.codegen
 from effdsl.convert import convert_state_dict
 from effdsl.render import to_dot
 
+from .test_codegen import generated_model
 from .test_family import Twin, assert_same_logits, layout, macs, params
 from .test_torch_build import randomise_batch_norm
 
@@ -123,18 +121,12 @@ def test_the_plan_lowers_each_form_once(uir: effdsl.Network) -> None:
     assert {op.norm for op in ending.ops if op.role != "layer_scale"} == {"none"}
 
 
-def test_build_codegen_and_cost_agree(uir: effdsl.Network, tmp_path: Path) -> None:
+def test_build_codegen_and_cost_agree(uir: effdsl.Network) -> None:
     plan = effdsl.lower(uir)
     model = trained(uir)
     assert effdsl.cost(plan).params == params(model)
     assert effdsl.cost(plan).macs == macs(model, 33)
-    path = tmp_path / "uir.py"
-    path.write_text(effdsl.codegen.to_python(plan), encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("uir_generated", path)
-    assert spec is not None and spec.loader is not None
-    generated = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generated)
-    twin = getattr(generated, effdsl.codegen.class_name(plan))().eval()
+    twin = generated_model(plan).eval()
     assert layout(twin) == layout(model)
     twin.load_state_dict(model.state_dict())
     x = torch.randn(2, 3, 33, 33)
@@ -252,18 +244,12 @@ def test_attention_is_lowered_to_norm_attention_and_layer_scale(mqa: effdsl.Netw
     assert op_cost(attention).macs == projections + downsampling + 2 * 25 * 9 * 16
 
 
-def test_attention_build_codegen_and_cost_agree(mqa: effdsl.Network, tmp_path: Path) -> None:
+def test_attention_build_codegen_and_cost_agree(mqa: effdsl.Network) -> None:
     plan = effdsl.lower(mqa)
     model = trained(mqa)
     assert effdsl.cost(plan).params == params(model)
     assert effdsl.cost(plan).macs == macs(model, 17)  # on a CPU, not only on meta
-    path = tmp_path / "mqa.py"
-    path.write_text(effdsl.codegen.to_python(plan), encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("mqa_generated", path)
-    assert spec is not None and spec.loader is not None
-    generated = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generated)
-    twin = getattr(generated, effdsl.codegen.class_name(plan))().eval()
+    twin = generated_model(plan).eval()
     assert layout(twin) == layout(model)
     twin.load_state_dict(model.state_dict())
     x = torch.randn(2, 3, 17, 17)

@@ -6,7 +6,6 @@ block. The LCNet and MobileNetV1 specs themselves are tested in test_family.py."
 
 from __future__ import annotations
 
-import importlib.util
 from functools import partial
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from effdsl.export import write_output
 from effdsl.render import to_dot
 from effdsl.torch_build import optimize_for_inference
 
+from .test_codegen import generated_model
 from .test_torch_build import randomise_batch_norm
 
 # Separable blocks with and without SE (ReLU inside, hard-sigmoid gate), a stride, a kernel of
@@ -188,18 +188,12 @@ def test_timm_checkpoints_convert_both_ways_and_give_the_same_logits(
 # ---- every backend -----------------------------------------------------------------------------
 
 
-def test_generated_module_equals_the_built_one(tmp_path: Path) -> None:
+def test_generated_module_equals_the_built_one() -> None:
     plan = effdsl.lower(network())
     model = trained()
     source = effdsl.codegen.to_python(plan)
     assert "class SeparableConv(nn.Module):" in source
-    path = tmp_path / "separable.py"
-    path.write_text(source, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("separable_generated", path)
-    assert spec is not None and spec.loader is not None
-    generated = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generated)
-    twin = getattr(generated, effdsl.codegen.class_name(plan))().eval()
+    twin = generated_model(plan).eval()
     assert layout(twin) == layout(model)
     twin.load_state_dict(model.state_dict())
     x = torch.randn(2, 3, 64, 64)
