@@ -550,7 +550,8 @@ class Line(Block):
         le=MAX_GROUP_SIZE,
         description="Channels per group of the block's k×k conv (timm's `gs`): its groups are "
         "the expanded width (mbconv, fused_mbconv) or the input width (conv, separable) over "
-        "this. Overrides `defaults group_size`.",
+        "this; each depthwise conv of a `uir` block over its own width. Overrides `defaults "
+        "group_size`.",
     )
     dw_start: int | None = Field(
         default=None,
@@ -588,6 +589,8 @@ class Line(Block):
             raise ValueError(
                 f"a `{kind}` block takes no group_size: its convs are cut by kernel or expert"
             )
+        if size is not None and kind == "mqa":
+            raise ValueError("an `mqa` block takes no group_size: it has no spatial conv to group")
         return size
 
     heads: int | None = Field(

@@ -689,12 +689,18 @@ def _uir_ops(
     stride: int,
     size: int,
     options: _Options,
+    group_size: int | None,
 ) -> tuple[Op, ...]:
     """MobileNetV4's universal inverted bottleneck: a depthwise conv before the expansion
     (`dw_start`, no activation), the 1×1 expansion, the middle depthwise conv (`k`; k0: none),
     squeeze-and-excitation, the 1×1 projection, a depthwise conv after it (`dw_end`, no
     activation), then layer scale. The first depthwise conv there is takes the stride, in the
-    order middle, start, end (timm's `UniversalInvertedResidual`)."""
+    order middle, start, end (timm's `UniversalInvertedResidual`). With `group_size` each of
+    the three spatial convs is grouped at that many channels per group, as timm's."""
+
+    def groups(width: int, what: str) -> int:
+        return width if group_size is None else _groups_of(line, group_size, width, what)
+
     kernel = line.kernel if isinstance(line.kernel, int) else line.kernel[0]
     start_stride = stride if not kernel else 1
     end_stride = stride if not (kernel or line.dw_start) else 1
@@ -702,14 +708,15 @@ def _uir_ops(
     if line.dw_start:
         start = _conv(
             f"{path}.start", "start", in_channels, in_channels, line.dw_start, start_stride,
-            size, options, groups=in_channels, act=False,
+            size, options, groups=groups(in_channels, "input width"), act=False,
         )
         ops.append(start)
         size = start.out_size
     ops.append(_conv(f"{path}.expand", "expand", in_channels, mid, 1, 1, size, options))
     if kernel:
         depthwise = _conv(
-            f"{path}.depthwise", "depthwise", mid, mid, kernel, stride, size, options, groups=mid
+            f"{path}.depthwise", "depthwise", mid, mid, kernel, stride, size, options,
+            groups=groups(mid, "expanded width"),
         )
         ops.append(depthwise)
         size = depthwise.out_size
@@ -722,7 +729,7 @@ def _uir_ops(
     if line.dw_end:
         end = _conv(
             f"{path}.end", "end", line.channels, line.channels, line.dw_end, end_stride, size,
-            options, groups=line.channels, act=False,
+            options, groups=groups(line.channels, "output width"), act=False,
         )
         ops.append(end)
         size = end.out_size
@@ -791,6 +798,26 @@ def _check_slices(line: ast.Line, ops: tuple[Op, ...]) -> None:
             )
 
 
+def _group_size(line: ast.Line, defaults: ast.Defaults) -> int | None:
+    """The channels per group of the block's spatial convs: the line's, else the default."""
+    return line.group_size if line.group_size is not None else defaults.group_size
+
+
+def _groups_of(line: ast.Line, size: int, width: int, what: str) -> int:
+    """The groups `width` channels make at `size` channels each, refused where they do not
+    divide (timm's `num_groups` asserts the same)."""
+    if width % size:
+        inherited = "" if line.group_size is not None else " (from `defaults`)"
+        raise EffSemanticError(
+            f"group_size={size}{inherited} does not divide the {what} of this "
+            f"`{line.kind}` block, {width} channels",
+            line.span_of("group_size"),
+            hint="choose a group size that divides it, or widths that are multiples of it "
+            "(the scaling divisor)",
+        )
+    return width // size
+
+
 def _spatial_groups(
     line: ast.Line, defaults: ast.Defaults, in_channels: int, mid: int
 ) -> int | None:
@@ -799,21 +826,13 @@ def _spatial_groups(
     width (conv, separable) over the group size. None: the kind's own (depthwise or dense)."""
     if line.kind in ("mixconv", "condconv"):
         return None  # the default does not reach them: their convs are cut otherwise
-    size = line.group_size if line.group_size is not None else defaults.group_size
+    size = _group_size(line, defaults)
     if size is None:
         return None
     inherited = "" if line.group_size is not None else " (from `defaults`)"
     width = mid if line.kind in ("mbconv", "fused_mbconv") else in_channels
     what = "expanded width" if line.kind in ("mbconv", "fused_mbconv") else "input width"
-    if width % size:
-        raise EffSemanticError(
-            f"group_size={size}{inherited} does not divide the {what} of this "
-            f"`{line.kind}` block, {width} channels",
-            line.span_of("group_size"),
-            hint="choose a group size that divides it, or widths that are multiples of it "
-            "(the scaling divisor)",
-        )
-    groups = width // size
+    groups = _groups_of(line, size, width, what)
     # the conv's other side must split into as many groups (a dense conv's output, a fused
     # conv's input)
     other = line.channels if line.kind == "conv" else in_channels
@@ -939,7 +958,10 @@ def lower(
                     )
                 path = f"stages.{s}.blocks.{b}"
                 if line.kind == "uir":
-                    ops = _uir_ops(path, line, channels, mid, se_channels, stride, size, options)
+                    ops = _uir_ops(
+                        path, line, channels, mid, se_channels, stride, size, options,
+                        _group_size(line, defaults),
+                    )
                 elif line.kind == "mqa":
                     ops = _mqa_ops(path, line, channels, size, options)
                 else:

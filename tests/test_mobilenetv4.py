@@ -310,6 +310,7 @@ def test_attention_is_drawn_and_formatted(mqa: effdsl.Network) -> None:
         ("stage mqa k3 s2 c32 heads=2 key_dim=8", "an `mqa` block keeps the map size"),
         ("stage mqa e4 k3 s1 c32 heads=2 key_dim=8", "a `mqa` block has no expansion ratio"),
         ("stage mqa k3 s1 c32 heads=2 key_dim=8 se=0.25", "a `mqa` block has no squeeze"),
+        ("stage mqa k3 s1 c32 heads=2 key_dim=8 group_size=8", "takes no group_size"),
         ("stage mbconv e4 k3 s1 c32 heads=2", "heads applies to `mqa` blocks"),
         ("stage uir e4 k3 s1 c32 kv_stride=2", "kv_stride applies to `mqa` blocks"),
     ],
@@ -327,3 +328,54 @@ def test_attention_needs_batch_norm(mqa: effdsl.Network) -> None:
     spec = MQA.replace("kv_stride=3", "kv_stride=3 norm=none")
     with pytest.raises(effdsl.EffError, match="always batch-normalised"):
         effdsl.lower(effdsl.parse(spec))
+
+
+GROUPED_UIR = """
+network grouped_uir {
+  input    size=32 channels=3
+  defaults act=relu
+  stem  conv k3 s2 c32
+  stage uir  e4 k5 s2 c48 x2 dw_start=3 dw_end=3 group_size=16
+  head  conv k1 s1 c64 pool=first
+  classifier classes=10
+}
+"""
+
+
+def test_group_size_groups_each_depthwise_conv_as_timm() -> None:
+    """timm's `UniversalInvertedResidual(group_size=16)` groups its start, middle and end
+    convs at 16 channels each: the same parameters, and its weights give the same output."""
+    from timm.models._efficientnet_blocks import UniversalInvertedResidual
+
+    network = effdsl.parse(GROUPED_UIR)
+    block = effdsl.lower(network).blocks()[0]
+    assert [op.groups for op in block.ops] == [2, 1, 8, 1, 3]  # 32, 128 and 48 channels / 16
+    ours = trained(network).stages[0].blocks[0].double()
+    theirs = UniversalInvertedResidual(
+        32, 48, dw_kernel_size_start=3, dw_kernel_size_mid=5, dw_kernel_size_end=3,
+        stride=2, exp_ratio=4.0, group_size=16, act_layer=nn.ReLU, layer_scale_init_value=None,
+    ).double().eval()
+    assert params(ours) == params(theirs)
+    renamed = {
+        k.replace("start.", "dw_start.").replace("expand.", "pw_exp.")
+        .replace("depthwise.", "dw_mid.").replace("project.", "pw_proj.")
+        .replace("end.", "dw_end."): v
+        for k, v in ours.state_dict().items()
+    }
+    theirs.load_state_dict(renamed, strict=True)
+    x = torch.randn(2, 32, 15, 15, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-9, atol=1e-9)
+
+
+def test_grouped_uir_is_imported_back() -> None:
+    network = effdsl.parse(GROUPED_UIR)
+    back = effdsl.import_model(effdsl.build(network))
+    assert effdsl.lower(back) == effdsl.lower(network)
+    assert back.defaults.group_size == 16  # one size for the whole net: written as a default
+
+
+def test_group_size_that_does_not_divide_a_uir_width_is_located() -> None:
+    spec = GROUPED_UIR.replace("group_size=16", "group_size=12")  # 48 and 96, not 32
+    with pytest.raises(effdsl.EffError, match=r"group_size=12 does not divide the input width"):
+        effdsl.lower(effdsl.parse(spec, "grouped.eff"))

@@ -247,7 +247,7 @@ class Composer:
                 raise self.refuse(block.path, "MobileNetV4 universal inverted bottleneck (UIR)")
             if mixed or experts:
                 raise self.refuse(block.path, "UIR block with MixConv or CondConv layers")
-            norms, mid, kernel, extra = self._uir(block)
+            norms, mid, kernel, extra, uir_group_size = self._uir(block)
             kind, spatial = "uir", block.convs[0]
         else:  # pragma: no cover - readers only produce the kinds above
             raise self.refuse(block.path, f"block kind {block.kind}")
@@ -255,7 +255,10 @@ class Composer:
             extra = {}
         if mixed and experts:
             raise self.refuse(block.path, "MixConv and CondConv in one block")
-        group_size = self._group_size(block, kind, spatial, mid)
+        if kind == "uir":
+            group_size = uir_group_size
+        else:
+            group_size = self._group_size(block, kind, spatial, mid)
         if group_size is not None and "group_size" not in ast.Line.model_fields:
             raise self.refuse(spatial.path, GROUPED, f"groups={spatial.groups}")
         if group_size is not None and (mixed or experts):
@@ -331,10 +334,11 @@ class Composer:
             raise self.refuse(spatial.path, GROUPED, f"{width} channels in {spatial.groups}")
         return width // spatial.groups
 
-    def _uir(self, block: BlockFact) -> tuple[list[str], int, int, dict[str, int]]:
-        """A universal inverted bottleneck's norms, expanded width, middle kernel (0: none)
-        and its extra depthwise kernels, checking that the stride is where the language puts
-        it: on the middle depthwise conv, else the start, else the end."""
+    def _uir(self, block: BlockFact) -> tuple[list[str], int, int, dict[str, int], int | None]:
+        """A universal inverted bottleneck's norms, expanded width, middle kernel (0: none),
+        its extra depthwise kernels and the channels per group of its spatial convs (None:
+        depthwise), checking that the stride is where the language puts it: on the middle
+        depthwise conv, else the start, else the end."""
         convs = dict(zip(block.roles, block.convs, strict=True))
         if "expand" not in convs or "project" not in convs:
             raise self.refuse(block.path, "UIR block without its 1×1 expansion and projection")
@@ -342,7 +346,7 @@ class Composer:
         for role, conv in convs.items():
             depthwise = role in ("start", "depthwise", "end")
             acts = role in ("expand", "depthwise")
-            norms.append(self._plain(conv, depthwise=depthwise, act=acts))
+            norms.append(self._plain(conv, depthwise=depthwise, act=acts, grouped=depthwise))
             if not depthwise and conv.kernel != 1:
                 raise self.refuse(conv.path, f"UIR {role} conv with a k×k kernel")
         strided = [role for role, conv in convs.items() if conv.stride > 1]
@@ -353,7 +357,13 @@ class Composer:
             role: convs[role].kernel for role in ("start", "end") if role in convs
         }
         middle = convs["depthwise"].kernel if "depthwise" in convs else 0
-        return norms, convs["expand"].out_channels, middle, extra
+        spatial = [convs[r] for r in ("start", "depthwise", "end") if r in convs]
+        # the language groups all three at one group size, as timm's `group_size` does
+        sizes = {conv.in_channels // conv.groups for conv in spatial if not conv.depthwise}
+        if sizes and (len(sizes) > 1 or any(conv.depthwise for conv in spatial)):
+            raise self.refuse(block.path, GROUPED, "UIR convs grouped at different sizes")
+        group_size = sizes.pop() if sizes else None
+        return norms, convs["expand"].out_channels, middle, extra, group_size
 
     def _attention(self, block: BlockFact, attention: AttentionFact) -> Line:
         """MobileNetV4's multi-query attention block as an `mqa` line: its kernel is the keys'
