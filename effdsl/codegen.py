@@ -213,7 +213,10 @@ class _Used:
         unknown = sorted(acts - ACTIVATION_MODULES.keys())
         if unknown:
             raise BuildError(f"code generation does not know the activation `{unknown[0]}`")
-        convs = [op for op in ops if isinstance(op, ConvOp)]
+        # with the attention's downsampling convs, which are ConvBNActs too
+        convs = [op for op in ops if isinstance(op, ConvOp)] + [
+            down for op in ops if isinstance(op, AttentionOp) for down in op.downs
+        ]
         unknown = sorted({op.norm for op in convs} - {"batch", "none", *OTHER_NORMS})
         if unknown:
             raise BuildError(f"code generation does not know the normalisation `{unknown[0]}`")
@@ -1243,7 +1246,7 @@ def _attention_call(block: BlockPlan) -> str:
     """The constructor call of a multi-query attention block, from the plan's ops."""
     norm = next(op for op in block.ops if isinstance(op, NormOp))
     attn = next(op for op in block.ops if isinstance(op, AttentionOp))
-    downs = [op for op in (attn.key_down, attn.value_down) if op is not None]
+    downs = attn.downs
     kernel, stride, padding = 1, 1, "0"
     if downs:
         down = downs[0]

@@ -121,9 +121,8 @@ def attention_cost(op: AttentionOp, bytes_per_element: int = 4) -> Cost:
         + heads * queries * keys * (op.key_dim + op.value_dim),
         op.out_channels * queries * bytes_per_element,
     )
-    for down in (op.key_down, op.value_down):
-        if down is not None:
-            total += op_cost(down, bytes_per_element)
+    for down in op.downs:
+        total += op_cost(down, bytes_per_element)
     return total
 
 

@@ -277,6 +277,11 @@ class AttentionOp:
         return self.key_down.out_size if self.key_down is not None else self.size
 
     @property
+    def downs(self) -> tuple[ConvOp, ...]:
+        """The keys' and the values' downsampling convs, where there are any."""
+        return tuple(op for op in (self.key_down, self.value_down) if op is not None)
+
+    @property
     def in_size(self) -> int:
         return self.size
 

@@ -236,9 +236,10 @@ REGRESSIONS = {
 def test_regressions_are_fast_and_clean(text: str) -> None:
     # CPU time, so that other processes on a busy machine do not make the test flaky. The
     # slowest of these (a spec at both the token and the block limit) takes 0.8-0.9 s since
-    # every whole-network rule runs beside the per-line errors, and up to 1.8 s on a machine at
-    # load 20 (CPU time still grows with contention), so the bound is 2 s: the guarantee is
-    # seconds, not minutes. The fuzzer's own cases keep the 1 s bound (docs/reliability.md).
+    # every whole-network rule runs beside the per-line errors, and 2.1 s was seen on a machine
+    # at load 8 (CPU time still grows with contention). The bound guards against what these
+    # inputs once cost, seconds to minutes, not the speed itself (bench/ measures that), so
+    # it is 10 s. The fuzzer's own cases keep the 1 s bound (docs/reliability.md).
     start = time.process_time()
     try:
         fuzz.pipeline(text)
@@ -248,7 +249,7 @@ def test_regressions_are_fast_and_clean(text: str) -> None:
         errors.render()
     except EffError as error:
         error.render()
-    assert time.process_time() - start < 2.0
+    assert time.process_time() - start < 10.0
 
 
 def test_too_many_tokens_names_the_limit_and_where() -> None:

@@ -257,6 +257,23 @@ def test_attention_build_codegen_and_cost_agree(mqa: effdsl.Network) -> None:
         torch.testing.assert_close(twin(x), model(x))
 
 
+def test_attention_with_tf_same_padding_generates_what_build_makes() -> None:
+    """At 16 px the keys' 3×3, stride-2 downsampling under TF's SAME padding pads only right
+    and bottom, which generated code once passed to `nn.Conv2d` as a 4-tuple."""
+    network = effdsl.parse(  # the only conv of the net with an odd pixel's padding
+        MQA.replace("size=17", "size=16").replace("kv_stride=2", "kv_stride=2 padding=same")
+    )
+    plan = effdsl.lower(network)
+    assert plan.blocks()[1].ops[1].key_down.padding == (0, 1, 0, 1)
+    model = trained(network)
+    twin = generated_model(plan).eval()
+    assert layout(twin) == layout(model)
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), model(x))
+
+
 def test_attention_folds_exports_and_compiles(mqa: effdsl.Network) -> None:
     model = trained(mqa)
     x = torch.randn(2, 3, 17, 17)
