@@ -452,7 +452,9 @@ class Composer:
             fields["layer_scale"] = first.layer_scale
         if first.attention is not None:
             heads, key_dim, value_dim, kv_stride = first.attention
-            fields.update(heads=heads, key_dim=key_dim, kv_stride=kv_stride, se=0.0)
+            fields.update(heads=heads, key_dim=key_dim, se=0.0)
+            if kv_stride != 1:  # said where it is not the default, as a person writes it
+                fields["kv_stride"] = kv_stride
             if value_dim != key_dim:
                 fields["value_dim"] = value_dim
             return fields
