@@ -45,6 +45,8 @@ DepthRound = Literal["up", "nearest"]
 
 #: The block kinds whose output a layer scale may multiply.
 LAYER_SCALED: tuple[str, ...] = ("uir", "mqa")
+#: The block kinds that may start with space-to-depth (`s2d=yes`), as timm's `ds` and `ir`.
+SPACE_TO_DEPTH: tuple[str, ...] = ("mbconv", "separable")
 #: The block kinds without an expansion ratio (no `e`, `mid=` or `full=`).
 UNEXPANDED: tuple[str, ...] = ("conv", "separable", "mqa")
 MAX_HEADS = 1024
@@ -544,6 +546,13 @@ class Line(Block):
         description="At expansion 1, keep the 1×1 expansion conv (mbconv) or the 1×1 "
         "projection (fused_mbconv) that is otherwise left out.",
     )
+    s2d: bool = Field(
+        default=False,
+        description="Space-to-depth (EfficientNet-X): the line's first block starts with a 2×2 "
+        "stride-2 conv to 4× the channels and runs on them with its kernel halved; the blocks "
+        "after it keep 4× the channels they say until the next stride-2 block, which drops "
+        "its stride and expands a quarter as much. `mbconv` and `separable` lines of stride 1.",
+    )
     group_size: int | None = Field(
         default=None,
         ge=1,
@@ -580,6 +589,19 @@ class Line(Block):
         if self.full and self.kind in ("mixconv", "condconv", "uir"):
             raise ValueError(f"`full=` is for mbconv and fused_mbconv, not `{self.kind}`")
         return self
+
+    @field_validator("s2d")
+    @classmethod
+    def _s2d_of_a_depthwise_block(cls, s2d: bool, info: ValidationInfo) -> bool:
+        kind = info.data.get("kind")
+        if s2d and kind not in (None, *SPACE_TO_DEPTH):
+            raise ValueError(f"s2d applies to `mbconv` and `separable` blocks, not `{kind}`")
+        if s2d and info.data.get("stride", 1) != 1:
+            raise ValueError(
+                "a space-to-depth block has stride 1 (its 2×2 stride-2 conv downsamples): "
+                "write it `s1`"
+            )
+        return s2d
 
     @field_validator("group_size")
     @classmethod

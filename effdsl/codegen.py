@@ -64,15 +64,19 @@ BLOCK_CLASSES = {
     ("fused_mbconv", ("conv",)): "ConvBlock",  # expansion 1: a single k×k conv
     ("fused_mbconv", ("expand", "se", "project")): "FusedMBConv",
     ("fused_mbconv", ("expand", "project")): "FusedMBConv",
-    ("separable", ("depthwise", "pointwise")): "SeparableConv",
-    ("separable", ("depthwise", "se", "pointwise")): "SeparableConv",
     **{
-        (kind, (*routing, *expand, "depthwise", *se, "project")): name
-        for kind, name, routing in (
-            ("mbconv", "MBConv", ()),
-            ("mixconv", "MixConv", ()),
-            ("condconv", "CondConv", ("routing",)),
+        ("separable", (*s2d, "depthwise", *se, "pointwise")): "SeparableConv"
+        for s2d in ((), ("s2d",))
+        for se in ((), ("se",))
+    },
+    **{
+        (kind, (*s2d, *routing, *expand, "depthwise", *se, "project")): name
+        for kind, name, routing, s2ds in (
+            ("mbconv", "MBConv", (), ((), ("s2d",))),
+            ("mixconv", "MixConv", (), ((),)),
+            ("condconv", "CondConv", ("routing",), ((),)),
         )
+        for s2d in s2ds
         for expand in ((), ("expand",))
         for se in ((), ("se",))
     },
@@ -201,6 +205,7 @@ class _Used:
     norms: tuple[str, ...] = ()  # the norms of OTHER_NORMS used: `norm` is then a name
     grouped: bool = False  # some block's k×k conv has groups other than its class's default
     layer_scale: bool = False  # some block ends in a layer scale
+    s2d: bool = False  # some block starts with a space-to-depth conv
 
     @classmethod
     def of(cls, plan: Plan) -> _Used:
@@ -240,6 +245,7 @@ class _Used:
             norms=tuple(name for name in OTHER_NORMS if any(op.norm == name for op in convs)),
             grouped=any(_groups_arg(block) is not None for block in plan.blocks()),
             layer_scale=any(isinstance(op, LayerScaleOp) for op in ops),
+            s2d=any(op.role == "s2d" for op in ops),
         )
 
 
@@ -612,9 +618,30 @@ class ConvBlock(nn.Module):
 {_RESIDUAL}'''
 
 
+def _space_to_depth(used: _Used, padding: str) -> tuple[str, str, str, str]:
+    """The `s2d` argument of a block class that may start with space-to-depth, the layer it
+    makes, and the name its first conv reads (`x`, or the conv's output `out`)."""
+    if not used.s2d:
+        return "", "", "", "x"
+    _, norm = _norm(used)
+    arg = f"\n        s2d: {padding} | None = None,"
+    layer = f"""
+        # space-to-depth (`s2d`: its padding): a 2×2 stride-2 conv to 4× the channels, on
+        # which the rest of the block runs
+        self.s2d = None
+        if s2d is not None:
+            self.s2d = ConvBNAct(
+                cin, 4 * cin, 2, 2, s2d, act=act, eps=eps, momentum=momentum{norm}
+            )
+            cin = 4 * cin"""
+    step = "        out = x if self.s2d is None else self.s2d(x)\n"
+    return arg, layer, step, "out"
+
+
 def _separable(used: _Used, padding: str) -> str:
     norm_arg, norm = _norm(used)
     setup = _norm_setup(used)
+    s2d_arg, s2d_layer, s2d_step, first = _space_to_depth(used, padding)
     groups_arg, groups, grouping = _groups_param(used, "cin")
     se = _se_parts(used, channels="cin")
     return f'''\
@@ -633,9 +660,9 @@ class SeparableConv(nn.Module):
         eps: float,
         momentum: float,
         drop_rate: float,
-        residual: bool,{se["{gate_arg}"]}{groups_arg}{norm_arg}
+        residual: bool,{se["{gate_arg}"]}{groups_arg}{norm_arg}{s2d_arg}
     ) -> None:
-        super().__init__(){setup}{grouping}
+        super().__init__(){setup}{s2d_layer}{grouping}
         self.depthwise = ConvBNAct(
             cin, cin, kernel, stride, padding, groups={groups}, act=act, eps=eps,
             momentum=momentum{norm}
@@ -645,7 +672,7 @@ class SeparableConv(nn.Module):
         self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.depthwise(x){se["{se_step}"]}
+{s2d_step}        out = self.depthwise({first}){se["{se_step}"]}
         out = self.pointwise(out)
 {_RESIDUAL}'''
 
@@ -810,6 +837,9 @@ def _inverted_residual(name: str, used: _Used, padding: str) -> str:
     se = _se_parts(used)
     full = name == "MBConv" and used.full
     full_arg = "\n        full: bool = False," if full else ""
+    s2d_arg, s2d_layer, s2d_step, first = (
+        _space_to_depth(used, padding) if name == "MBConv" else ("", "", "", "x")
+    )
     groups_arg, groups, grouping = _groups_param(used, "mid" if name == "MBConv" else "1")
     if name == "MBConv":
         doc = "Inverted residual: 1×1 expand, k×k depthwise, squeeze-and-excitation, 1×1 project."
@@ -833,7 +863,7 @@ def _inverted_residual(name: str, used: _Used, padding: str) -> str:
         self.depthwise = ConvBNAct(
             {depthwise}
         )"""
-        steps = "        out = self.expand(x)\n        out = self.depthwise(out)"
+        steps = f"{s2d_step}        out = self.expand({first})\n        out = self.depthwise(out)"
     else:
         doc = "Fused inverted residual: k×k expand, squeeze-and-excitation, 1×1 project."
         grouped = f", groups={groups}" if used.grouped else ""
@@ -858,9 +888,9 @@ class {name}(nn.Module):
         eps: float,
         momentum: float,
         drop_rate: float,
-        residual: bool,{se["{gate_arg}"]}{full_arg}{groups_arg}{norm_arg}
+        residual: bool,{se["{gate_arg}"]}{full_arg}{groups_arg}{norm_arg}{s2d_arg}
     ) -> None:
-        super().__init__(){setup}{grouping}
+        super().__init__(){setup}{s2d_layer}{grouping}
 {layers}{se["{se_layer}"]}
         # linear bottleneck: no activation after the projection
         self.project = ConvBNAct(mid, cout, 1, eps=eps, momentum=momentum{norm})
@@ -1202,6 +1232,8 @@ def _spatial_op(block: BlockPlan, name: str) -> ConvOp | MixedConvOp:
     for op in convs:
         kernels, stride, paddings = _shape_of(op)
         plain = op is spatial or (set(kernels), stride, set(paddings)) == ({1}, 1, {"0"})
+        if op.role == "s2d":  # the class makes it from the block's input width
+            plain = (kernels, stride, op.out_channels) == ((2,), 2, 4 * op.in_channels)
         act = None if op.role == "project" else spatial.act
         same_norm = (op.bn_eps, op.bn_momentum, op.norm, op.norm_group_size) == (
             spatial.bn_eps,
@@ -1366,6 +1398,9 @@ def _block_call(block: BlockPlan, used: _Used) -> str:
         args.append(f"groups={groups}")
     if isinstance(spatial, ConvOp):
         args += _norm_args(spatial, used)
+    s2d = next((op for op in block.ops if op.role == "s2d"), None)
+    if isinstance(s2d, ConvOp):
+        args.append(f"s2d={_padding(s2d)}")
     return f"{name}({', '.join(args)})"
 
 
@@ -1404,6 +1439,7 @@ def _signatures(used: _Used) -> list[str]:
             *([" groups="] if used.grouped and name in _DEFAULT_GROUPS else []),
             *([" norm="] if (used.unnormalised or used.norms) and name in _NORM_BLOCKS else []),
             *([" norm_size="] if used.norms and name in _NORM_BLOCKS else []),
+            *([" s2d="] if name in ("MBConv", "SeparableConv") and used.s2d else []),
             *([" layer_scale="] if name == "UniversalInvertedResidual" and used.layer_scale
               else []),
         ]

@@ -261,7 +261,8 @@ _TIMM_UIR = {
 
 def _timm_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
     """timm: `conv_stem`/`bn1`, `blocks.i.j`, `conv_head`/`bn2`; inside a block the batch
-    norms are numbered `bn1`, `bn2`, ... in forward order and the SE module is `se`; a
+    norms are numbered `bn1`, `bn2`, ... in forward order (a space-to-depth conv's is
+    `bn_s2d`, with `conv_s2d`) and the SE module is `se`; a
     universal inverted bottleneck's convs are ConvNormAct modules named by `_TIMM_UIR`."""
     yield plan.stem, {"conv": "conv_stem", "bn": "bn1"}
     for block in plan.blocks():
@@ -284,6 +285,8 @@ def _timm_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
                 )
             elif isinstance(op, RoutingOp):
                 yield op, {"routing": f"{prefix}.routing_fn"}
+            elif op.role == "s2d":  # before the block's numbered norms
+                yield op, {"conv": f"{prefix}.conv_s2d", "bn": f"{prefix}.bn_s2d"}
             else:
                 convs += 1
                 conv = f"{prefix}.{_timm_conv_name(block, op)}"
@@ -346,6 +349,16 @@ def _no_squeeze(plan: Plan, library: str) -> None:
                 )
 
 
+def _no_space_to_depth(plan: Plan, library: str) -> None:
+    """torchvision has no EfficientNet-X: no block starts with space-to-depth."""
+    for op in plan.ops():
+        if op.role == "s2d":
+            raise CheckpointError(
+                f"{library} has no space-to-depth conv like `{op.path}` (EfficientNet-X)",
+                hint="convert such networks' checkpoints with source='timm'",
+            )
+
+
 _NAMES = {
     "torchvision": _torchvision_names,
     "timm": _timm_names,
@@ -370,6 +383,8 @@ def layout(plan: Plan, library: str) -> tuple[Entry, ...]:
             f"no checkpoint layout `{library}`",
             hint=f"use one of {', '.join((*LIBRARIES, *TORCHVISION_LAYOUTS))}",
         )
+    if library != "timm":
+        _no_space_to_depth(plan, library)
     entries = [entry for op, names in _NAMES[library](plan) for entry in _op_entries(op, names)]
     classifier = plan.classifier
     entries.extend(

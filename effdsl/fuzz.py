@@ -137,6 +137,7 @@ WORDS = (
     "experts=65",
     "uir", "k0", "dw_start=3", "dw_end=5", "dw_start=0", "layer_scale=1e-5", "layer_scale=none",
     "mqa", "heads=4", "key_dim=64", "value_dim=32", "kv_stride=2", "heads=0",
+    "s2d=yes", "s2d=no", "s2d=2",
     "expand_groups=2", "project_groups=64", "project_groups=0", "kernel=3.5",
     "group_size=8", "group_size=0", "group_size=5", "norm=group", "norm=evonorm", "norm=layer",
     "norm_group_size=8", "norm_group_size=3", "norm_group_size=4097",
@@ -532,6 +533,10 @@ def random_block(rng: random.Random, keyword: str) -> str:
         extra.append("mid=" + _pick(rng, (16, 24, 100), (0, 1_000_001)))
     if keyword in lines and kind in ("mbconv", "fused_mbconv") and rng.random() < 0.1:
         extra.append("full=" + rng.choice(("yes", "no")))
+    # space-to-depth: on a stride-1 mbconv or separable line; elsewhere an error at the option
+    usual = kind in ast.SPACE_TO_DEPTH or rng.random() < 0.05
+    if keyword in lines and usual and rng.random() < 0.15:
+        extra.append("s2d=" + _pick(rng, ("yes", "no"), ("maybe",)))
     if pooled:
         extra.append("pool=first")
     elif keyword == "head" and rng.random() < 0.2:

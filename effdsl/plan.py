@@ -39,7 +39,7 @@ class ConvOp:
     """
 
     path: str
-    role: str  # "stem", "expand", "depthwise", "project", "conv", "head"
+    role: str  # "stem", "s2d", "expand", "depthwise", "project", "conv", "head", ...
     in_channels: int
     out_channels: int
     kernel: int
@@ -689,6 +689,7 @@ def _uir_ops(
     path: str,
     line: ast.Line,
     in_channels: int,
+    out_channels: int,
     mid: int,
     se_channels: int,
     stride: int,
@@ -729,22 +730,22 @@ def _uir_ops(
         se_act = _act(options.se_act if options.se_act is not None else options.act)
         ops.append(SqueezeExciteOp(f"{path}.se", mid, se_channels, se_act, size, options.se_gate))
     ops.append(
-        _conv(f"{path}.project", "project", mid, line.channels, 1, 1, size, options, act=False)
+        _conv(f"{path}.project", "project", mid, out_channels, 1, 1, size, options, act=False)
     )
     if line.dw_end:
         end = _conv(
-            f"{path}.end", "end", line.channels, line.channels, line.dw_end, end_stride, size,
-            options, groups=groups(line.channels, "output width"), act=False,
+            f"{path}.end", "end", out_channels, out_channels, line.dw_end, end_stride, size,
+            options, groups=groups(out_channels, "output width"), act=False,
         )
         ops.append(end)
         size = end.out_size
     if options.layer_scale:
-        ops.append(LayerScaleOp(f"{path}.layer_scale", line.channels, options.layer_scale, size))
+        ops.append(LayerScaleOp(f"{path}.layer_scale", out_channels, options.layer_scale, size))
     return tuple(ops)
 
 
 def _mqa_ops(
-    path: str, line: ast.Line, in_channels: int, size: int, options: _Options
+    path: str, line: ast.Line, in_channels: int, out_channels: int, size: int, options: _Options
 ) -> tuple[Op, ...]:
     """MobileNetV4's multi-query attention block: batch norm, the attention, layer scale."""
     assert line.heads is not None and line.key_dim is not None  # the AST requires them
@@ -763,7 +764,7 @@ def _mqa_ops(
         AttentionOp(
             f"{path}.attn",
             in_channels,
-            line.channels,
+            out_channels,
             line.heads,
             line.key_dim,
             line.value_dim if line.value_dim is not None else line.key_dim,
@@ -772,7 +773,7 @@ def _mqa_ops(
         ),
     ]
     if options.layer_scale:
-        ops.append(LayerScaleOp(f"{path}.layer_scale", line.channels, options.layer_scale, size))
+        ops.append(LayerScaleOp(f"{path}.layer_scale", out_channels, options.layer_scale, size))
     return tuple(ops)
 
 
@@ -884,6 +885,20 @@ def _check_norms(statement: ast.Block, ops: tuple[Op, ...]) -> None:
             )
 
 
+def _space_to_depth(path: str, channels: int, size: int, options: _Options) -> ConvOp:
+    """The space-to-depth conv a block starts with (EfficientNet-X, timm's `conv_s2d`): 2×2,
+    stride 2, to 4× the channels, with the block's norm and activation. TF's SAME padding
+    whatever the network's: nothing on an even map, a pixel right and bottom on an odd one."""
+    return _conv(
+        f"{path}.s2d", "s2d", channels, 4 * channels, 2, 2, size,
+        replace(options, padding="same"),
+    )
+
+
+def _line_of(node: ast.Node) -> str:
+    return str(node.span.line) if node.span is not None else "?"
+
+
 def lower(
     network: ast.Network, scaling: Multipliers | None = None, *, max_blocks: int = MAX_BLOCKS
 ) -> Plan:
@@ -914,6 +929,7 @@ def lower(
     size, channels = stem.out_size, stem.out_channels
     number = 0
     stages = []
+    region: ast.Line | None = None  # the line whose space-to-depth region is open
     for s, stage in enumerate(network.stages):
         first_options = _options(stage, defaults)
         stage_in_size = size
@@ -928,70 +944,100 @@ def lower(
                 )
             for r in range(line.repeats):
                 b = len(blocks)
+                path = f"stages.{s}.blocks.{b}"
                 stride = line.stride if r == 0 else 1
+                starts = line.s2d and r == 0
+                if starts and region is not None:
+                    raise EffSemanticError(
+                        "space-to-depth inside a space-to-depth region",
+                        line.span_of("s2d"),
+                        hint=f"the region that starts at line {_line_of(region)} ends at the "
+                        "next stride-2 block; start another after it",
+                    )
+                # the stride-2 block after a space-to-depth conv ends its region: the conv did
+                # its downsampling already, and its ratio is of the 4× wider input
+                ends = region is not None and stride == 2
+                expand, se_ratio = line.expand, options.se
+                block_options, layout = options, _Layout.of(line)
+                in_channels, in_size = channels, size
+                prefix: tuple[Op, ...] = ()
+                if starts:
+                    s2d = _space_to_depth(path, channels, size, options)
+                    prefix, region = (s2d,), line
+                    channels, size = s2d.out_channels, s2d.out_size
+                    half = (layout.kernels[0] + 1) // 2
+                    layout = replace(layout, kernels=(half,))
+                    if half == 2:  # an even kernel is centred only by TF's SAME padding
+                        block_options = replace(options, padding="same")
+                    se_ratio = options.se / 4  # of the block's input before the conv
+                elif ends:
+                    stride, expand, region = 1, line.expand / 4, None
+                # in the region a block's output is 4× the channels the spec says
+                out_channels = line.channels * 4 if region is not None else line.channels
+                full = line.full or (ends and line.expand != 1.0)
                 if line.kind in ("conv", "mqa"):
                     mid, se_channels = channels, 0
                 elif line.kind == "separable":
                     mid = channels
                     se_channels = squeeze_channels(
                         channels,
-                        options.se,
+                        se_ratio,
                         source=options.se_from,
                         divisor=options.se_divisor,
                         round_limit=network.scaling.round_limit,
                     )
                 elif line.kind == "uir":  # the expansion conv is always there, rounded as timm's
-                    mid = line.mid if line.mid is not None else make_divisible(
-                        channels * line.expand
-                    )
+                    mid = line.mid if line.mid is not None else make_divisible(channels * expand)
                     se_channels = squeeze_channels(
                         channels,
-                        options.se,
+                        se_ratio,
                         mid_channels=mid,
                         source=options.se_from,
                         divisor=options.se_divisor,
                     )
                 else:
-                    mid = expanded_channels(channels, line.expand, line.mid)
+                    mid = expanded_channels(channels, expand, line.mid)
                     se_channels = squeeze_channels(
                         channels,
-                        options.se,
+                        se_ratio,
                         mid_channels=mid,
                         source=options.se_from,
                         divisor=options.se_divisor,
                         round_limit=network.scaling.round_limit,
                     )
-                path = f"stages.{s}.blocks.{b}"
                 if line.kind == "uir":
                     ops = _uir_ops(
-                        path, line, channels, mid, se_channels, stride, size, options,
-                        _group_size(line, defaults),
+                        path, line, channels, out_channels, mid, se_channels, stride, size,
+                        options, _group_size(line, defaults),
                     )
                 elif line.kind == "mqa":
-                    ops = _mqa_ops(path, line, channels, size, options)
+                    ops = _mqa_ops(path, line, channels, out_channels, size, options)
                 else:
                     groups = _spatial_groups(line, defaults, channels, mid)
                     ops = _block_ops(
                         path,
                         line.kind,
                         channels,
-                        line.channels,
+                        out_channels,
                         mid,
                         se_channels,
-                        _Layout.of(line, groups),
+                        replace(layout, groups=groups),
                         stride,
                         size,
-                        options,
-                        line.full,
+                        block_options,
+                        full,
                     )
+                ops = prefix + ops
                 _check_slices(line, ops)
                 _check_norms(line, ops)
-                # a separable block has no residual connection (MobileNetV1, timm's `dsa`)
+                # a separable block has no residual connection (MobileNetV1, timm's `dsa`), nor
+                # one that starts with space-to-depth (its output is half the size)
                 residual = (
                     line.kind != "separable"
                     and line.skip
+                    and not starts
                     and stride == 1
-                    and channels == line.channels
+                    and in_channels == out_channels
                 )
                 out_size = ops[-1].out_size
                 blocks.append(
@@ -1001,32 +1047,32 @@ def lower(
                         index=b,
                         number=number,
                         kind=line.kind,
-                        in_channels=channels,
-                        out_channels=line.channels,
+                        in_channels=in_channels,
+                        out_channels=out_channels,
                         mid_channels=mid,
                         kernel=line.kernel,
                         stride=stride,
-                        expand=mid / channels if line.mid is not None else line.expand,
+                        expand=mid / channels if line.mid is not None else expand,
                         se_channels=se_channels,
                         act=options.act,
                         # block i of N drops its branch with probability rate·i/N (N after
                         # depth scaling: torchvision's convention, see tensorflow/tpu#381)
                         drop_path=options.drop_path * number / total if residual else 0.0,
                         residual=residual,
-                        in_size=size,
+                        in_size=in_size,
                         out_size=out_size,
                         ops=ops,
                     )
                 )
                 number += 1
-                size, channels = out_size, line.channels
+                size, channels = out_size, out_channels
         stages.append(
             StagePlan(
                 index=s,
                 name=stage.name or f"stage{s}",
                 kind=stage.kind,
                 kernel=stage.kernel,
-                stride=stage.stride,
+                stride=blocks[0].stride,  # the written one, unless space-to-depth took it
                 expand=blocks[0].expand,
                 se=first_options.se if stage.kind not in ("conv", "mqa") else 0.0,
                 repeats=len(blocks),

@@ -591,13 +591,18 @@ def block_title(block: BlockPlan) -> str:
 
 
 def block_kernels(block: BlockPlan) -> str:
-    """`k3`, `k3.5.7` (mixed), or a universal inverted bottleneck's depthwise kernels before,
+    """`k3`, `k3.5.7` (mixed), a block that starts with space-to-depth `s2d · k2` (its
+    depthwise kernel, halved), or a universal inverted bottleneck's depthwise kernels before,
     between and after its 1×1 convs, `–` where it has none: `dw 3·5·–`."""
     attention = next((op for op in block.ops if isinstance(op, AttentionOp)), None)
     if attention is not None:
         down = attention.key_down
         kv = f" kv {down.kernel}×{down.kernel} s{down.stride}" if down is not None else ""
         return f"{attention.heads}×{attention.key_dim}{kv}"
+    s2d = next((op for op in block.ops if op.role == "s2d"), None)
+    if s2d is not None:  # the depthwise conv runs on the space-to-depth conv's 4× channels
+        spatial = next(op for op in block.ops if op.role == "depthwise")
+        return f"s2d · k{kernel_text(getattr(spatial, 'kernel', block.kernel))}"
     if block.kind != "uir":
         return f"k{kernel_text(block.kernel)}"
     kernels = {op.role: op.kernel for op in block.ops if isinstance(op, ConvOp)}

@@ -74,10 +74,12 @@ def summarize(network: ast.Network, factors: Multipliers) -> Summary:
 def block_label(stage: StagePlan) -> str:
     """`MBConv6`, `FusedMBConv4`, `Conv`: the paper's way of naming a stage's block."""
     name = BLOCK_NAMES[stage.kind]
+    # a stage that starts with space-to-depth (EfficientNet-X) says so: its width is 4× its c
+    s2d = " s2d" if any(op.role == "s2d" for op in stage.blocks[0].ops) else ""
     if stage.kind in ast.UNEXPANDED:
-        return name
+        return name + s2d
     expand = f"{stage.expand:g}"
-    return f"{name}{expand}"
+    return f"{name}{expand}{s2d}"
 
 
 def human(number: float, unit: str = "") -> str:

@@ -416,9 +416,10 @@ def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
 # The order in which a block runs its ops; every block kind's ops are a subsequence of it
 # (mbconv: expand?, depthwise, se?, project; fused: expand, se?, project; conv: conv;
 # separable: depthwise, se?, pointwise; uir: start?, expand, depthwise?, se?, project, end?,
-# layer_scale?; mqa: norm, attn, layer_scale?; a condconv block starts with its routing).
+# layer_scale?; mqa: norm, attn, layer_scale?; a condconv block starts with its routing; a
+# block may start with a space-to-depth conv, `s2d`).
 OP_ORDER = (
-    "routing", "conv", "start", "expand", "depthwise", "se", "pointwise", "project", "end",
+    "s2d", "routing", "conv", "start", "expand", "depthwise", "se", "pointwise", "project", "end",
     "norm", "attn", "layer_scale",
 )
 
@@ -448,6 +449,7 @@ class Block(nn.Module):
             raise BuildError(f"block `{block.path}` has drop_path {block.drop_path}, not in [0, 1)")
         layers = _block_layers(block)
         # assigned in OP_ORDER, so state_dict keys come out in forward order
+        self.s2d = layers.get("s2d")
         self.routing = layers.get("routing")
         self.conv = layers.get("conv")
         self.start = layers.get("start")
@@ -465,6 +467,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = x
+        if self.s2d is not None:
+            out = self.s2d(out)  # N, 4·C_in, H/2, W/2 (space-to-depth)
         if self.conv is not None:
             out = self.conv(out)  # N, C_out, H/s, W/s
         if self.start is not None:

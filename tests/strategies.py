@@ -151,6 +151,8 @@ def lines(draw: st.DrawFn, line: type[ast.Line]) -> dict[str, object]:
         fields["expand"] = expand
     if kind in ("mbconv", "fused_mbconv"):  # the kinds whose e1 form may keep its 1×1 conv
         fields["full"] = draw(st.booleans())
+    if kind in ast.SPACE_TO_DEPTH and fields["stride"] == 1:  # now and then space-to-depth
+        fields["s2d"] = draw(st.sampled_from([False, False, False, True]))
     if kind in ("mixconv", "condconv"):  # always batch-normalised, whatever the defaults say
         fields["norm"] = "batch"
     return fields
