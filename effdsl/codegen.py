@@ -256,9 +256,10 @@ def _se_options(block: BlockPlan) -> bool:
 
 
 def _keeps_expansion(block: BlockPlan) -> bool:
-    """An MBConv with expansion 1 that keeps its 1×1 expansion conv."""
-    return block.kind == "mbconv" and block.mid_channels == block.in_channels and any(
-        op.role == "expand" for op in block.ops
+    """An MBConv with expansion 1 that keeps its 1×1 expansion conv (of the block's input, or
+    of the space-to-depth conv's output)."""
+    return block.kind == "mbconv" and any(
+        op.role == "expand" and op.in_channels == op.out_channels for op in block.ops
     )
 
 

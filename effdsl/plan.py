@@ -967,7 +967,7 @@ def lower(
                     channels, size = s2d.out_channels, s2d.out_size
                     half = (layout.kernels[0] + 1) // 2
                     layout = replace(layout, kernels=(half,))
-                    if half == 2:  # an even kernel is centred only by TF's SAME padding
+                    if half % 2 == 0:  # an even kernel keeps the size only with TF's SAME
                         block_options = replace(options, padding="same")
                     se_ratio = options.se / 4  # of the block's input before the conv
                 elif ends:

@@ -439,7 +439,9 @@ def test_any_network_generates_the_module_build_makes(network: effdsl.Network, s
     x = torch.randn(2, plan.in_channels, size, size)
     with torch.no_grad():
         expected = reference(x)
-        scale = float(expected.abs().max())
+        # relative to the logits' size, but never below float32 noise: a 1-channel layer norm
+        # turns rounding noise into outputs of 1e-7 whose digits mean nothing
+        scale = max(float(expected.abs().max()), 1.0)
         assert torch.allclose(model(x), expected, rtol=1e-5, atol=1e-6 * scale)
 
 
