@@ -1,4 +1,5 @@
-"""EfficientNet-X and -H against timm, and space-to-depth (`s2d=yes`) through every backend.
+"""EfficientNet-X and -H against timm, and space-to-depth (`s2d=yes`) through every backend
+and back through the importer.
 
 The specs are followed through the plan as in `test_family`: parameters and MACs on the `meta`
 device, the converted timm checkpoint's layout, and logits (float64, randomised batch-norm
@@ -11,14 +12,17 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from torch import nn
 
 import effdsl
 from effdsl.convert import convert_state_dict
-from effdsl.errors import CheckpointError
+from effdsl.errors import CheckpointError, ImportRefused
+from effdsl.importers import import_model
 from effdsl.render import to_dot
 
 from .test_codegen import generated_model
 from .test_family import Twin, assert_same_logits, layout, macs, params
+from .test_import import canonical
 from .test_torch_build import randomise_batch_norm
 
 TWINS = [
@@ -224,3 +228,34 @@ def test_space_to_depth_inside_a_region_is_a_located_error() -> None:
     assert error.message == "space-to-depth inside a space-to-depth region"
     assert error.span is not None and error.span.line == 8
     assert error.hint is not None and "starts at line 6" in error.hint
+
+
+# ---- the importer ---------------------------------------------------------------------------
+
+
+def test_timm_imports_as_the_spec_at_its_preset() -> None:
+    imported = import_model("timm:efficientnet_x_b3")
+    written = TWINS[0].network()  # timm's model has no dropout: the preset's is the paper's
+    written = written.model_copy(update={"classifier": imported.classifier})
+    assert canonical(imported) == canonical(written)
+    assert "stage mbconv       e1 k3 s1 c24   x2 s2d=yes" in effdsl.format(imported)
+
+
+def test_built_and_generated_modules_import_back_as_written(s2d: effdsl.Network) -> None:
+    with torch.device("meta"):
+        built = effdsl.build(s2d)
+        generated = generated_model(effdsl.lower(s2d))
+    for model in (built, generated):
+        assert canonical(import_model(model)) == canonical(s2d)
+
+
+def test_a_space_to_depth_conv_the_language_cannot_say_is_refused(s2d: effdsl.Network) -> None:
+    with torch.device("meta"):
+        model = effdsl.build(s2d)
+        model.stages[0].blocks[0].s2d.conv = nn.Conv2d(16, 64, 3, 2, 1, bias=False)
+    with pytest.raises(ImportRefused) as caught:
+        import_model(model)
+    assert caught.value.message == (
+        "module:s2d: stages.0.blocks.0.s2d.conv: a space-to-depth conv other than 2×2 to 4× "
+        "the channels"
+    )

@@ -114,7 +114,7 @@ def test_import_names_its_source_and_library_in_a_header_comment() -> None:
 
 #: Specs written with language features the importer does not read back yet (stages of several
 #: block lines, heads after the pool, SE options, `full=`, `mid=`): issue 11's specs.
-IMPORTER_PENDING: set[str] = {"efficientnet-x", "efficientnet-h"}
+IMPORTER_PENDING: set[str] = set()
 
 
 @pytest.mark.parametrize(

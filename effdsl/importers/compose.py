@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from effdsl import ast
@@ -102,6 +102,13 @@ class Line:
     layer_scale: float = 0.0
     attention: tuple[int, int, int, int] | None = None  # mqa: heads, key and value dims, kv stride
     norm_group_size: int | None = None  # group norm and EvoNorm-S0
+    # space-to-depth: the block starts with its conv (`s2d`; `in_channels` are then the conv's
+    # output, `kernel` the written one, twice the depthwise kernel less one); its output is 4×
+    # the written width (`packed`: the region); it is the strided block that ends a region
+    # (`ends`: `stride` is the written 2, `mid_channels` a quarter of the written ratio's)
+    s2d: bool = False
+    packed: bool = False
+    ends: bool = False
 
 
 class Composer:
@@ -127,10 +134,14 @@ class Composer:
         act: bool = True,
         grouped: bool = False,
         bare: bool = False,
+        halved: bool = False,
+        any_kernel: bool = False,
     ) -> str:
         """Refuse a conv the language's conv-norm-act op cannot be; return its norm. With
         `grouped`, the conv may be grouped (the k×k conv of a block: `group_size`); with
-        `bare`, it may have neither norm nor bias (the head's `bias=no`)."""
+        `bare`, it may have neither norm nor bias (the head's `bias=no`); with `halved` (the
+        depthwise conv after space-to-depth), its kernel may be even where it pads as SAME;
+        with `any_kernel` (the space-to-depth conv, checked already) it may be even too."""
         if conv.norm is None:
             if not conv.bias and not bare:
                 raise self.refuse(conv.path, "convolution without a norm or a bias")
@@ -147,7 +158,9 @@ class Composer:
             raise self.refuse(conv.path, GROUPED, f"groups={conv.groups}")
         if not depthwise and conv.groups != 1 and not grouped:
             raise self.refuse(conv.path, GROUPED, f"groups={conv.groups}")
-        if any(kernel % 2 == 0 for kernel in conv.kernels or (conv.kernel,)):
+        even = any(kernel % 2 == 0 for kernel in conv.kernels or (conv.kernel,))
+        halved_even = halved and conv.padding == "same" and not conv.kernels
+        if even and not (halved_even or any_kernel):
             raise self.refuse(conv.path, "even kernel", str(conv.kernel))
         if conv.norm == "evonorm" and act != conv.norm_acts:
             raise self.refuse(
@@ -193,6 +206,7 @@ class Composer:
         convs = block.convs
         full = False
         experts = self._experts(block)
+        halved = self._space_to_depth(block)
         mixed = any(conv.kernels for conv in convs)
         groups = (1, 1)  # a mixconv's expansion and projection slices
         if block.kind == "conv":
@@ -204,7 +218,7 @@ class Composer:
             depthwise, pointwise = convs
             separable = pointwise.act is not None  # MobileNetV1's block: no residual
             norms = [
-                self._plain(depthwise, depthwise=True, grouped=True),
+                self._plain(depthwise, depthwise=True, grouped=True, halved=halved),
                 self._plain(pointwise, act=separable),
             ]
             spatial = depthwise
@@ -223,7 +237,7 @@ class Composer:
             expand, depthwise, project = convs
             norms = [
                 self._plain(expand),
-                self._plain(depthwise, depthwise=True, grouped=True),
+                self._plain(depthwise, depthwise=True, grouped=True, halved=halved),
                 self._plain(project, act=False),
             ]
             spatial = depthwise
@@ -272,6 +286,13 @@ class Composer:
                 )
         else:
             groups = (1, 1)
+        if block.s2d is not None:  # its norm and activation are the block's
+            if mixed or experts or kind not in ast.SPACE_TO_DEPTH:
+                raise self.refuse(block.path, f"space-to-depth before a {kind} block")
+            norms.append(self._plain(block.s2d, any_kernel=True))
+            convs = (block.s2d, *convs)
+            assert isinstance(kernel, int)  # not a mixconv
+            kernel = 2 * kernel - 1  # the written kernel, which the block halves
         # EvoNorm-S0's own non-linearity stands in for the activation, whichever it is: None
         acts = {conv.act for conv in convs if conv.act is not None}
         if len(acts) > 1:
@@ -306,7 +327,7 @@ class Composer:
             norm=norm,
             bn_eps=eps,
             bn_momentum=momentum,
-            padding=self._padding(convs),
+            padding=self._padding(block.convs),
             residual=block.residual,
             drop_path=block.drop_path,
             expand_groups=groups[0],
@@ -318,7 +339,23 @@ class Composer:
             layer_scale=block.layer_scale,
             group_size=group_size,
             norm_group_size=max(conv.norm_group_size for conv in convs) or None,
+            s2d=block.s2d is not None,
+            packed=block.s2d is not None,
         )
+
+    def _space_to_depth(self, block: BlockFact) -> bool:
+        """Refuse a space-to-depth conv the language's is not (2×2, stride 2, from the block's
+        input to 4× the channels, padded as SAME: on an even map a conv without padding is
+        the same conv); whether the block has one."""
+        conv = block.s2d
+        if conv is None:
+            return False
+        shape = (conv.kernel, conv.stride, conv.groups, conv.out_channels, conv.kernels)
+        if shape != (2, 2, 1, 4 * conv.in_channels, ()) or conv.experts:
+            raise self.refuse(conv.path, "a space-to-depth conv other than 2×2 to 4× the channels")
+        if block.in_channels != conv.out_channels:
+            raise self.refuse(block.path, "a space-to-depth conv the block does not run on")
+        return True
 
     def _group_size(
         self, block: BlockFact, kind: str, spatial: ConvFact, mid: int
@@ -421,9 +458,13 @@ class Composer:
         same: tuple[str, ...] = ("kind", "full", "kernel", "out_channels", "act", "norm")
         same += ("bn_eps", "bn_momentum", "se_act", "se_gate", "expand_groups", "project_groups")
         same += ("experts", "group_size", "norm_group_size", "fused", "dw_start", "dw_end")
-        same += ("layer_scale", "attention")
+        same += ("layer_scale", "attention", "packed")
         if any(getattr(line, name) != getattr(first, name) for line in lines for name in same):
             return None
+        if any(line.s2d or line.ends for line in lines[1:]):  # a line's first block only
+            return None
+        if first.packed and first.out_channels % 4:
+            raise self.refuse(first.path, "a space-to-depth region of widths not 4× a width")
         if any(line.stride != 1 for line in lines[1:]):
             return None
         paddings = {line.padding for line in lines} - {None}
@@ -436,7 +477,7 @@ class Composer:
             "kind": first.kind,
             "kernel": first.kernel,
             "stride": first.stride,
-            "channels": first.out_channels,
+            "channels": first.out_channels // 4 if first.packed else first.out_channels,
             "repeats": len(lines),
             "act": first.act,
             "norm": first.norm,
@@ -446,6 +487,8 @@ class Composer:
             "skip": skip,
             "fused": first.fused,
         }
+        if first.s2d:
+            fields["s2d"] = True
         if first.kind == "uir":
             fields.update(dw_start=first.dw_start, dw_end=first.dw_end)
         if first.kind in ("uir", "mqa"):
@@ -494,23 +537,26 @@ class Composer:
         return fields
 
     def _expansion(self, lines: Sequence[Line]) -> dict[str, Any] | None:
-        """`expand` as the shortest ratio giving every block's width, else `mid`."""
+        """`expand` as the shortest ratio giving every block's width, else `mid`. The block
+        that ends a space-to-depth region expands by a quarter of its written ratio."""
         first = lines[0]
-        # a uir block always expands, rounding even e1 to a multiple of 8
-        uir = first.kind == "uir"
-        if not uir and all(line.mid_channels == line.in_channels for line in lines):
+        # a uir block always expands, rounding even e1 to a multiple of 8; so does a region's
+        # end, by a quarter of e1
+        always = first.kind == "uir" or first.ends
+        if not always and all(line.mid_channels == line.in_channels for line in lines):
             return {}
-        exact = first.mid_channels / first.in_channels
+        exact = first.mid_channels / first.in_channels * (4 if first.ends else 1)
         for digits in range(4):
             ratio = round(exact, digits)
-            low_ok = ratio >= 1.0 if uir else ratio > 1.0
+            low_ok = ratio >= 1.0 if always else ratio > 1.0
             if not low_ok or ratio > ast.MAX_EXPAND:
                 continue
             widths = (
-                make_divisible(line.in_channels * ratio)
-                if uir
-                else expanded_channels(line.in_channels, ratio)
+                make_divisible(line.in_channels * own)
+                if first.kind == "uir"
+                else expanded_channels(line.in_channels, own)
                 for line in lines
+                for own in (ratio / 4 if line.ends else ratio,)
             )
             if all(width == line.mid_channels for width, line in zip(widths, lines, strict=True)):
                 return {"expand": float(ratio)} if ratio != 1.0 else {}
@@ -525,7 +571,8 @@ class Composer:
         first = lines[0]
         for source, divisor in self.squeeze_rules:
             base = first.mid_channels if source == "expanded" else first.in_channels
-            exact = first.squeeze / base
+            # space-to-depth: the ratio is of the input before the conv, a quarter as wide
+            exact = first.squeeze / base * (4 if first.s2d else 1)
             candidates = [round(exact, digits) for digits in range(5)]
             if divisor is not None:
                 candidates = [0.25, *candidates]
@@ -536,7 +583,7 @@ class Composer:
                 if all(
                     squeeze_channels(
                         line.in_channels,
-                        ratio,
+                        ratio / 4 if line.s2d else ratio,
                         mid_channels=line.mid_channels,
                         source=source,
                         divisor=divisor,
@@ -566,8 +613,13 @@ class Composer:
         """Whether the line keeps the language's residual rule (`skip=no` turns it off)."""
         if lines[0].kind == "separable":  # never a residual: nothing to turn off
             return True
+        # a region's end keeps stride 1, its start halves the map
         allowed = [
-            line for line in lines if line.stride == 1 and line.in_channels == line.out_channels
+            line
+            for line in lines
+            if (line.stride == 1 or line.ends)
+            and not line.s2d
+            and line.in_channels == line.out_channels
         ]
         for line in lines:
             if line.residual and line not in allowed:
@@ -624,7 +676,7 @@ class Composer:
         head_norm = self._plain(head_conv, bare=bare) if head_conv is not None else "none"
         if facts.stem.stride > 2 or (head_conv is not None and head_conv.stride > 2):
             raise self.refuse(facts.stem.path, "a stride above 2")
-        lines = [[self.line(block) for block in stage] for stage in facts.stages]
+        lines = self._regions([[self.line(block) for block in stage] for stage in facts.stages])
         stages = self._stages(lines)
         every = [line for stage in stages for line in stage]
         fused_network = any(line["kind"] == "fused_mbconv" for line in every)
@@ -694,6 +746,32 @@ class Composer:
         if self.round_limit != ROUND_LIMIT:
             network["scaling"] = ast.Scaling(round_limit=self.round_limit)
         return ast.Network(**network)
+
+    def _regions(self, stages: list[list[Line]]) -> list[list[Line]]:
+        """Mark the space-to-depth regions: after a block that starts with space-to-depth,
+        every block's output is 4× its written width, up to the first block of a later stage
+        that can end the region: a stride-2 block whose stride the conv took (the language
+        ends a region at the next stride-2 block, and strides start stages), which expands a
+        quarter of its ratio, so it has its expansion conv (or none to have). Where a region
+        could end at several stages, the modules are the same, and the first is written."""
+        marked: list[list[Line]] = []
+        region: Line | None = None
+        for stage in stages:
+            marked.append([])
+            for index, line in enumerate(stage):
+                if line.s2d and region is not None:
+                    raise self.refuse(line.path, "space-to-depth inside a space-to-depth region")
+                if line.stride != 1 and (region is not None or line.s2d):
+                    raise self.refuse(line.path, "a stride inside a space-to-depth region")
+                if line.s2d:
+                    region = line
+                elif region is not None and index == 0 and _can_end(line):
+                    line = replace(line, stride=2, ends=True, full=False)
+                    region = None
+                elif region is not None:
+                    line = replace(line, packed=True)
+                marked[-1].append(line)
+        return marked
 
     def _stages(self, lines: list[list[Line]]) -> list[list[dict[str, Any]]]:
         """The stages' block lines. Squeeze widths rounded to a divisor are tried under the
@@ -800,6 +878,14 @@ class Composer:
         if rate == 0.0 and any(line.residual and line.drop_path for line in blocks):
             raise self.refuse(blocks[0].path, "a drop-path rate on the first block")
         return rate
+
+
+def _can_end(line: Line) -> bool:
+    """Whether a block can be the strided one that ends a space-to-depth region: it expands by
+    a quarter of its written ratio, so it has an expansion conv, or a kind without one."""
+    if line.kind in ast.UNEXPANDED or line.kind == "uir":
+        return True
+    return line.full or line.mid_channels != line.in_channels
 
 
 def _kernel(conv: ConvFact) -> ast.Kernel:

@@ -179,6 +179,8 @@ class EffdslReader(Reader):
         kind = kinds.get(frozenset(present))
         if kind is None:
             raise self.refuse(path, block, f"block with layers {', '.join(parts)}")
+        module = getattr(block, "s2d", None)  # space-to-depth: before the block's own convs
+        s2d = self.conv(f"{path}.s2d", module) if module is not None else None
         routing = parts.get("routing")
         if routing is not None and int(routing.in_features) != convs[0].in_channels:
             raise self.refuse(f"{path}.routing", routing, "routing not on the block input")
@@ -190,6 +192,7 @@ class EffdslReader(Reader):
             residual=bool(block.residual),
             drop_path=float(block.drop_rate),
             routing=0 if routing is None else int(routing.out_features),
+            s2d=s2d,
         )
 
     def model(self, model: Any) -> ModelFacts:

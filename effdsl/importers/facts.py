@@ -125,6 +125,9 @@ class BlockFact:
     roles: tuple[str, ...] = ()
     layer_scale: float = 0.0
     attention: AttentionFact | None = None  # `mqa`: convs are the query and output projections
+    # a space-to-depth conv before the block's own convs (EfficientNet-X: 2×2, stride 2, to 4×
+    # the channels); `convs` then start at its output
+    s2d: ConvFact | None = None
 
     @property
     def in_channels(self) -> int:

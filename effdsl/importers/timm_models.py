@@ -5,8 +5,9 @@ timm builds every such model from block strings (`ir_r2_k3_s2_e6_c24_se0.25`) in
 block classes: `ConvBnAct` (cn), `DepthwiseSeparableConv` (ds, dsa), `InvertedResidual` (ir),
 `EdgeResidual` (er), plus `CondConvResidual`, `UniversalInvertedResidual` and `MobileAttention`.
 `model.blocks` holds one `Sequential` per stage, so the model's stages are read as they are.
-Every submodule a block has is read or refused: an anti-aliasing layer, a space-to-depth conv
-or a layer scale that the reader does not know is a refusal naming its path, never ignored.
+Every submodule a block has is read or refused: an anti-aliasing layer or a layer scale that
+the reader does not know is a refusal naming its path, never ignored. A space-to-depth conv
+(`conv_s2d`, `bn_s2d`: EfficientNet-X) is read where timm builds one, in `ds` and `ir` blocks.
 """
 
 from __future__ import annotations
@@ -265,7 +266,13 @@ class TimmReader(Reader):
             return self.uir(path, block)
         if kind == "MobileAttention":
             return self.attention(path, block)
-        self._absent(path, block, "aa", "conv_s2d", "layer_scale")
+        self._absent(path, block, "aa", "layer_scale")
+        s2d: ConvFact | None = None
+        if kind in ("DepthwiseSeparableConv", "InvertedResidual"):
+            if getattr(block, "conv_s2d", None) is not None:
+                s2d = self.conv(f"{path}.conv_s2d", block.conv_s2d, block.bn_s2d)
+        else:
+            self._absent(path, block, "conv_s2d")
         se: SEFact | None = None
         convs: tuple[ConvFact, ...]
         if kind == "ConvBnAct":
@@ -314,6 +321,7 @@ class TimmReader(Reader):
             drop_path=rate,
             routing=routing,
             fused=False if fact_kind == "conv" else None,
+            s2d=s2d,
         )
 
 
