@@ -42,6 +42,10 @@ SqueezeFrom = Literal["input", "expanded"]
 Norm = Literal["batch", "group", "layer", "evonorm", "none"]
 HeadPool = Literal["last", "first"]
 DepthRound = Literal["up", "nearest"]
+#: Anti-aliased downsampling (timm's `aa_layer`): a strided block's conv runs at stride 1 and
+#: a pool downsamples after its norm and activation: `avg` (2×2 average), `blur` (a binomial
+#: 3×3 blur over reflect padding, Zhang 2019), `blurpc` (the blur over zero padding).
+AntiAlias = Literal["none", "avg", "blur", "blurpc"]
 
 #: The block kinds whose output a layer scale may multiply.
 LAYER_SCALED: tuple[str, ...] = ("uir", "mqa")
@@ -58,6 +62,7 @@ PADDINGS: tuple[str, ...] = get_args(Padding)
 FIXES: tuple[str, ...] = get_args(Fix)
 GATES: tuple[str, ...] = get_args(Gate)
 NORMS: tuple[str, ...] = get_args(Norm)
+ANTI_ALIASES: tuple[str, ...] = get_args(AntiAlias)
 #: The norms that cut the channels into groups (`norm_group_size`).
 GROUPED_NORMS: tuple[str, ...] = ("group", "evonorm")
 
@@ -297,6 +302,13 @@ class Defaults(Node):
         le=MAX_LAYER_SCALE,
         description="Layer scale of `uir` blocks: their output times a learnt per-channel "
         "factor, initialised to this (MobileNetV4 hybrid: 1e-5); 0 means none (`none`).",
+    )
+    aa: AntiAlias = Field(
+        default="none",
+        description="Anti-aliased downsampling of every strided stage block (not the stem or "
+        "the head): its strided conv runs at stride 1, then after the norm and activation "
+        "`avg` (2×2 average pool), `blur` (binomial 3×3 blur, reflect padding) or `blurpc` "
+        "(the blur with zero padding) downsamples; `none`: the conv strides itself.",
     )
 
     _finite = field_validator("se", "bn_eps", "bn_momentum", "drop_path", "layer_scale")(_finite)
@@ -643,6 +655,21 @@ class Line(Block):
         description="`mqa`: downsample the keys and values by a depthwise k×k conv of this "
         "stride (with batch norm) before their projections; 1: none.",
     )
+    aa: AntiAlias | None = Field(
+        default=None,
+        description="Overrides `defaults aa` on a strided line (its first block): `avg`, "
+        "`blur`, `blurpc`, or `none` for a conv that strides itself.",
+    )
+
+    @field_validator("aa")
+    @classmethod
+    def _anti_alias_downsamples(cls, aa: str | None, info: ValidationInfo) -> str | None:
+        if aa not in (None, "none") and info.data.get("stride") == 1:
+            raise ValueError(
+                f"aa={aa} downsamples a strided block, and this line has stride 1 (give `s2`, "
+                "or remove `aa=`)"
+            )
+        return aa
 
     @field_validator("heads", "key_dim", "value_dim")
     @classmethod

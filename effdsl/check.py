@@ -14,7 +14,7 @@ from pathlib import Path
 
 from effdsl import ast
 from effdsl.errors import EffError, EffErrors, EffWarning, Span
-from effdsl.plan import ConvOp, MixedConvOp, Plan
+from effdsl.plan import ConvOp, MixedConvOp, Plan, PoolOp
 
 
 def check_text(text: str, filename: str = "<string>") -> list[EffError]:
@@ -95,6 +95,8 @@ def _smallest_resolution(plan: Plan) -> int:
     for op in plan.ops():
         if isinstance(op, ConvOp | MixedConvOp):
             need = max(need, (_largest_kernel(op) - 1) * reduction + 1)
+            reduction *= op.stride
+        elif isinstance(op, PoolOp):  # anti-aliased downsampling: the conv before kept the size
             reduction *= op.stride
     return need
 

@@ -36,6 +36,7 @@ from effdsl.plan import (
     MixedConvOp,
     NormOp,
     Plan,
+    PoolOp,
     SqueezeExciteOp,
     StagePlan,
 )
@@ -101,7 +102,8 @@ _FIXED_NAMES = (
 )
 _OPTIONAL_NAMES = (
     "SqueezeExcite", "GATES", "MixedConvBNAct", "mixed_conv", "Routing", "CondConvBNAct",
-    "norm_layer", "LayerNorm2d", "EvoNormS0", "LayerScale", "MultiQueryAttention", *BLOCK_ORDER,
+    "norm_layer", "LayerNorm2d", "EvoNormS0", "LayerScale", "MultiQueryAttention", "BlurPool",
+    "downsample", *BLOCK_ORDER,
 )
 
 
@@ -206,6 +208,7 @@ class _Used:
     grouped: bool = False  # some block's k×k conv has groups other than its class's default
     layer_scale: bool = False  # some block ends in a layer scale
     s2d: bool = False  # some block starts with a space-to-depth conv
+    pools: tuple[str, ...] = ()  # the kinds of anti-aliasing pool used (`aa`), sorted
 
     @classmethod
     def of(cls, plan: Plan) -> _Used:
@@ -246,6 +249,7 @@ class _Used:
             grouped=any(_groups_arg(block) is not None for block in plan.blocks()),
             layer_scale=any(isinstance(op, LayerScaleOp) for op in ops),
             s2d=any(op.role == "s2d" for op in ops),
+            pools=tuple(sorted({op.kind for op in ops if isinstance(op, PoolOp)})),
         )
 
 
@@ -269,7 +273,7 @@ def block_class(block: BlockPlan) -> str:
         return "UniversalInvertedResidual"
     if block.kind == "mqa":
         return "AttentionBlock"
-    roles = tuple(op.role for op in block.ops)
+    roles = tuple(op.role for op in block.layers)
     name = BLOCK_CLASSES.get((block.kind, roles))
     if name is None:
         raise BuildError(f"code generation cannot express block {block.path} with ops {roles}")
@@ -338,6 +342,57 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     return x * mask.div_(keep)'''
 
 
+def _anti_alias(used: _Used, conv: str) -> tuple[str, str, str, str]:
+    """`ConvBNAct`'s `aa` argument, its stride's conv, the pool's line and its forward step,
+    where the plan has anti-aliased downsampling; `conv` is the call making the conv."""
+    if not used.pools:
+        return "", conv, "", "return self.act(self.bn({call}))"
+    return (
+        "\n        aa: str | None = None,",
+        _AA_STRIDE[1:] + "\n" + conv,
+        _AA_LAYER,
+        "out = self.act(self.bn({call}))\n        return out if self.aa is None else self.aa(out)",
+    )
+
+
+def _downsample(used: _Used) -> str:
+    """The pools of anti-aliased downsampling the plan uses: `BlurPool` where it blurs."""
+    blur = [kind for kind in used.pools if kind != "avg"]
+    if not blur:
+        return '''\
+def downsample(kind: str, channels: int, stride: int) -> nn.Module:
+    """The pool that downsamples after an anti-aliased conv: a stride×stride average."""
+    return nn.AvgPool2d(stride, stride)'''
+    avg = (
+        '''
+    if kind == "avg":
+        return nn.AvgPool2d(stride, stride)'''
+        if "avg" in used.pools
+        else ""
+    )
+    kinds = " or ".join(f"`{kind}`" for kind in used.pools)
+    return f'''\
+class BlurPool(nn.Module):
+    """Blur, then subsample (Zhang, 2019): each channel convolved by the binomial filter
+    [1, 2, 1] ⊗ [1, 2, 1] / 16 at the stride, over one pixel of padding (`reflect`, or zeros:
+    `constant`). The filter is made in the input's dtype and device; it has no state."""
+
+    def __init__(self, channels: int, stride: int, mode: str) -> None:
+        super().__init__()
+        self.channels, self.stride, self.mode = channels, stride, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        taps = torch.tensor([0.25, 0.5, 0.25], dtype=x.dtype, device=x.device)
+        kernel = (taps[:, None] * taps[None, :]).expand(self.channels, 1, 3, 3)
+        x = nn.functional.pad(x, [1, 1, 1, 1], mode=self.mode)
+        return nn.functional.conv2d(x, kernel, stride=self.stride, groups=self.channels)
+
+
+def downsample(kind: str, channels: int, stride: int) -> nn.Module:
+    """The pool that downsamples after an anti-aliased conv: {kinds}."""{avg}
+    return BlurPool(channels, stride, "reflect" if kind == "blur" else "constant")'''
+
+
 def _conv_bn_act(used: _Used) -> str:
     if used.norms:
         return _conv_norm_act(used)
@@ -374,6 +429,7 @@ def _conv_bn_act(used: _Used) -> str:
         doc = "Convolution without bias, batch norm, then the activation (`act=None`: none)."
         norm_arg = ""
         bn = "nn.BatchNorm2d(cout, eps=eps, momentum=momentum)"
+    aa_arg, layers, aa_layer, step = _anti_alias(used, layers)
     return f'''\
 class ConvBNAct(nn.Module):
     """{doc}"""
@@ -388,15 +444,15 @@ class ConvBNAct(nn.Module):
         groups: int = 1,
         act: str | None = None,
         eps: float = 1e-5,
-        momentum: float = 0.1,{norm_arg}
+        momentum: float = 0.1,{norm_arg}{aa_arg}
     ) -> None:
         super().__init__()
 {layers}
         self.bn = {bn}
-        self.act = ACTIVATIONS[act]() if act else nn.Identity()
+        self.act = ACTIVATIONS[act]() if act else nn.Identity(){aa_layer}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn({call}))'''
+        {step.format(call=call)}'''
 
 
 _LAYER_NORM = '''\
@@ -487,6 +543,7 @@ def _conv_norm_act(used: _Used) -> str:
         bias += " `bias=False`\n    leaves it without one too."
         bias_arg = "\n        bias: bool = True,"
         bias_line = '        bias = bias and norm == "none"'
+    aa_arg, layers, aa_layer, step = _anti_alias(used, layers)
     return f'''\
 class ConvBNAct(nn.Module):
     """Convolution without bias, its norm (`norm_layer`; `norm_size`: channels per group),
@@ -504,16 +561,16 @@ class ConvBNAct(nn.Module):
         eps: float = 1e-5,
         momentum: float = 0.1,
         norm: str = "batch",
-        norm_size: int = 0,{bias_arg}
+        norm_size: int = 0,{bias_arg}{aa_arg}
     ) -> None:
         super().__init__()
 {bias_line}
 {layers}
         self.bn = norm_layer(norm, cout, eps, momentum, norm_size, act is not None)
-{act}
+{act}{aa_layer}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn({call}))'''
+        {step.format(call=call)}'''
 
 
 def _squeeze_excite(used: _Used) -> str:
@@ -584,6 +641,8 @@ def _groups_param(used: _Used, default: str) -> tuple[str, str, str]:
 
 def _conv_block(used: _Used, padding: str) -> str:
     norm_arg, norm = _norm(used)
+    aa = _aa_parts(used)
+    more = norm + aa["{aa}"]  # the strided conv's keywords
     setup = _norm_setup(used)
     groups_arg, groups, _ = _groups_param(used, "1")
     grouped = f", groups={groups}" if used.grouped else ""
@@ -605,11 +664,11 @@ class ConvBlock(nn.Module):
         eps: float,
         momentum: float,
         drop_rate: float,
-        residual: bool,{groups_arg}{norm_arg}
+        residual: bool,{groups_arg}{norm_arg}{aa["{aa_arg}"]}
     ) -> None:
         super().__init__(){setup}
         self.conv = ConvBNAct(
-            cin, cout, kernel, stride, padding{grouped}, act=act, eps=eps, momentum=momentum{norm}
+            cin, cout, kernel, stride, padding{grouped}, act=act, eps=eps, momentum=momentum{more}
         )
         self.drop_rate = drop_rate
         self.residual = residual
@@ -645,6 +704,7 @@ def _separable(used: _Used, padding: str) -> str:
     s2d_arg, s2d_layer, s2d_step, first = _space_to_depth(used, padding)
     groups_arg, groups, grouping = _groups_param(used, "cin")
     se = _se_parts(used, channels="cin")
+    aa = _aa_parts(used)
     return f'''\
 class SeparableConv(nn.Module):
     """Depthwise-separable conv: k×k depthwise, squeeze-and-excitation, 1×1 pointwise, both
@@ -661,12 +721,12 @@ class SeparableConv(nn.Module):
         eps: float,
         momentum: float,
         drop_rate: float,
-        residual: bool,{se["{gate_arg}"]}{groups_arg}{norm_arg}{s2d_arg}
+        residual: bool,{se["{gate_arg}"]}{groups_arg}{norm_arg}{s2d_arg}{aa["{aa_arg}"]}
     ) -> None:
         super().__init__(){setup}{s2d_layer}{grouping}
         self.depthwise = ConvBNAct(
             cin, cin, kernel, stride, padding, groups={groups}, act=act, eps=eps,
-            momentum=momentum{norm}
+            momentum=momentum{norm}{aa["{aa}"]}
         ){se["{se_layer}"]}
         self.pointwise = ConvBNAct(cin, cout, 1, act=act, eps=eps, momentum=momentum{norm})
         self.drop_rate = drop_rate
@@ -694,6 +754,7 @@ def _universal(used: _Used, padding: str) -> str:
     """MobileNetV4's universal inverted bottleneck: its three depthwise convs are optional."""
     norm_arg, norm = _norm(used)
     se = _se_parts(used)
+    aa = _aa_parts(used)["{aa}"]
     return f'''\
 class UniversalInvertedResidual(nn.Module):
     """Universal inverted bottleneck (MobileNetV4): depthwise (no activation), 1×1 expand,
@@ -714,25 +775,25 @@ class UniversalInvertedResidual(nn.Module):
         momentum: float,
         drop_rate: float,
         residual: bool,{se["{gate_arg}"]}
-        layer_scale: float = 0.0,{norm_arg}
+        layer_scale: float = 0.0,{norm_arg}{_aa_parts(used)["{aa_arg}"]}
     ) -> None:
         super().__init__(){_norm_setup(used)}
         bn = dict(eps=eps, momentum=momentum{norm})
         start, kernel, end = kernels
         self.start = None
         if start:
-            self.start = ConvBNAct(cin, cin, start, strides[0], paddings[0], groups=cin, **bn)
+            self.start = ConvBNAct(cin, cin, start, strides[0], paddings[0], groups=cin, **bn{aa})
         self.expand = ConvBNAct(cin, mid, 1, act=act, **bn)
         self.depthwise = None
         if kernel:
             self.depthwise = ConvBNAct(
-                mid, mid, kernel, strides[1], paddings[1], groups=mid, act=act, **bn
+                mid, mid, kernel, strides[1], paddings[1], groups=mid, act=act, **bn{aa}
             ){se["{se_layer}"]}
         # linear bottleneck: no activation after the projection
         self.project = ConvBNAct(mid, cout, 1, **bn)
         self.end = None
         if end:
-            self.end = ConvBNAct(cout, cout, end, strides[2], paddings[2], groups=cout, **bn)
+            self.end = ConvBNAct(cout, cout, end, strides[2], paddings[2], groups=cout, **bn{aa})
         self.layer_scale = LayerScale(cout, layer_scale) if layer_scale else None
         self.drop_rate = drop_rate
         self.residual = residual
@@ -836,6 +897,8 @@ def _inverted_residual(name: str, used: _Used, padding: str) -> str:
     norm_arg, norm = _norm(used)
     setup = _norm_setup(used)
     se = _se_parts(used)
+    aa = _aa_parts(used)
+    more = norm + aa["{aa}"]  # the strided conv's keywords
     full = name == "MBConv" and used.full
     full_arg = "\n        full: bool = False," if full else ""
     s2d_arg, s2d_layer, s2d_step, first = (
@@ -854,7 +917,7 @@ def _inverted_residual(name: str, used: _Used, padding: str) -> str:
         )
         depthwise = (
             f"mid, mid, kernel, stride, padding, groups={groups}, act=act, eps=eps, "
-            f"momentum=momentum{wrap}"
+            f"momentum=momentum{aa['{aa}']}{wrap}"
         )
         layers = f"""\
         # {why}
@@ -870,7 +933,7 @@ def _inverted_residual(name: str, used: _Used, padding: str) -> str:
         grouped = f", groups={groups}" if used.grouped else ""
         layers = f"""\
         self.expand = ConvBNAct(
-            cin, mid, kernel, stride, padding{grouped}, act=act, eps=eps, momentum=momentum{norm}
+            cin, mid, kernel, stride, padding{grouped}, act=act, eps=eps, momentum=momentum{more}
         )"""
         steps = "        out = self.expand(x)"
     return f'''\
@@ -889,7 +952,7 @@ class {name}(nn.Module):
         eps: float,
         momentum: float,
         drop_rate: float,
-        residual: bool,{se["{gate_arg}"]}{full_arg}{groups_arg}{norm_arg}{s2d_arg}
+        residual: bool,{se["{gate_arg}"]}{full_arg}{groups_arg}{norm_arg}{s2d_arg}{aa["{aa_arg}"]}
     ) -> None:
         super().__init__(){setup}{s2d_layer}{grouping}
 {layers}{se["{se_layer}"]}
@@ -928,9 +991,9 @@ class MixedConvBNAct(nn.Module):
         depthwise: bool = False,
         act: str | None = None,
         eps: float = 1e-5,
-        momentum: float = 0.1,
+        momentum: float = 0.1,{aa_arg}
     ) -> None:
-        super().__init__()
+        super().__init__(){aa_stride}
         self.splits = split_channels(cin, len(kernels))
         outs = split_channels(cout, len(kernels))
         paddings = paddings or [0] * len(kernels)
@@ -946,14 +1009,15 @@ class MixedConvBNAct(nn.Module):
             for k, i, o, p in zip(kernels, self.splits, outs, paddings, strict=True)
         )
         self.bn = nn.BatchNorm2d(cout, eps=eps, momentum=momentum)
-        self.act = ACTIVATIONS[act]() if act else nn.Identity()
+        self.act = ACTIVATIONS[act]() if act else nn.Identity(){aa_layer}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         slices = torch.split(x, self.splits, 1)
         outs = [
             conv(pad(part)) for pad, conv, part in zip(self.pads, self.convs, slices, strict=True)
         ]
-        return self.act(self.bn(torch.cat(outs, 1)))
+        out = self.act(self.bn(torch.cat(outs, 1))){aa_step}
+        return out
 
 
 def mixed_conv(
@@ -984,7 +1048,7 @@ class MixConv(nn.Module):
         eps: float,
         momentum: float,
         drop_rate: float,
-        residual: bool,{{gate_arg}}
+        residual: bool,{{gate_arg}}{{aa_arg}}
     ) -> None:
         super().__init__()
         bn = dict(eps=eps, momentum=momentum)
@@ -994,7 +1058,7 @@ class MixConv(nn.Module):
             ones = [1] * expand_groups
             self.expand = mixed_conv(cin, mid, ones, 1, [0] * expand_groups, act=act, **bn)
         self.depthwise = mixed_conv(
-            mid, mid, kernels, stride, paddings, depthwise=True, act=act, **bn
+            mid, mid, kernels, stride, paddings, depthwise=True, act=act, **bn{{aa}}
         ){{se_layer}}
         # linear bottleneck: no activation after the projection
         self.project = mixed_conv(mid, cout, [1] * project_groups, 1, [0] * project_groups, **bn)
@@ -1031,9 +1095,9 @@ class CondConvBNAct(nn.Module):
         experts: int,
         act: str | None = None,
         eps: float = 1e-5,
-        momentum: float = 0.1,
+        momentum: float = 0.1,{aa_arg}
     ) -> None:
-        super().__init__()
+        super().__init__(){aa_stride}
         self.shape = (cout, cin // groups, kernel, kernel)
         self.weight = nn.Parameter(torch.empty(experts, math.prod(self.shape)))
         for expert in range(experts):
@@ -1044,7 +1108,7 @@ class CondConvBNAct(nn.Module):
         self.pad = nn.ZeroPad2d(padding) if asymmetric else nn.Identity()
         self.padding = 0 if asymmetric else padding
         self.bn = nn.BatchNorm2d(cout, eps=eps, momentum=momentum)
-        self.act = ACTIVATIONS[act]() if act else nn.Identity()
+        self.act = ACTIVATIONS[act]() if act else nn.Identity(){aa_layer}
 
     def forward(self, x: torch.Tensor, routing: torch.Tensor) -> torch.Tensor:
         x = self.pad(x)
@@ -1055,7 +1119,8 @@ class CondConvBNAct(nn.Module):
             x.reshape(1, n * c, h, w), weight, None, self.stride, self.padding,
             groups=self.groups * n,
         )
-        return self.act(self.bn(out.reshape(n, self.shape[0], *out.shape[-2:])))'''
+        out = self.act(self.bn(out.reshape(n, self.shape[0], *out.shape[-2:]))){aa_step}
+        return out'''
 
 _COND_CONV_BLOCK = f'''\
 class CondConv(nn.Module):
@@ -1076,7 +1141,7 @@ class CondConv(nn.Module):
         eps: float,
         momentum: float,
         drop_rate: float,
-        residual: bool,{{gate_arg}}
+        residual: bool,{{gate_arg}}{{aa_arg}}
     ) -> None:
         super().__init__()
         bn = dict(eps=eps, momentum=momentum)
@@ -1086,7 +1151,7 @@ class CondConv(nn.Module):
         if mid != cin:
             self.expand = CondConvBNAct(cin, mid, 1, 1, 0, 1, experts, act=act, **bn)
         self.depthwise = CondConvBNAct(
-            mid, mid, kernel, stride, padding, mid, experts, act=act, **bn
+            mid, mid, kernel, stride, padding, mid, experts, act=act, **bn{{aa}}
         ){{se_layer}}
         # linear bottleneck: no activation after the projection
         self.project = CondConvBNAct(mid, cout, 1, 1, 0, 1, experts, **bn)
@@ -1132,6 +1197,28 @@ def _se_parts(used: _Used, channels: str = "mid") -> dict[str, str]:
     }
 
 
+# A conv class's lines for anti-aliased downsampling: the conv runs at stride 1, and the pool
+# after its norm and activation takes the stride.
+_AA_STRIDE = """
+        # anti-aliased (`aa`): the conv keeps the size; a pool after its norm downsamples
+        pool, stride = (stride, 1) if aa and stride > 1 else (1, stride)"""
+_AA_LAYER = "\n        self.aa = downsample(aa, cout, pool) if aa and pool > 1 else None"
+
+
+def _aa_parts(used: _Used) -> dict[str, str]:
+    """A block class's `aa` argument and what passes it to its strided conv, where the plan
+    has anti-aliased downsampling; the pool's line and step in a conv class of its own."""
+    if not used.pools:
+        return {"{aa_arg}": "", "{aa}": "", "{aa_stride}": "", "{aa_layer}": "", "{aa_step}": ""}
+    return {
+        "{aa_arg}": "\n        aa: str | None = None,",
+        "{aa}": ", aa=aa",
+        "{aa_stride}": _AA_STRIDE,
+        "{aa_layer}": _AA_LAYER,
+        "{aa_step}": "\n        if self.aa is not None:\n            out = self.aa(out)",
+    }
+
+
 def _filled(template: str, parts: dict[str, str]) -> str:
     for key, value in parts.items():
         template = template.replace(key, value)
@@ -1140,13 +1227,13 @@ def _filled(template: str, parts: dict[str, str]) -> str:
 
 def _block_classes(used: _Used) -> list[str]:
     padding = "int | tuple[int, int, int, int]" if used.asymmetric_padding else "int"
-    parts = {"{padding}": padding, **_se_parts(used)}
+    parts = {"{padding}": padding, **_se_parts(used), **_aa_parts(used)}
     classes = [_LAYER_SCALE] if used.layer_scale else []
     for name in used.blocks:
         if name == "ConvBlock":
             classes.append(_conv_block(used, padding))
         elif name == "MixConv":
-            classes += [_MIXED_CONV, _filled(_MIX_CONV_BLOCK, parts)]
+            classes += [_filled(_MIXED_CONV, parts), _filled(_MIX_CONV_BLOCK, parts)]
         elif name == "CondConv":
             any_padding = {**parts, "{padding}": "int | tuple[int, int, int, int]"}
             classes += [_filled(_COND_CONV, any_padding), _filled(_COND_CONV_BLOCK, any_padding)]
@@ -1318,8 +1405,9 @@ def _universal_call(block: BlockPlan, used: _Used) -> str:
         )
         if op.act != act or not same or (op.role in ("expand", "project") and op.kernel != 1):
             raise BuildError(f"code generation cannot express {op.path} as a uir layer")
+    pools = block.pools
     kernels = ", ".join(str(op.kernel if op else 0) for op in spatial)
-    strides = ", ".join(str(op.stride if op else 1) for op in spatial)
+    strides = ", ".join(str(_stride(op, pools) if op else 1) for op in spatial)
     paddings = ", ".join(_padding(op) if op else "0" for op in spatial)
     args = [
         str(block.in_channels),
@@ -1348,6 +1436,7 @@ def _universal_call(block: BlockPlan, used: _Used) -> str:
     if scale is not None:
         args.append(f"layer_scale={scale.init!r}")
     args += _norm_args(expand, used)
+    args += [f'aa="{pool.kind}"' for pool in pools.values()]
     return f"UniversalInvertedResidual({', '.join(args)})"
 
 
@@ -1359,7 +1448,8 @@ def _block_call(block: BlockPlan, used: _Used) -> str:
     if name == "AttentionBlock":
         return _attention_call(block)
     spatial = _spatial_op(block, name)
-    kernels, stride, paddings = _shape_of(spatial)
+    kernels, _, paddings = _shape_of(spatial)
+    stride = _stride(spatial, block.pools)
     args = [str(block.in_channels)]
     if name not in ("ConvBlock", "SeparableConv"):
         args.append(str(block.mid_channels))
@@ -1402,7 +1492,15 @@ def _block_call(block: BlockPlan, used: _Used) -> str:
     s2d = next((op for op in block.ops if op.role == "s2d"), None)
     if isinstance(s2d, ConvOp):
         args.append(f"s2d={_padding(s2d)}")
+    args += [f'aa="{pool.kind}"' for pool in block.pools.values()]
     return f"{name}({', '.join(args)})"
+
+
+def _stride(op: ConvOp | MixedConvOp, pools: dict[str, PoolOp]) -> int:
+    """The stride a generated block passes for `op`: the pool's after an anti-aliased conv,
+    which then runs at stride 1 itself (`ConvBNAct`'s `aa`)."""
+    pool = pools.get(op.path)
+    return pool.stride if pool is not None else op.stride
 
 
 def _stage_comment(stage: StagePlan) -> str:
@@ -1443,6 +1541,7 @@ def _signatures(used: _Used) -> list[str]:
             *([" s2d="] if name in ("MBConv", "SeparableConv") and used.s2d else []),
             *([" layer_scale="] if name == "UniversalInvertedResidual" and used.layer_scale
               else []),
+            *([" aa="] if used.pools else []),
         ]
         more = f",{','.join(options)}" if options else ""
         lines += [
@@ -1594,6 +1693,7 @@ def to_python(plan: Plan, *, source_name: str | None = None, spec_text: str | No
         *([_LAYER_NORM] if "layer" in used.norms else []),
         *([_EVO_NORM] if "evonorm" in used.norms else []),
         *([_norm_layer(used)] if used.norms else []),
+        *([_downsample(used)] if used.pools else []),
         _conv_bn_act(used),
         *([_squeeze_excite(used)] if used.squeeze_excite else []),
         *_block_classes(used),

@@ -58,6 +58,7 @@ from effdsl.plan import (
     NormOp,
     Op,
     Plan,
+    PoolOp,
     RoutingOp,
     SqueezeExciteOp,
     lower,
@@ -153,6 +154,8 @@ def _op_entries(op: Op, names: Mapping[str, str]) -> Iterator[Entry]:
         yield from _bn_entries(op.path, names["norm"], op.channels)
     elif isinstance(op, AttentionOp):
         yield from _attention_entries(op, names["attn"])
+    elif isinstance(op, PoolOp):  # anti-aliasing: a fixed filter, no tensors
+        return
     else:
         yield from _affine_entries(
             f"{op.path}.reduce", names["reduce"], (op.squeeze, op.channels, 1, 1)
@@ -214,10 +217,16 @@ def _torchvision_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
         where = (
             f"features.{block.number + 1}" if flat else f"features.{block.stage + 1}.{block.index}"
         )
-        if flat and len(block.ops) == 1:  # a lone Conv2dNormActivation
-            yield block.ops[0], children(block.ops[0], where)
+        for pool in block.pools.values():
+            raise CheckpointError(
+                f"torchvision has no anti-aliased downsampling like `{pool.path}` "
+                f"(aa={pool.kind})",
+                hint="convert timm checkpoints of such networks with source='timm'",
+            )
+        if flat and len(block.layers) == 1:  # a lone Conv2dNormActivation
+            yield block.layers[0], children(block.layers[0], where)
             continue
-        for k, op in enumerate(block.ops):
+        for k, op in enumerate(block.layers):
             yield op, children(op, f"{where}.block.{k}")
     head = _head_conv(plan, "torchvision")
     if flat:
@@ -268,7 +277,7 @@ def _timm_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
     for block in plan.blocks():
         prefix = f"blocks.{block.stage}.{block.index}"
         convs = 0
-        for op in block.ops:
+        for op in block.layers:
             if isinstance(op, LayerScaleOp):
                 yield op, {"layer_scale": f"{prefix}.layer_scale"}
             elif isinstance(op, NormOp):
@@ -288,6 +297,7 @@ def _timm_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
             elif op.role == "s2d":  # before the block's numbered norms
                 yield op, {"conv": f"{prefix}.conv_s2d", "bn": f"{prefix}.bn_s2d"}
             else:
+                assert isinstance(op, ConvOp | MixedConvOp)  # `layers` holds no pools
                 convs += 1
                 conv = f"{prefix}.{_timm_conv_name(block, op)}"
                 yield op, {"conv": conv, "bn": f"{prefix}.bn{convs}"}
@@ -303,7 +313,7 @@ def _mobilenet_v2_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
     yield plan.stem, {"conv": "features.0.0", "bn": "features.0.1"}
     for block in plan.blocks():
         where = f"features.{block.number + 1}.conv"
-        *layers, project = block.ops
+        *layers, project = block.layers
         for k, op in enumerate(layers):
             yield op, {"conv": f"{where}.{k}.0", "bn": f"{where}.{k}.1"}
         k = len(layers)
@@ -317,23 +327,23 @@ def _mnasnet_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
     """torchvision's MnasNet: one flat `layers` list (see the module's docstring)."""
     _no_squeeze(plan, "torchvision.mnasnet")
     first = plan.stages[0].blocks
-    if len(first) != 1 or len(first[0].ops) != 2 or len(plan.stages) != 7:
+    if len(first) != 1 or len(first[0].layers) != 2 or len(plan.stages) != 7:
         raise CheckpointError(
             f"`{plan.name}` is not laid out as torchvision's MnasNet: a first stage of one "
             "separable block (depthwise, pointwise), then six stages"
         )
     yield plan.stem, {"conv": "layers.0", "bn": "layers.1"}
-    for op, at in zip(first[0].ops, (3, 6), strict=True):
+    for op, at in zip(first[0].layers, (3, 6), strict=True):
         yield op, {"conv": f"layers.{at}", "bn": f"layers.{at + 1}"}
     for stage in plan.stages[1:]:
         for block in stage.blocks:
             where = f"layers.{stage.index + 7}.{block.index}.layers"
-            if len(block.ops) != 3:
+            if len(block.layers) != 3:
                 raise CheckpointError(
-                    f"`{block.path}` has {len(block.ops)} layers where torchvision's MnasNet "
+                    f"`{block.path}` has {len(block.layers)} layers where torchvision's MnasNet "
                     "blocks have three convs"
                 )
-            for op, at in zip(block.ops, (0, 3, 6), strict=True):
+            for op, at in zip(block.layers, (0, 3, 6), strict=True):
                 yield op, {"conv": f"{where}.{at}", "bn": f"{where}.{at + 1}"}
     yield _head_conv(plan, "torchvision.mnasnet"), {"conv": "layers.14", "bn": "layers.15"}
 

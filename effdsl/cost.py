@@ -12,9 +12,11 @@ Conventions, chosen so that the numbers equal what PyTorch reports for the built
   on their 1×1 input), the linear layer (`in · classes`) and attention's two batched matrix
   products (`heads · queries · keys · (key_dim + value_dim)`), per image. A MixConv counts each
   slice's conv; a CondConv conv also counts mixing its E expert kernels (`E · weights`, a matrix
-  product) and its routing function's linear layer (`in · E`). This is the convention
+  product) and its routing function's linear layer (`in · E`); a blur pool (anti-aliased
+  downsampling) counts its depthwise 3×3 conv (`out_h · out_w · C · 9`). This is the convention
   of `torch.utils.flop_counter.FlopCounterMode`, which reports 2 FLOPs per MAC; norms,
-  activations, pooling, the SE gate and residual additions are not counted.
+  activations, pooling (average pools too), the SE gate and residual additions are not
+  counted.
 - **activation memory**: the elements of every op's output tensor (conv after BN and
   activation, the SE-gated tensor), per image, in bytes at `bytes_per_element` (4: fp32); the
   sum over a stage is what a training step keeps for that stage's backward pass, roughly.
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from effdsl import ast
 from effdsl.arguments import checked
 from effdsl.plan import (
+    BLUR_KERNEL,
     AttentionOp,
     ClassifierPlan,
     ConvOp,
@@ -37,6 +40,7 @@ from effdsl.plan import (
     NormOp,
     Op,
     Plan,
+    PoolOp,
     RoutingOp,
     SqueezeExciteOp,
     StagePlan,
@@ -95,6 +99,10 @@ def op_cost(op: Op, bytes_per_element: int = 4) -> Cost:
         return Cost(2 * op.channels, 0, op.channels * op.size * op.size * bytes_per_element)
     if isinstance(op, AttentionOp):
         return attention_cost(op, bytes_per_element)
+    if isinstance(op, PoolOp):  # the blur is a depthwise conv by a fixed filter; avg: no MACs
+        activation = op.channels * op.out_size * op.out_size
+        macs = activation * BLUR_KERNEL * BLUR_KERNEL if op.blur else 0
+        return Cost(0, macs, activation * bytes_per_element)
     assert isinstance(op, SqueezeExciteOp)
     reduce = op.channels * op.squeeze + op.squeeze
     expand = op.squeeze * op.channels + op.channels

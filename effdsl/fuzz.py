@@ -105,7 +105,7 @@ network tiny {
   stage mixconv      e3 k3.5.7 s2 c32 x2 expand_groups=2 project_groups=2
   stage condconv     e4 k5 s1 c32 x1 experts=4
   stage mbconv       e4 k3 s1 c32 x1 group_size=8 norm=group norm_group_size=8
-  stage uir          e4 k0 s2 c32 x2 dw_start=5 dw_end=3 layer_scale=1e-5
+  stage uir          e4 k0 s2 c32 x2 dw_start=5 dw_end=3 layer_scale=1e-5 aa=blurpc
   block mqa          k3 s1 c32 x1 heads=2 key_dim=16 kv_stride=2
   head  conv            k1 s1 c64
   classifier dropout=0.2 classes=10
@@ -138,6 +138,7 @@ WORDS = (
     "uir", "k0", "dw_start=3", "dw_end=5", "dw_start=0", "layer_scale=1e-5", "layer_scale=none",
     "mqa", "heads=4", "key_dim=64", "value_dim=32", "kv_stride=2", "heads=0",
     "s2d=yes", "s2d=no", "s2d=2",
+    "aa=avg", "aa=blur", "aa=blurpc", "aa=none", "aa=max",
     "expand_groups=2", "project_groups=64", "project_groups=0", "kernel=3.5",
     "group_size=8", "group_size=0", "group_size=5", "norm=group", "norm=evonorm", "norm=layer",
     "norm_group_size=8", "norm_group_size=3", "norm_group_size=4097",
@@ -513,6 +514,8 @@ def random_block(rng: random.Random, keyword: str) -> str:
                 extra.append(f"{attribute}=" + _pick(rng, good, bad))
     if kind in ast.LAYER_SCALED and rng.random() < 0.3:
         extra.append("layer_scale=" + _pick(rng, (1e-5, "none", 0.1), (-1, 1001)))
+    if keyword in lines and "s2" in shape and rng.random() < 0.2:  # anti-aliased downsampling
+        extra.append("aa=" + _pick(rng, ast.ANTI_ALIASES, ("max",)))
     if rng.random() < 0.01:  # an option of another kind: an error at the option
         extra.append(rng.choice(("dw_start=3", "heads=2", "kv_stride=2", "layer_scale=0.1")))
     if kind == "condconv" or rng.random() < 0.005:  # required there, an error elsewhere
@@ -622,6 +625,7 @@ def _spec(rng: random.Random) -> str:
                  " norm=layer", " norm=evonorm")
             )
             + rng.choice(("", "", " group_size=8", " group_size=" + _pick(rng, (4,), (7,))))
+            + rng.choice(("", "", " aa=" + _pick(rng, ast.ANTI_ALIASES, ("max",))))
         )
     for _ in range(rng.choice((0, 0, 1, 2))):
         header.append(

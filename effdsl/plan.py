@@ -14,7 +14,7 @@ from here. No torch.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from effdsl import ast
@@ -290,7 +290,61 @@ class AttentionOp:
         return self.size
 
 
-Op = ConvOp | MixedConvOp | SqueezeExciteOp | RoutingOp | LayerScaleOp | NormOp | AttentionOp
+#: The binomial filter of the blur pools: [1, 2, 1] ⊗ [1, 2, 1] / 16 (timm's `BlurPool2d`).
+BLUR_KERNEL = 3
+
+
+@dataclass(frozen=True)
+class PoolOp:
+    """Anti-aliased downsampling (timm's `aa_layer`): the pool that does a strided block's
+    downsampling after its conv, which then runs at stride 1, and that conv's norm and
+    activation. `avg`: a `stride`×`stride` average pool without padding (odd sizes round
+    down); `blur`, `blurpc`: a depthwise 3×3 convolution by the fixed binomial filter, of
+    stride `stride`, over one pixel of padding on each side, reflected (`blur`) or zeros
+    (`blurpc`, timm's "pad constant").
+
+    Its path is the strided conv's plus `.aa`: the module is a child of the conv's module, as
+    timm's `ConvNormAct.aa`; it has no parameters (the blur's filter is a buffer that no
+    state_dict holds).
+    """
+
+    path: str
+    kind: str  # "avg", "blur" or "blurpc"
+    channels: int
+    stride: int
+    in_size: int
+
+    role: str = field(default="aa", init=False)
+
+    @property
+    def in_channels(self) -> int:
+        return self.channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.channels
+
+    @property
+    def blur(self) -> bool:
+        return self.kind != "avg"
+
+    @property
+    def padding_mode(self) -> str:
+        """How the blur pads: `reflect` or `constant` (zeros), as `torch.nn.functional.pad`."""
+        return "reflect" if self.kind == "blur" else "constant"
+
+    @property
+    def out_size(self) -> int:
+        if not self.blur:
+            return self.in_size // self.stride
+        pad = (BLUR_KERNEL - 1) // 2
+        return (self.in_size + 2 * pad - BLUR_KERNEL) // self.stride + 1
+
+
+Op = (
+    ConvOp | MixedConvOp | SqueezeExciteOp | RoutingOp | LayerScaleOp | NormOp | AttentionOp
+    | PoolOp
+)
 
 
 @dataclass(frozen=True)
@@ -315,6 +369,17 @@ class BlockPlan:
     in_size: int
     out_size: int
     ops: tuple[Op, ...]
+
+    @property
+    def layers(self) -> tuple[Op, ...]:
+        """The ops that are modules of the block itself: all but the anti-aliasing pools,
+        each a child of the conv before it."""
+        return tuple(op for op in self.ops if not isinstance(op, PoolOp))
+
+    @property
+    def pools(self) -> dict[str, PoolOp]:
+        """The anti-aliasing pools by the path of the conv each follows."""
+        return {op.path.rsplit(".", 1)[0]: op for op in self.ops if isinstance(op, PoolOp)}
 
 
 @dataclass(frozen=True)
@@ -446,14 +511,18 @@ class _Options:
     norm: str
     norm_group_size: int | None
     layer_scale: float
+    aa: str  # the stem and the head: always "none"
 
 
 def _options(block: ast.Block, defaults: ast.Defaults) -> _Options:
-    """A block's options: its own overrides (`None`: not given), else the network's defaults."""
+    """A block's options: its own overrides (`None`: not given), else the network's defaults.
+    Anti-aliasing (`aa`) is a stage line's only: the stem and the head never have it."""
     values = {
-        name: own if (own := getattr(block, name)) is not None else getattr(defaults, name)
+        name: own if (own := getattr(block, name, None)) is not None else getattr(defaults, name)
         for name in _Options.__dataclass_fields__
     }
+    if not isinstance(block, ast.Line):
+        values["aa"] = "none"
     return _Options(**values)
 
 
@@ -594,6 +663,18 @@ def _with_experts(op: ConvOp | MixedConvOp, experts: int) -> ConvOp | MixedConvO
     return replace(op, experts=experts)
 
 
+def _strided(
+    make: Callable[[int], ConvOp | MixedConvOp], stride: int, options: _Options
+) -> list[Op]:
+    """A block's strided conv, made by `make(stride)`: where the block is anti-aliased
+    (`options.aa`) and strides, the conv at stride 1 and the `PoolOp` that downsamples after
+    it; else the conv alone. The caller carries on from the last op's `out_size`."""
+    if stride == 1 or options.aa == "none":
+        return [make(stride)]
+    conv = make(1)
+    return [conv, PoolOp(f"{conv.path}.aa", options.aa, conv.out_channels, stride, conv.out_size)]
+
+
 def _block_ops(
     path: str,
     kind: str,
@@ -611,12 +692,15 @@ def _block_ops(
     kernel = layout.kernels[0]
     experts = layout.experts
     if kind == "separable":  # depthwise, SE, pointwise with its activation (MobileNetV1)
-        depthwise = _conv(
-            f"{path}.depthwise", "depthwise", in_channels, in_channels, kernel, stride, size,
-            options, groups=layout.groups or in_channels,
+        ops += _strided(
+            lambda s: _conv(
+                f"{path}.depthwise", "depthwise", in_channels, in_channels, kernel, s, size,
+                options, groups=layout.groups or in_channels,
+            ),
+            stride,
+            options,
         )
-        ops.append(depthwise)
-        size = depthwise.out_size
+        size = ops[-1].out_size
         if se_channels:
             se_act = _act(options.se_act if options.se_act is not None else options.act)
             ops.append(
@@ -629,11 +713,15 @@ def _block_ops(
         )
         return tuple(ops)
     if kind == "conv":
-        return (
-            _conv(
-                f"{path}.conv", "conv", in_channels, out_channels, kernel, stride, size, options,
-                groups=layout.groups or 1,
-            ),
+        return tuple(
+            _strided(
+                lambda s: _conv(
+                    f"{path}.conv", "conv", in_channels, out_channels, kernel, s, size, options,
+                    groups=layout.groups or 1,
+                ),
+                stride,
+                options,
+            )
         )
     if experts:
         ops.append(RoutingOp(f"{path}.routing", in_channels, experts, size))
@@ -646,32 +734,42 @@ def _block_ops(
             )
             ops.append(_with_experts(expand, experts))
             width = mid
-        if layout.groups is None:
-            spatial = _mixed(
-                f"{path}.depthwise", "depthwise", width, width, layout.kernels, stride, size,
-                options, depthwise=True,
-            )
-        else:  # a grouped rather than depthwise k×k conv (timm's `gs`)
-            spatial = _conv(
-                f"{path}.depthwise", "depthwise", width, width, kernel, stride, size, options,
-                groups=layout.groups,
-            )
-        ops.append(_with_experts(spatial, experts))
-        size = spatial.out_size
+        def spatial(stride: int) -> ConvOp | MixedConvOp:
+            if layout.groups is None:
+                conv = _mixed(
+                    f"{path}.depthwise", "depthwise", width, width, layout.kernels, stride, size,
+                    options, depthwise=True,
+                )
+            else:  # a grouped rather than depthwise k×k conv (timm's `gs`)
+                conv = _conv(
+                    f"{path}.depthwise", "depthwise", width, width, kernel, stride, size,
+                    options, groups=layout.groups,
+                )
+            return _with_experts(conv, experts)
+
+        ops += _strided(spatial, stride, options)
+        size = ops[-1].out_size
     else:  # fused_mbconv
         if mid == in_channels and not full:  # ratio 1: one k×k conv-BN-act does it all
-            return (
-                _conv(
-                    f"{path}.conv", "conv", in_channels, out_channels, kernel, stride, size,
-                    options, groups=layout.groups or 1,
-                ),
+            return tuple(
+                _strided(
+                    lambda s: _conv(
+                        f"{path}.conv", "conv", in_channels, out_channels, kernel, s, size,
+                        options, groups=layout.groups or 1,
+                    ),
+                    stride,
+                    options,
+                )
             )
-        fused = _conv(
-            f"{path}.expand", "expand", in_channels, mid, kernel, stride, size, options,
-            groups=layout.groups or 1,
+        ops += _strided(
+            lambda s: _conv(
+                f"{path}.expand", "expand", in_channels, mid, kernel, s, size, options,
+                groups=layout.groups or 1,
+            ),
+            stride,
+            options,
         )
-        ops.append(fused)
-        size = fused.out_size
+        size = ops[-1].out_size
     if se_channels:
         se_act = _act(options.se_act if options.se_act is not None else options.act)
         ops.append(
@@ -712,20 +810,26 @@ def _uir_ops(
     end_stride = stride if not (kernel or line.dw_start) else 1
     ops: list[Op] = []
     if line.dw_start:
-        start = _conv(
-            f"{path}.start", "start", in_channels, in_channels, line.dw_start, start_stride,
-            size, options, groups=groups(in_channels, "input width"), act=False,
+        ops += _strided(
+            lambda s: _conv(
+                f"{path}.start", "start", in_channels, in_channels, line.dw_start or 0, s,
+                size, options, groups=groups(in_channels, "input width"), act=False,
+            ),
+            start_stride,
+            options,
         )
-        ops.append(start)
-        size = start.out_size
+        size = ops[-1].out_size
     ops.append(_conv(f"{path}.expand", "expand", in_channels, mid, 1, 1, size, options))
     if kernel:
-        depthwise = _conv(
-            f"{path}.depthwise", "depthwise", mid, mid, kernel, stride, size, options,
-            groups=groups(mid, "expanded width"),
+        ops += _strided(
+            lambda s: _conv(
+                f"{path}.depthwise", "depthwise", mid, mid, kernel, s, size, options,
+                groups=groups(mid, "expanded width"),
+            ),
+            stride,
+            options,
         )
-        ops.append(depthwise)
-        size = depthwise.out_size
+        size = ops[-1].out_size
     if se_channels:
         se_act = _act(options.se_act if options.se_act is not None else options.act)
         ops.append(SqueezeExciteOp(f"{path}.se", mid, se_channels, se_act, size, options.se_gate))
@@ -733,12 +837,15 @@ def _uir_ops(
         _conv(f"{path}.project", "project", mid, out_channels, 1, 1, size, options, act=False)
     )
     if line.dw_end:
-        end = _conv(
-            f"{path}.end", "end", out_channels, out_channels, line.dw_end, end_stride, size,
-            options, groups=groups(out_channels, "output width"), act=False,
+        ops += _strided(
+            lambda s: _conv(
+                f"{path}.end", "end", out_channels, out_channels, line.dw_end or 0, s, size,
+                options, groups=groups(out_channels, "output width"), act=False,
+            ),
+            end_stride,
+            options,
         )
-        ops.append(end)
-        size = end.out_size
+        size = ops[-1].out_size
     if options.layer_scale:
         ops.append(LayerScaleOp(f"{path}.layer_scale", out_channels, options.layer_scale, size))
     return tuple(ops)
@@ -822,6 +929,19 @@ def _groups_of(line: ast.Line, size: int, width: int, what: str) -> int:
             "(the scaling divisor)",
         )
     return width // size
+
+
+def _check_pools(line: ast.Line, ops: tuple[Op, ...]) -> None:
+    """Refuse an anti-aliasing pool on a 1-pixel map: a 2×2 average pool leaves nothing of
+    it, and a reflect-padded blur has nothing to reflect (PyTorch refuses both)."""
+    for op in ops:
+        if isinstance(op, PoolOp) and op.in_size < 2 and op.kind in ("avg", "blur"):
+            raise EffSemanticError(
+                f"{op.path}: aa={op.kind} needs maps of at least 2×2 pixels, and this block "
+                f"downsamples {op.in_size}×{op.in_size} ones",
+                line.span_of("aa"),
+                hint="use a larger input, or aa=blurpc (zero padding) on this line",
+            )
 
 
 def _spatial_groups(
@@ -969,6 +1089,8 @@ def lower(
                     layout = replace(layout, kernels=(half,))
                     if half % 2 == 0:  # an even kernel keeps the size only with TF's SAME
                         block_options = replace(options, padding="same")
+                    # its 2×2 conv downsamples: no anti-aliasing pool (timm turns it off too)
+                    block_options = replace(block_options, aa="none")
                     se_ratio = options.se / 4  # of the block's input before the conv
                 elif ends:
                     stride, expand, region = 1, line.expand / 4, None
@@ -1029,6 +1151,7 @@ def lower(
                     )
                 ops = prefix + ops
                 _check_slices(line, ops)
+                _check_pools(line, ops)
                 _check_norms(line, ops)
                 # a separable block has no residual connection (MobileNetV1, timm's `dsa`), nor
                 # one that starts with space-to-depth (its output is half the size)

@@ -40,6 +40,7 @@ from effdsl.plan import (
     NormOp,
     Op,
     Plan,
+    PoolOp,
     RoutingOp,
     SqueezeExciteOp,
     StagePlan,
@@ -529,7 +530,11 @@ def stage_summary(stage: StagePlan) -> str:
     acts = "/".join(dict.fromkeys(activation(block.act) for block in stage.blocks))
     kernel = block_kernels(stage.blocks[0])
     more = f" · +{stage.lines - 1} line{'s' if stage.lines > 2 else ''}" if stage.lines > 1 else ""
-    return f"{kind_name(stage.kind, stage.expand)} {kernel} s{stage.stride} · {acts}{se}{more}"
+    pools = dict.fromkeys(pool.kind for block in stage.blocks for pool in block.pools.values())
+    aa = f" aa={'/'.join(pools)}" if pools else ""
+    return (
+        f"{kind_name(stage.kind, stage.expand)} {kernel} s{stage.stride}{aa} · {acts}{se}{more}"
+    )
 
 
 def se_gate(block: BlockPlan) -> str:
@@ -669,6 +674,9 @@ def block_layout(block: BlockPlan) -> tuple[Row, ...]:
             cin, cout = op.in_channels // op.groups, op.out_channels // op.groups
             each = f"of {cin} ch" if cin == cout else f"of {cin} → {cout} ch"
             rows.append(body(f"{op.role} {op.kernel}×{op.kernel} in {op.groups} groups {each}"))
+        elif isinstance(op, PoolOp):
+            conv = op.path.rsplit(".", 2)[-2]
+            rows.append(body(f"anti-aliased: {conv} s1, then {pool_name(op)}"))
     norms = {norm_label(op) for op in block.ops if isinstance(op, ConvOp) and op.norm != "batch"}
     rows += [body(label.removeprefix(" · ")) for label in sorted(norms)]
     return tuple(rows)
@@ -724,6 +732,9 @@ def op_rows(op: Op) -> tuple[Row, ...]:
         return (title("layer scale"), body(f"{op.channels} ch × γ · init {op.init:g}"))
     if isinstance(op, NormOp):
         return (title("batch norm"), body(f"{op.channels} ch"))
+    if isinstance(op, PoolOp):
+        padding = "" if not op.blur else f" · {'reflect' if op.kind == 'blur' else 'zero'} pad"
+        return (title(f"anti-alias · {pool_name(op)}"), body(f"{op.channels} ch{padding}"))
     if isinstance(op, AttentionOp):
         rows = [
             title(f"multi-query attention · {op.heads} heads"),
@@ -758,6 +769,13 @@ def op_rows(op: Op) -> tuple[Row, ...]:
         title(f"{op.role} {op.kernel}×{op.kernel}{stride}{experts}{grouped(op)}"),
         body(f"{channels}{norm_act(op)}"),
     )
+
+
+def pool_name(op: PoolOp) -> str:
+    """`blur pool 3×3 s2` or `avgpool 2×2 s2`: the pool of an anti-aliased downsampling."""
+    if op.blur:
+        return f"blur pool 3×3 s{op.stride}"
+    return f"avgpool {op.stride}×{op.stride} s{op.stride}"
 
 
 def op_tooltip(op: Op, own: Cost) -> str:

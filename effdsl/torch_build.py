@@ -8,7 +8,8 @@ The module tree is a contract shared with the code generator and the checkpoint 
 each `ConvOp` at path `P` is a module with children `conv`, `bn` (whichever norm the op has:
 batch, group, layer, EvoNorm-S0, or the identity), `act` (a CondConv one has
 its experts' kernels as `weight`, then `bn`, `act`); each `MixedConvOp` has `convs.{g}` (one
-per channel slice), `bn`, `act`; each `SqueezeExciteOp` has 1×1 convs `reduce` and `expand`;
+per channel slice), `bn`, `act`; a conv followed by a `PoolOp` (anti-aliased downsampling) has
+that pool as its child `aa`; each `SqueezeExciteOp` has 1×1 convs `reduce` and `expand`;
 a `RoutingOp` is a linear layer (`weight`, `bias`); blocks live at `stages.{i}.blocks.{j}`
 with their ops named by the last component of the op's path; then `head`, `dropout`,
 `classifier`. So `stages.3.blocks.1.expand.conv.weight` is a state_dict key.
@@ -33,6 +34,7 @@ from effdsl.arguments import checked
 from effdsl.errors import BuildError
 from effdsl.limits import Limits, check_plan
 from effdsl.plan import (
+    BLUR_KERNEL,
     AttentionOp,
     BlockPlan,
     ConvOp,
@@ -41,6 +43,7 @@ from effdsl.plan import (
     NormOp,
     Op,
     Plan,
+    PoolOp,
     RoutingOp,
     SqueezeExciteOp,
     StagePlan,
@@ -115,7 +118,7 @@ class ConvBNAct(nn.Module):
     `act` is the identity.
     """
 
-    def __init__(self, op: ConvOp, padding: int) -> None:
+    def __init__(self, op: ConvOp, padding: int, aa: PoolOp | None = None) -> None:
         super().__init__()
         self.conv = nn.Conv2d(
             op.in_channels,
@@ -128,9 +131,12 @@ class ConvBNAct(nn.Module):
         )
         self.bn = norm_layer(op)
         self.act = activation(op.act_after_norm)
+        self.aa = downsampling(aa)
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.act(self.bn(self.conv(x)))
+        if self.aa is not None:
+            out = self.aa(out)  # N, C_out, H/s, W/s (anti-aliased: the conv kept H, W)
         return out
 
 
@@ -196,18 +202,50 @@ class PaddedConvBNAct(ConvBNAct):
     """A `ConvOp` with TensorFlow's SAME padding, whose extra pixel (right, bottom) a conv's own
     symmetric `padding=` cannot express, so a parameter-free pad runs first."""
 
-    def __init__(self, op: ConvOp) -> None:
-        super().__init__(op, padding=0)
+    def __init__(self, op: ConvOp, aa: PoolOp | None = None) -> None:
+        super().__init__(op, padding=0, aa=aa)
         self.pad = nn.ZeroPad2d(op.padding)
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.act(self.bn(self.conv(self.pad(x))))
+        if self.aa is not None:
+            out = self.aa(out)  # N, C_out, H/s, W/s
         return out
 
 
-def conv_bn_act(op: ConvOp) -> ConvBNAct:
+def conv_bn_act(op: ConvOp, aa: PoolOp | None = None) -> ConvBNAct:
+    """The module of `op`, and of the pool that downsamples after it where it has one."""
     symmetric = op.symmetric_padding
-    return PaddedConvBNAct(op) if symmetric is None else ConvBNAct(op, symmetric)
+    return PaddedConvBNAct(op, aa) if symmetric is None else ConvBNAct(op, symmetric, aa)
+
+
+class BlurPool(nn.Module):
+    """Blur, then subsample (Zhang, 2019; timm's `BlurPool2d`): each channel convolved by the
+    fixed binomial filter [1, 2, 1] ⊗ [1, 2, 1] / 16 at the op's stride, over one pixel of
+    padding, reflected (`blur`) or zeros (`blurpc`). The filter is made where it is used, in
+    the input's dtype and on its device, not kept as a buffer: a model built on the meta
+    device and given a checkpoint (`load_state_dict(assign=True)`) has no buffer to fill."""
+
+    def __init__(self, op: PoolOp) -> None:
+        super().__init__()
+        self.channels, self.stride = op.channels, op.stride
+        self.padding = [(BLUR_KERNEL - 1) // 2] * 4
+        self.mode = op.padding_mode
+
+    def forward(self, x: Tensor) -> Tensor:
+        taps = torch.tensor([0.25, 0.5, 0.25], dtype=x.dtype, device=x.device)  # [1, 2, 1] / 4
+        kernel = (taps[:, None] * taps[None, :]).expand(self.channels, 1, 3, 3)  # C, 1, 3, 3
+        x = F.pad(x, self.padding, mode=self.mode)  # N, C, H + 2, W + 2
+        return F.conv2d(x, kernel, stride=self.stride, groups=self.channels)  # N, C, H/s, W/s
+
+
+def downsampling(op: PoolOp | None) -> nn.Module | None:
+    """The pool of an anti-aliased conv: a blur pool, or a stride×stride average pool."""
+    if op is None:
+        return None
+    if op.blur:
+        return BlurPool(op)
+    return nn.AvgPool2d(op.stride, op.stride)
 
 
 class SqueezeExcite(nn.Module):
@@ -237,7 +275,7 @@ class MixedConvBNAct(nn.Module):
     """MixConv: the channels cut into slices, each convolved by its own conv (`convs`), the
     outputs concatenated, then batch norm and the activation: a `MixedConvOp`."""
 
-    def __init__(self, op: MixedConvOp) -> None:
+    def __init__(self, op: MixedConvOp, aa: PoolOp | None = None) -> None:
         super().__init__()
         convs: list[nn.Module] = []
         pads: list[nn.Module] = []
@@ -260,6 +298,7 @@ class MixedConvBNAct(nn.Module):
             op.out_channels, eps=op.bn_eps, momentum=op.bn_momentum
         )
         self.act = activation(op.act)
+        self.aa = downsampling(aa)
 
     def mixed(self, x: Tensor) -> Tensor:
         """The slices' convolutions, concatenated: N, C_out, H/s, W/s."""
@@ -271,6 +310,8 @@ class MixedConvBNAct(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.act(self.bn(self.mixed(x)))
+        if self.aa is not None:
+            out = self.aa(out)  # N, C_out, H/s, W/s
         return out
 
 
@@ -290,7 +331,7 @@ class CondConvBNAct(nn.Module):
     kernels (the rows of `weight`), then batch norm and the activation (a `ConvOp` with
     `experts`). The samples of a batch run as one grouped convolution."""
 
-    def __init__(self, op: ConvOp) -> None:
+    def __init__(self, op: ConvOp, aa: PoolOp | None = None) -> None:
         super().__init__()
         self.shape = (op.out_channels, op.in_channels // op.groups, op.kernel, op.kernel)
         self.weight = nn.Parameter(torch.empty(op.experts, math.prod(self.shape)))
@@ -307,6 +348,7 @@ class CondConvBNAct(nn.Module):
             op.out_channels, eps=op.bn_eps, momentum=op.bn_momentum
         )
         self.act = activation(op.act)
+        self.aa = downsampling(aa)
 
     def routed(self, x: Tensor, routing: Tensor) -> Tensor:
         """Each sample convolved by its own mixture of the experts: N, C_out, H/s, W/s."""
@@ -329,6 +371,8 @@ class CondConvBNAct(nn.Module):
 
     def forward(self, x: Tensor, routing: Tensor) -> Tensor:
         out: Tensor = self.act(self.bn(self.routed(x, routing)))
+        if self.aa is not None:
+            out = self.aa(out)  # N, C_out, H/s, W/s
         return out
 
 
@@ -381,11 +425,14 @@ class MultiQueryAttention(nn.Module):
         return result
 
 
-def layer(op: Op) -> nn.Module:
+def layer(op: Op, aa: PoolOp | None = None) -> nn.Module:
+    """The module of `op`; `aa`: the pool that downsamples after it (a conv's only)."""
     if isinstance(op, ConvOp):
-        return CondConvBNAct(op) if op.experts else conv_bn_act(op)
+        return CondConvBNAct(op, aa) if op.experts else conv_bn_act(op, aa)
     if isinstance(op, MixedConvOp):
-        return MixedConvBNAct(op)
+        return MixedConvBNAct(op, aa)
+    if aa is not None or isinstance(op, PoolOp):
+        raise BuildError(f"`{(aa or op).path}` downsamples after a conv, not after `{op.path}`")
     if isinstance(op, RoutingOp):
         return Routing(op)
     if isinstance(op, LayerScaleOp):
@@ -425,15 +472,18 @@ OP_ORDER = (
 
 
 def _block_layers(block: BlockPlan) -> dict[str, nn.Module]:
-    """The block's layers by the last component of their path, checked against `OP_ORDER`."""
-    names = [op.path.rsplit(".", 1)[-1] for op in block.ops]
+    """The block's layers by the last component of their path, checked against `OP_ORDER`.
+    A `PoolOp` is built into the module of the conv before it, whose child `aa` it is."""
+    pools, ops = block.pools, block.layers
+    names = [op.path.rsplit(".", 1)[-1] for op in ops]
     known = [name for name in OP_ORDER if name in names]
-    if names != known:
+    if names != known or not pools.keys() <= {op.path for op in ops}:
         raise BuildError(
             f"block `{block.path}` has ops {', '.join(names)}; the PyTorch backend builds a "
-            f"subsequence of {', '.join(OP_ORDER)}, each at most once"
+            f"subsequence of {', '.join(OP_ORDER)}, each at most once, and a pool only after "
+            "a conv"
         )
-    return {name: layer(op) for name, op in zip(names, block.ops, strict=True)}
+    return {name: layer(op, pools.get(op.path)) for name, op in zip(names, ops, strict=True)}
 
 
 class Block(nn.Module):
@@ -729,13 +779,15 @@ def initialise(model: nn.Module) -> None:
 
 class ConvAct(nn.Module):
     """A `ConvBNAct` whose batch norm is folded into the conv's weight and bias: pad?, conv,
-    act? (the parameter-free pad of TF's SAME padding and the activation, when there are any)."""
+    act?, aa? (the parameter-free pad of TF's SAME padding, the activation and the
+    anti-aliasing pool, when there are any)."""
 
     def __init__(self, layer: ConvBNAct) -> None:
         super().__init__()
         self.pad = layer.pad if isinstance(layer, PaddedConvBNAct) else None
         self.conv = layer.conv
         self.act = None if isinstance(layer.act, nn.Identity) else layer.act
+        self.aa = layer.aa
 
     def forward(self, x: Tensor) -> Tensor:
         if self.pad is not None:
@@ -743,6 +795,8 @@ class ConvAct(nn.Module):
         x = self.conv(x)  # N, C_out, H/s, W/s
         if self.act is not None:
             x = self.act(x)
+        if self.aa is not None:
+            x = self.aa(x)  # N, C_out, H/s, W/s (anti-aliased: the conv kept H, W)
         return x
 
 

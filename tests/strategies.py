@@ -46,6 +46,7 @@ defaults = st.builds(
     norm_group_size=st.one_of(maybe(), st.sampled_from([1, 2])),
     group_size=st.one_of(maybe(), st.sampled_from([1, 2])),
     layer_scale=st.sampled_from([0.0, 1e-5]),
+    aa=st.sampled_from(ast.ANTI_ALIASES),
 )
 presets = st.builds(
     ast.Preset,
@@ -134,11 +135,15 @@ def lines(draw: st.DrawFn, line: type[ast.Line]) -> dict[str, object]:
         }
     else:
         kind_options = {"group_size": draw(st.one_of(maybe(), st.sampled_from([1, 2, 4])))}
+    stride = 1 if kind == "mqa" else draw(st.integers(1, 2))
+    # anti-aliasing on a strided line (a stride-1 line may only say `aa=none`)
+    aa = draw(st.one_of(maybe(), st.sampled_from(ast.ANTI_ALIASES if stride > 1 else ("none",))))
     fields: dict[str, object] = dict(
         kind=kind,
         kernel=kernel,
         **kind_options,
-        stride=1 if kind == "mqa" else draw(st.integers(1, 2)),
+        stride=stride,
+        aa=aa,
         channels=draw(st.integers(1, 64)),
         repeats=draw(st.integers(1, 4)),
         se=se,

@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import effdsl
 from effdsl.codegen import class_name, scaling_label, to_python, top_level_names
+from effdsl.errors import EffSemanticError
 from effdsl.plan import Plan
 from effdsl.scaling import Multipliers
 from tests.conftest import ROOT, SPECS
@@ -429,7 +430,10 @@ def test_drop_path_drops_whole_samples_only_in_training() -> None:
 @given(network=networks(max_stages=4), size=st.integers(8, 12))
 def test_any_network_generates_the_module_build_makes(network: effdsl.Network, size: int) -> None:
     network = network.model_copy(update={"input": network.input.model_copy(update={"size": size})})
-    plan = effdsl.lower(network)
+    try:
+        plan = effdsl.lower(network)
+    except EffSemanticError:  # an anti-aliasing pool on a 1×1 map at this size
+        assume(False)
     model = model_of(load_generated(to_python(plan)), plan).eval()
     reference = effdsl.build(plan).eval()
     assert [(k, v.shape) for k, v in model.state_dict().items()] == [

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -21,6 +22,7 @@ import effdsl
 from effdsl import ast
 from effdsl.errors import ImportRefused
 from effdsl.importers import import_family, import_model
+from effdsl.importers.timm_models import TimmReader
 from effdsl.importers.zoo import measure
 
 from .conftest import ROOT, SPECS
@@ -289,16 +291,29 @@ def test_a_module_the_language_cannot_say_is_refused_naming_path_and_feature() -
 
 
 def test_refusals_name_the_model_the_module_and_the_feature() -> None:
+    """A timm model whose anti-aliasing is a max pool, which the language has not."""
+    with torch.device("meta"):
+        model = timm.create_model("efficientnet_blur_b0")
+    model.blocks[1][0].aa = nn.MaxPool2d(2)
     with pytest.raises(ImportRefused) as caught:
-        import_model("timm:efficientnet_blur_b0")
+        TimmReader("efficientnet_blur_b0").model(model)
     assert caught.value.message == (
-        "timm:efficientnet_blur_b0: blocks.1.0.aa (BlurPool2d): anti-aliased downsampling "
-        "(blur pool)"
+        "timm:efficientnet_blur_b0: blocks.1.0.aa (MaxPool2d): anti-aliasing layer not in the "
+        "language"
     )
 
 
+def test_timm_condconv_anti_aliasing_is_refused() -> None:
+    """timm's CondConvResidual builds its `aa` pool but never runs it: no spec says that."""
+    with torch.device("meta"):
+        model = timm.create_model("efficientnet_cc_b0_4e", aa_layer="avg")
+    with pytest.raises(ImportRefused, match=r"blocks\.5\.0\.aa \(AvgPool2d\): anti-aliasing "
+                       "that timm's CondConv skips"):
+        TimmReader("efficientnet_cc_b0_4e").model(model)
+
+
 def test_cli_refusal_is_one_line_without_traceback() -> None:
-    result = run_cli("import", "timm:efficientnet_blur_b0")
+    result = run_cli("import", "timm:gc_efficientnetv2_rw_t")  # a GlobalContext module
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr

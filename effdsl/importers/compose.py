@@ -46,6 +46,7 @@ OPTIONS: tuple[str, ...] = tuple(
         "se_gate",
         "norm",
         "layer_scale",
+        "aa",
     )
     if name in ast.Defaults.model_fields
 )
@@ -109,6 +110,7 @@ class Line:
     s2d: bool = False
     packed: bool = False
     ends: bool = False
+    aa: str = "none"  # anti-aliased downsampling: the pool after the strided conv
 
 
 class Composer:
@@ -311,6 +313,7 @@ class Composer:
         eps, momentum, norm = self._uniform(convs, norms)
         if kind in ("mixconv", "condconv") and norm != "batch":
             raise self.refuse(block.path, f"{kind} block without batch norm")
+        aa = self._anti_alias(convs)
         return Line(
             path=block.path,
             kind=kind,
@@ -341,6 +344,7 @@ class Composer:
             norm_group_size=max(conv.norm_group_size for conv in convs) or None,
             s2d=block.s2d is not None,
             packed=block.s2d is not None,
+            aa=aa,
         )
 
     def _space_to_depth(self, block: BlockFact) -> bool:
@@ -356,6 +360,17 @@ class Composer:
         if block.in_channels != conv.out_channels:
             raise self.refuse(block.path, "a space-to-depth conv the block does not run on")
         return True
+
+    def _anti_alias(self, convs: Sequence[ConvFact]) -> str:
+        """The block's anti-aliased downsampling (`none`): the pool after its strided conv."""
+        pooled = [conv for conv in convs if conv.aa is not None]
+        if not pooled:
+            return "none"
+        if "aa" not in ast.Line.model_fields:
+            raise self.refuse(pooled[0].path, "anti-aliased downsampling (blur pool)")
+        if len(pooled) > 1 or pooled[0].stride != 2 or pooled[0].aa not in ast.ANTI_ALIASES:
+            raise self.refuse(pooled[0].path, f"anti-aliased downsampling {pooled[0].aa}")
+        return pooled[0].aa
 
     def _group_size(
         self, block: BlockFact, kind: str, spatial: ConvFact, mid: int
@@ -493,6 +508,8 @@ class Composer:
             fields.update(dw_start=first.dw_start, dw_end=first.dw_end)
         if first.kind in ("uir", "mqa"):
             fields["layer_scale"] = first.layer_scale
+        if "aa" in ast.Line.model_fields:  # the first block's: only it may stride
+            fields["aa"] = first.aa
         if first.attention is not None:
             heads, key_dim, value_dim, kv_stride = first.attention
             fields.update(heads=heads, key_dim=key_dim, se=0.0)
@@ -820,6 +837,9 @@ class Composer:
         if "layer_scale" in OPTIONS:
             scaled = [line["layer_scale"] for line in lines if "layer_scale" in line]
             defaults["layer_scale"] = _most_common(scaled, language["layer_scale"])
+        if "aa" in OPTIONS:  # anti-aliasing reaches the strided lines only
+            strided = [line["aa"] for line in lines if line["stride"] > 1]
+            defaults["aa"] = _most_common(strided, language["aa"])
         if "group_size" in OPTIONS:
             defaults["group_size"] = sizes.pop() if len(sizes) == 1 else None
         # the network's activation is its stem's and head's where they agree (MixNet: ReLU,
@@ -852,6 +872,9 @@ class Composer:
                 continue
             value = statement[name]
             inherited = defaults[name]
+            if name == "aa" and statement["stride"] == 1:  # a stride-1 line has none to say
+                statement.pop(name)
+                continue
             if name == "se_act" and squeezed:
                 if value == (defaults["se_act"] if defaults["se_act"] is not None else act):
                     statement.pop(name)

@@ -46,7 +46,12 @@ class EffdslReader(Reader):
     ) -> ConvFact:
         """effdsl's conv-norm-act layers: `conv`, `bn`, `act` (and `pad` for TF's SAME);
         MixConv's `convs` (one per channel slice, each after its `pads`); CondConv's expert
-        kernels as the rows of `weight`."""
+        kernels as the rows of `weight`; any of them with the pool `aa` that downsamples
+        after it (anti-aliasing)."""
+        fact = self._layer(path, module)
+        return self.downsampled(fact, f"{path}.aa", getattr(module, "aa", None))
+
+    def _layer(self, path: str, module: Any) -> ConvFact:
         if hasattr(module, "convs") and hasattr(module, "bn"):
             pads = list(getattr(module, "pads", [None] * len(module.convs)))
             slices = [

@@ -60,6 +60,9 @@ class ConvFact:
     norm_group_size: int = 0  # channels per group of a group norm or EvoNorm-S0
     # EvoNorm-S0 with its own non-linearity (its `v`), which takes the activation's place
     norm_acts: bool = False
+    # anti-aliased downsampling: the conv itself ran at stride 1, and this pool after its norm
+    # and activation made `stride` (`avg`, `blur`, `blurpc`); None: the conv strides itself
+    aa: str | None = None
 
     @property
     def depthwise(self) -> bool:
@@ -259,6 +262,37 @@ class Reader:
             return "layer", 0, False
         return type(norm).__name__, 0, False
 
+    def downsampled(self, fact: ConvFact, path: str, pool: Any) -> ConvFact:
+        """`fact` with the pool `pool` (at `path`) after it, where it has one: a strided conv
+        of the language's anti-aliased downsampling. A 2×2 average pool without padding is
+        `avg`; a blur pool (timm's `BlurPool2d`, effdsl's `BlurPool`) with its 3×3 binomial
+        filter over reflected or zero padding, `blur` or `blurpc`."""
+        if pool is None or type(pool).__name__ == "Identity":
+            return fact
+        kind, stride = self._pool(path, pool, fact.out_channels)
+        if fact.stride != 1:
+            raise self.refuse(path, pool, "a pool after a strided conv")
+        return replace(fact, stride=stride, aa=kind)
+
+    def _pool(self, path: str, pool: Any, channels: int) -> tuple[str, int]:
+        name = type(pool).__name__
+        if name == "AvgPool2d":
+            size, step, padding = (
+                _pair(pool.kernel_size), _pair(pool.stride), _pair(pool.padding)
+            )
+            if size != step or padding != (0, 0) or pool.ceil_mode or size[0] != size[1]:
+                raise self.refuse(path, pool, "an average pool other than k×k of stride k")
+            return "avg", size[0]
+        if name in ("BlurPool2d", "BlurPool"):
+            mode = getattr(pool, "pad_mode", getattr(pool, "mode", None))
+            stride = int(pool.stride)
+            if getattr(pool, "filt_size", 3) != 3 or mode not in ("reflect", "constant"):
+                raise self.refuse(path, pool, "a blur pool other than 3×3 binomial")
+            if pool.channels != channels:  # timm's DepthwiseSeparableConv sizes it by its output
+                raise self.refuse(path, pool, "a blur pool of another width than its input")
+            return ("blur" if mode == "reflect" else "blurpc"), stride
+        raise self.refuse(path, pool, "anti-aliasing layer not in the language")
+
     def mixed(
         self,
         path: str,
@@ -358,6 +392,11 @@ def _feature_of(module: Any) -> str:
         "CondConv2d": "CondConv (per-sample expert kernels)",
     }
     return known.get(type(module).__name__, "convolution type not in the language")
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    """A pooling size as (height, width), whether given as one number or a pair."""
+    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 def _short(value: float) -> float:

@@ -108,10 +108,24 @@ class TimmReader(Reader):
             params=parameter_count(model),
         )
 
+    def _anti_aliased(
+        self, path: str, block: Any, kind: str, convs: tuple[ConvFact, ...]
+    ) -> tuple[ConvFact, ...]:
+        """The block's convs with its `aa` pool (anti-aliased downsampling) after the conv
+        timm runs it after: a ConvBnAct's conv, the depthwise conv of a depthwise-separable
+        block or an inverted residual, an EdgeResidual's k×k expansion."""
+        pool = getattr(block, "aa", None)
+        if pool is None or type(pool).__name__ == "Identity":
+            return convs
+        if kind == "CondConvResidual":  # its forward never calls `self.aa`
+            raise self.refuse(f"{path}.aa", pool, "anti-aliasing that timm's CondConv skips")
+        at = 1 if kind in ("InvertedResidual",) else 0
+        pooled = self.downsampled(convs[at], f"{path}.aa", pool)
+        return (*convs[:at], pooled, *convs[at + 1 :])
+
     def _absent(self, path: str, block: Any, *names: str) -> None:
         """Refuse optional parts a block may carry that the reader does not translate."""
         features = {
-            "aa": "anti-aliased downsampling (blur pool)",
             "conv_s2d": "space-to-depth",
             "layer_scale": "layer scale",
         }
@@ -147,9 +161,9 @@ class TimmReader(Reader):
                 continue
             if type(module).__name__ != "ConvNormAct":
                 raise self.refuse(f"{path}.{name}", module, "a UIR layer of another layout")
-            self._absent(f"{path}.{name}", module, "aa")
             roles.append(role)
-            convs.append(self.conv(f"{path}.{name}.conv", module.conv, module.bn))
+            conv = self.conv(f"{path}.{name}.conv", module.conv, module.bn)
+            convs.append(self.downsampled(conv, f"{path}.{name}.aa", getattr(module, "aa", None)))
         scale = block.layer_scale
         layer_scale = 0.0
         if type(scale).__name__ != "Identity":
@@ -266,7 +280,7 @@ class TimmReader(Reader):
             return self.uir(path, block)
         if kind == "MobileAttention":
             return self.attention(path, block)
-        self._absent(path, block, "aa", "layer_scale")
+        self._absent(path, block, "layer_scale")
         s2d: ConvFact | None = None
         if kind in ("DepthwiseSeparableConv", "InvertedResidual"):
             if getattr(block, "conv_s2d", None) is not None:
@@ -302,6 +316,7 @@ class TimmReader(Reader):
             se = self.se(f"{path}.se", block.se)
         else:
             raise self.refuse(path, block, "block class not in the EfficientNet builder")
+        convs = self._anti_aliased(path, block, kind, convs)
         drop = block.drop_path
         rate = 0.0 if type(drop).__name__ == "Identity" else float(drop.drop_prob)
         routing = 0
