@@ -304,8 +304,8 @@ class PoolOp:
     (`blurpc`, timm's "pad constant").
 
     Its path is the strided conv's plus `.aa`: the module is a child of the conv's module, as
-    timm's `ConvNormAct.aa`; it has no parameters (the blur's filter is a buffer that no
-    state_dict holds).
+    timm's `ConvNormAct.aa`; it has no parameters and no state (the blur's filter is fixed;
+    timm keeps it out of the state_dict too).
     """
 
     path: str
