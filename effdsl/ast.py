@@ -38,6 +38,7 @@ BlockKind = Literal[
 Padding = Literal["symmetric", "same"]
 Fix = Literal["none", "depth", "width", "all"]
 Gate = Literal["sigmoid", "hard_sigmoid"]
+SqueezeKind = Literal["se", "gc"]
 SqueezeFrom = Literal["input", "expanded"]
 Norm = Literal["batch", "group", "layer", "evonorm", "none"]
 HeadPool = Literal["last", "first"]
@@ -61,6 +62,7 @@ BLOCK_KINDS: tuple[str, ...] = get_args(BlockKind)
 PADDINGS: tuple[str, ...] = get_args(Padding)
 FIXES: tuple[str, ...] = get_args(Fix)
 GATES: tuple[str, ...] = get_args(Gate)
+SQUEEZE_KINDS: tuple[str, ...] = get_args(SqueezeKind)
 NORMS: tuple[str, ...] = get_args(Norm)
 ANTI_ALIASES: tuple[str, ...] = get_args(AntiAlias)
 #: The norms that cut the channels into groups (`norm_group_size`).
@@ -277,6 +279,12 @@ class Defaults(Node):
         default="sigmoid", description="The gate of squeeze-and-excitation: `sigmoid` or "
         "`hard_sigmoid`."
     )
+    se_kind: SqueezeKind = Field(
+        default="se",
+        description="What gates the channels where `se` is on: `se` (squeeze-and-excitation: "
+        "the channel means through a bottleneck) or `gc` (GCNet's global context: an "
+        "attention-weighted sum over positions through a layer-normed bottleneck).",
+    )
     norm: Norm = Field(
         default="batch",
         description="Normalisation after each conv: `batch`, `group` (GroupNorm), `layer` "
@@ -350,6 +358,7 @@ class BlockOptions(Node):
     )
     se_act: Activation | None = Field(default=None, description="Overrides `defaults se_act`.")
     se_gate: Gate | None = Field(default=None, description="Overrides `defaults se_gate`.")
+    se_kind: SqueezeKind | None = Field(default=None, description="Overrides `defaults se_kind`.")
     norm: Norm | None = Field(default=None, description="Overrides `defaults norm`.")
     norm_group_size: int | None = Field(
         default=None, ge=1, le=MAX_GROUP_SIZE, description="Overrides `defaults norm_group_size`."

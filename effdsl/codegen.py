@@ -32,6 +32,7 @@ from effdsl.plan import (
     AttentionOp,
     BlockPlan,
     ConvOp,
+    GlobalContextOp,
     LayerScaleOp,
     MixedConvOp,
     NormOp,
@@ -101,9 +102,9 @@ _FIXED_NAMES = (
     "main",
 )
 _OPTIONAL_NAMES = (
-    "SqueezeExcite", "GATES", "MixedConvBNAct", "mixed_conv", "Routing", "CondConvBNAct",
-    "norm_layer", "LayerNorm2d", "EvoNormS0", "LayerScale", "MultiQueryAttention", "BlurPool",
-    "downsample", *BLOCK_ORDER,
+    "SqueezeExcite", "GlobalContext", "GATES", "MixedConvBNAct", "mixed_conv", "Routing",
+    "CondConvBNAct", "norm_layer", "LayerNorm2d", "EvoNormS0", "LayerScale",
+    "MultiQueryAttention", "BlurPool", "downsample", *BLOCK_ORDER,
 )
 
 
@@ -153,14 +154,15 @@ def top_level_names(plan: Plan) -> frozenset[str]:
     """Every name the module generated for `plan` defines at its top level."""
     used = _Used.of(plan)
     optional = {
-        "SqueezeExcite": used.squeeze_excite,
+        "SqueezeExcite": "se" in used.se_kinds,
+        "GlobalContext": "gc" in used.se_kinds,
         "GATES": used.squeeze_excite,
         "MixedConvBNAct": "MixConv" in used.blocks,
         "mixed_conv": "MixConv" in used.blocks,
         "Routing": "CondConv" in used.blocks,
         "CondConvBNAct": "CondConv" in used.blocks,
         "norm_layer": bool(used.norms),
-        "LayerNorm2d": "layer" in used.norms,
+        "LayerNorm2d": used.layer_norm,
         "EvoNormS0": "evonorm" in used.norms,
         "LayerScale": used.layer_scale,
         "MultiQueryAttention": "AttentionBlock" in used.blocks,
@@ -209,6 +211,17 @@ class _Used:
     layer_scale: bool = False  # some block ends in a layer scale
     s2d: bool = False  # some block starts with a space-to-depth conv
     pools: tuple[str, ...] = ()  # the kinds of anti-aliasing pool used (`aa`), sorted
+    se_kinds: tuple[str, ...] = ()  # "se" (SqueezeExcite), "gc" (GlobalContext): those used
+
+    @property
+    def layer_norm(self) -> bool:
+        """Whether `LayerNorm2d` is needed: a conv's norm, or global context's."""
+        return "layer" in self.norms or "gc" in self.se_kinds
+
+    @property
+    def context_arg(self) -> bool:
+        """Whether the block classes choose between SE and global context (`context=`)."""
+        return self.se_kinds == ("se", "gc")
 
     @classmethod
     def of(cls, plan: Plan) -> _Used:
@@ -250,6 +263,14 @@ class _Used:
             layer_scale=any(isinstance(op, LayerScaleOp) for op in ops),
             s2d=any(op.role == "s2d" for op in ops),
             pools=tuple(sorted({op.kind for op in ops if isinstance(op, PoolOp)})),
+            se_kinds=tuple(
+                kind
+                for kind, ran in (
+                    ("se", any(type(op) is SqueezeExciteOp for op in ops)),
+                    ("gc", any(isinstance(op, GlobalContextOp) for op in ops)),
+                )
+                if ran
+            ),
         )
 
 
@@ -575,12 +596,20 @@ class ConvBNAct(nn.Module):
 
 def _squeeze_excite(used: _Used) -> str:
     gates = "".join(f'    "{name}": {GATE_MODULES[name]},\n' for name in used.gates)
+    classes = [
+        *([_SQUEEZE_EXCITE] if "se" in used.se_kinds else []),
+        *([_GLOBAL_CONTEXT] if "gc" in used.se_kinds else []),
+    ]
     return f'''\
 # The gates of squeeze-and-excitation the spec uses.
 GATES = {{
 {gates}}}
 
 
+''' + "\n\n\n".join(classes)
+
+
+_SQUEEZE_EXCITE = '''\
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excitation: scale each channel by a gate computed from the channel means."""
 
@@ -596,6 +625,30 @@ class SqueezeExcite(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = x.mean((2, 3), keepdim=True)  # (N, C, 1, 1)
         scale = self.act(self.reduce(scale))  # (N, squeeze, 1, 1)
+        scale = self.gate(self.expand(scale))  # (N, C, 1, 1)
+        return x * scale'''
+
+_GLOBAL_CONTEXT = f'''\
+class GlobalContext(nn.Module):
+    """Global context (GCNet): squeeze-and-excitation whose channels are pooled by a softmax
+    attention over the positions, with a layer norm in its bottleneck."""
+
+    def __init__(
+        self, channels: int, squeeze: int, act: str | None, gate: str = "sigmoid"
+    ) -> None:
+        super().__init__()
+        self.attn = nn.Conv2d(channels, 1, 1)
+        self.reduce = nn.Conv2d(channels, squeeze, 1)
+        self.norm = LayerNorm2d(squeeze, eps={GlobalContextOp.norm_eps!r})
+        self.act = ACTIVATIONS[act]() if act else nn.Identity()
+        self.expand = nn.Conv2d(squeeze, channels, 1)
+        self.gate = GATES[gate]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        attn = self.attn(x).reshape(n, 1, h * w, 1).softmax(dim=2)  # (N, 1, HW, 1)
+        context = (x.reshape(n, 1, c, h * w) @ attn).reshape(n, c, 1, 1)  # (N, C, 1, 1)
+        scale = self.act(self.norm(self.reduce(context)))  # (N, squeeze, 1, 1)
         scale = self.gate(self.expand(scale))  # (N, C, 1, 1)
         return x * scale'''
 
@@ -1187,11 +1240,18 @@ def _se_parts(used: _Used, channels: str = "mid") -> dict[str, str]:
         return {"{squeeze_arg}": "", "{gate_arg}": "", "{se_layer}": "", "{se_step}": ""}
     se_act = "se_act" if used.se_options else "act"
     gates = used.gates != ("sigmoid",)
+    choice = ""
+    if used.context_arg:
+        choice = "\n        squeeze_layer = GlobalContext if context else SqueezeExcite"
+        layer = "squeeze_layer"
+    else:
+        layer = "GlobalContext" if used.se_kinds == ("gc",) else "SqueezeExcite"
     return {
         "{squeeze_arg}": "\n        squeeze: int,"
         + ("\n        se_act: str | None," if used.se_options else ""),
-        "{gate_arg}": '\n        gate: str = "sigmoid",' if gates else "",
-        "{se_layer}": f"\n        self.se = SqueezeExcite({channels}, squeeze, {se_act}"
+        "{gate_arg}": ('\n        gate: str = "sigmoid",' if gates else "")
+        + ("\n        context: bool = False," if used.context_arg else ""),
+        "{se_layer}": f"{choice}\n        self.se = {layer}({channels}, squeeze, {se_act}"
         f"{', gate' if gates else ''}) if squeeze else nn.Identity()",
         "{se_step}": "\n        out = self.se(out)",
     }
@@ -1432,6 +1492,8 @@ def _universal_call(block: BlockPlan, used: _Used) -> str:
     ]
     if se is not None and se.gate != "sigmoid":
         args.append(f'gate="{se.gate}"')
+    if used.context_arg and isinstance(se, GlobalContextOp):
+        args.append("context=True")
     scale = next((op for op in block.ops if isinstance(op, LayerScaleOp)), None)
     if scale is not None:
         args.append(f"layer_scale={scale.init!r}")
@@ -1482,6 +1544,8 @@ def _block_call(block: BlockPlan, used: _Used) -> str:
     ]
     if se is not None and se.gate != "sigmoid":
         args.append(f'gate="{se.gate}"')
+    if used.context_arg and isinstance(se, GlobalContextOp):
+        args.append("context=True")
     if _keeps_expansion(block):
         args.append("full=True")
     groups = _groups_arg(block)
@@ -1534,6 +1598,7 @@ def _signatures(used: _Used) -> list[str]:
         }.get(name, "kernel, stride, padding,")
         options = [
             *([" gate="] if name != "ConvBlock" and used.gates not in ((), ("sigmoid",)) else []),
+            *([" context="] if name != "ConvBlock" and used.context_arg else []),
             *([" full="] if name == "MBConv" and used.full else []),
             *([" groups="] if used.grouped and name in _DEFAULT_GROUPS else []),
             *([" norm="] if (used.unnormalised or used.norms) and name in _NORM_BLOCKS else []),
@@ -1690,7 +1755,7 @@ def to_python(plan: Plan, *, source_name: str | None = None, spec_text: str | No
         _header(plan, source_name, spec_text),
         _IMPORTS + "\n\n" + _activations(used),  # isort: one blank line after imports
         _DROP_PATH,
-        *([_LAYER_NORM] if "layer" in used.norms else []),
+        *([_LAYER_NORM] if used.layer_norm else []),
         *([_EVO_NORM] if "evonorm" in used.norms else []),
         *([_norm_layer(used)] if used.norms else []),
         *([_downsample(used)] if used.pools else []),

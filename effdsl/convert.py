@@ -12,6 +12,8 @@ part in the other library's EfficientNet / EfficientNetV2:
     stages.i.blocks.j.<op k>.conv   features.<i+1>.j.block.k.0   blocks.i.j.conv_pw|conv_dw|...
     stages.i.blocks.j.<op k>.bn     features.<i+1>.j.block.k.1   blocks.i.j.bn<n>
     stages.i.blocks.j.se.reduce     features.<i+1>.j.block.k.fc1 blocks.i.j.se.conv_reduce
+    stages.i.blocks.j.se.attn       (no global context)          blocks.i.j.se.conv_attn
+    stages.i.blocks.j.se.norm       (no global context)          blocks.i.j.se.mlp_scale.norm
     stages.i.blocks.j.<op>.convs.g  (no MixConv)                 blocks.i.j.conv_pw.g (MixConv)
     stages.i.blocks.j.<op>.weight   (no CondConv)                blocks.i.j.conv_pw.weight
     stages.i.blocks.j.routing       (no CondConv)                blocks.i.j.routing_fn
@@ -53,6 +55,7 @@ from effdsl.plan import (
     AttentionOp,
     BlockPlan,
     ConvOp,
+    GlobalContextOp,
     LayerScaleOp,
     MixedConvOp,
     NormOp,
@@ -157,9 +160,14 @@ def _op_entries(op: Op, names: Mapping[str, str]) -> Iterator[Entry]:
     elif isinstance(op, PoolOp):  # anti-aliasing: a fixed filter, no tensors
         return
     else:
+        if isinstance(op, GlobalContextOp):
+            yield from _affine_entries(f"{op.path}.attn", names["attn"], (1, op.channels, 1, 1))
         yield from _affine_entries(
             f"{op.path}.reduce", names["reduce"], (op.squeeze, op.channels, 1, 1)
         )
+        if isinstance(op, GlobalContextOp):
+            for name in ("weight", "bias"):
+                yield Entry(f"{op.path}.norm.{name}", f"{names['norm']}.{name}", (op.squeeze,))
         yield from _affine_entries(
             f"{op.path}.expand", names["expand"], (op.channels, op.squeeze, 1, 1)
         )
@@ -205,6 +213,11 @@ def _torchvision_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
                 f"torchvision has no {type(op).__name__} like `{op.path}` ("
                 + ("CondConv" if not isinstance(op, MixedConvOp) else "MixConv")
                 + ")",
+                hint="convert timm checkpoints of such networks with source='timm'",
+            )
+        if isinstance(op, GlobalContextOp):
+            raise CheckpointError(
+                f"torchvision has no global context (GCNet) like `{op.path}`",
                 hint="convert timm checkpoints of such networks with source='timm'",
             )
         if isinstance(op, SqueezeExciteOp):
@@ -287,6 +300,13 @@ def _timm_names(plan: Plan) -> Iterator[tuple[Op, dict[str, str]]]:
             elif block.kind == "uir" and op.role in _TIMM_UIR:
                 module = f"{prefix}.{_TIMM_UIR[op.role]}"
                 yield op, {"conv": f"{module}.conv", "bn": f"{module}.bn"}
+            elif isinstance(op, GlobalContextOp):  # timm's GlobalContext: its MLP `mlp_scale`
+                yield op, {
+                    "attn": f"{prefix}.se.conv_attn",
+                    "reduce": f"{prefix}.se.mlp_scale.fc1",
+                    "norm": f"{prefix}.se.mlp_scale.norm",
+                    "expand": f"{prefix}.se.mlp_scale.fc2",
+                }
             elif isinstance(op, SqueezeExciteOp):
                 yield (
                     op,

@@ -35,6 +35,7 @@ from effdsl.plan import (
     AttentionOp,
     ClassifierPlan,
     ConvOp,
+    GlobalContextOp,
     LayerScaleOp,
     MixedConvOp,
     NormOp,
@@ -108,6 +109,16 @@ def op_cost(op: Op, bytes_per_element: int = 4) -> Cost:
     expand = op.squeeze * op.channels + op.channels
     macs = 2 * op.channels * op.squeeze
     activation = op.channels * op.size * op.size  # the gated tensor
+    if isinstance(op, GlobalContextOp):
+        # the attention conv's C·HW, and as many for the weighted sum (a batched matrix
+        # product); the layer norm's weight and bias, whose arithmetic, like the softmax's,
+        # FlopCounterMode does not count
+        attn = op.channels + 1
+        return Cost(
+            attn + reduce + 2 * op.squeeze + expand,
+            macs + 2 * activation,
+            activation * bytes_per_element,
+        )
     return Cost(reduce + expand, macs, activation * bytes_per_element)
 
 

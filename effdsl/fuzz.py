@@ -575,6 +575,8 @@ def _squeeze_options(rng: random.Random, rate: float) -> list[str]:
         options.append("se_act=" + rng.choice((*ast.ACTIVATIONS, "swish")))
     if rng.random() < rate:
         options.append("se_gate=" + _pick(rng, ast.GATES, ("hswish",)))
+    if rng.random() < rate:
+        options.append("se_kind=" + _pick(rng, ast.SQUEEZE_KINDS, ("global", "GC")))
     return options
 
 

@@ -143,6 +143,20 @@ class SqueezeExciteOp(_SameShape):
     role: str = field(default="se", init=False)
 
 
+@dataclass(frozen=True)
+class GlobalContextOp(SqueezeExciteOp):
+    """GCNet's global context (Cao et al., 2019) in SE's place, as timm's `GlobalContext`
+    with `fuse_scale`: a 1×1 conv to one channel, softmax over the positions, the
+    attention-weighted sum of each channel (in place of its mean), then SE's bottleneck with a
+    layer norm (over the `squeeze` channels, ε `norm_eps`) before its activation, and the gate.
+
+    The module at `path` has the 1×1 convs `attn` (to one channel, with bias), `reduce` and
+    `expand`, the layer norm `norm` between them, and `gate`.
+    """
+
+    norm_eps: float = 1e-6  # timm's LayerNorm2d
+
+
 def split_channels(channels: int, slices: int) -> tuple[int, ...]:
     """`channels` cut into `slices` near-equal slices, the remainder to the first (MixNet's
     reference and timm's `_split_channels`): 80 into 3 is (28, 26, 26)."""
@@ -508,6 +522,7 @@ class _Options:
     se_divisor: int | None
     se_act: str | None
     se_gate: str
+    se_kind: str
     norm: str
     norm_group_size: int | None
     layer_scale: float
@@ -529,6 +544,16 @@ def _options(block: ast.Block, defaults: ast.Defaults) -> _Options:
 def _act(name: str | None) -> str | None:
     """The plan's activation: `none` is no activation at all."""
     return None if name == "none" else name
+
+
+def _squeeze_op(
+    path: str, channels: int, squeeze: int, size: int, options: _Options
+) -> SqueezeExciteOp:
+    """The block's squeeze-and-excitation (`se_kind=se`) or global context (`gc`) on a tensor of
+    `channels` channels, with the block's `se_act` (else its `act`) and `se_gate`."""
+    act = _act(options.se_act if options.se_act is not None else options.act)
+    kind = GlobalContextOp if options.se_kind == "gc" else SqueezeExciteOp
+    return kind(path, channels, squeeze, act, size, options.se_gate)
 
 
 def _conv(
@@ -702,12 +727,7 @@ def _block_ops(
         )
         size = ops[-1].out_size
         if se_channels:
-            se_act = _act(options.se_act if options.se_act is not None else options.act)
-            ops.append(
-                SqueezeExciteOp(
-                    f"{path}.se", in_channels, se_channels, se_act, size, options.se_gate
-                )
-            )
+            ops.append(_squeeze_op(f"{path}.se", in_channels, se_channels, size, options))
         ops.append(
             _conv(f"{path}.pointwise", "pointwise", in_channels, out_channels, 1, 1, size, options)
         )
@@ -771,10 +791,7 @@ def _block_ops(
         )
         size = ops[-1].out_size
     if se_channels:
-        se_act = _act(options.se_act if options.se_act is not None else options.act)
-        ops.append(
-            SqueezeExciteOp(f"{path}.se", mid, se_channels, se_act, size, options.se_gate)
-        )
+        ops.append(_squeeze_op(f"{path}.se", mid, se_channels, size, options))
     project = _mixed(
         f"{path}.project", "project", mid, out_channels, (1,) * layout.project_groups, 1, size,
         options, act=False,
@@ -831,8 +848,7 @@ def _uir_ops(
         )
         size = ops[-1].out_size
     if se_channels:
-        se_act = _act(options.se_act if options.se_act is not None else options.act)
-        ops.append(SqueezeExciteOp(f"{path}.se", mid, se_channels, se_act, size, options.se_gate))
+        ops.append(_squeeze_op(f"{path}.se", mid, se_channels, size, options))
     ops.append(
         _conv(f"{path}.project", "project", mid, out_channels, 1, 1, size, options, act=False)
     )
@@ -1061,6 +1077,13 @@ def lower(
                     f"a `{line.kind}` block is always batch-normalised, not `norm={options.norm}`",
                     line.span_of("norm"),
                     hint=f"set `norm=batch` on this {line.keyword} line",
+                )
+            if line.se_kind is not None and not options.se and line.kind not in ("conv", "mqa"):
+                raise EffSemanticError(
+                    f"`se_kind={line.se_kind}` on a {line.keyword} line without "
+                    "squeeze-and-excitation (`se` is 0)",
+                    line.span_of("se_kind"),
+                    hint="give the line `se=0.25` (its ratio), or remove `se_kind=...`",
                 )
             for r in range(line.repeats):
                 b = len(blocks)

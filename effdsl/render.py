@@ -35,6 +35,7 @@ from effdsl.plan import (
     AttentionOp,
     BlockPlan,
     ConvOp,
+    GlobalContextOp,
     LayerScaleOp,
     MixedConvOp,
     NormOp,
@@ -266,6 +267,14 @@ def gate_name(gate: str) -> str:
 
 def squeeze_excite(block: BlockPlan) -> SqueezeExciteOp | None:
     return next((op for op in block.ops if isinstance(op, SqueezeExciteOp)), None)
+
+
+def squeeze_name(block: BlockPlan) -> str:
+    """What gates the block's channels, as drawn: `SE`, `GC` (global context), or ""."""
+    se = squeeze_excite(block)
+    if se is None:
+        return ""
+    return "GC" if isinstance(se, GlobalContextOp) else "SE"
 
 
 def norm_label(op: ConvOp) -> str:
@@ -526,7 +535,10 @@ def stage_summary(stage: StagePlan) -> str:
     of several block lines, the first line's shape, and how many more lines follow)."""
     gates = dict.fromkeys(se_gate(block) for block in stage.blocks if block.se_channels)
     gate = "/".join(gate_name(name) for name in gates)
-    se = f" · SE {stage.se:g} {gate}" if stage.se else (f" · SE {gate}" if gates else "")
+    kinds = "/".join(dict.fromkeys(squeeze_name(b) for b in stage.blocks if b.se_channels))
+    se = f" · {kinds} {stage.se:g} {gate}" if stage.se and gates else (
+        f" · {kinds} {gate}" if gates else ""
+    )
     acts = "/".join(dict.fromkeys(activation(block.act) for block in stage.blocks))
     kernel = block_kernels(stage.blocks[0])
     more = f" · +{stage.lines - 1} line{'s' if stage.lines > 2 else ''}" if stage.lines > 1 else ""
@@ -685,7 +697,11 @@ def block_layout(block: BlockPlan) -> tuple[Row, ...]:
 def block_part(block: BlockPlan, prefix: str) -> Part:
     """Block detail: one box per block."""
     own = block_cost(block)
-    se = f" · SE {block.se_channels} {gate_name(se_gate(block))}" if block.se_channels else ""
+    se = (
+        f" · {squeeze_name(block)} {block.se_channels} {gate_name(se_gate(block))}"
+        if block.se_channels
+        else ""
+    )
     box = Box(
         node_id(block.path, prefix),
         block.kind,
@@ -717,6 +733,12 @@ def block_channels(block: BlockPlan) -> str:
 
 def op_rows(op: Op) -> tuple[Row, ...]:
     """What an op is: `depthwise 5×5 s2`, its channels and activation."""
+    if isinstance(op, GlobalContextOp):
+        return (
+            title("global context"),
+            body(f"attention pool · {op.channels} → {op.squeeze} → {op.channels}"),
+            body(f"layer norm · {activation(op.act)} · {gate_name(op.gate)} gate"),
+        )
     if isinstance(op, SqueezeExciteOp):
         return (
             title("squeeze-excite"),

@@ -10,7 +10,8 @@ batch, group, layer, EvoNorm-S0, or the identity), `act` (a CondConv one has
 its experts' kernels as `weight`, then `bn`, `act`); each `MixedConvOp` has `convs.{g}` (one
 per channel slice), `bn`, `act`; a conv followed by a `PoolOp` (anti-aliased downsampling) has
 that pool as its child `aa`; each `SqueezeExciteOp` has 1×1 convs `reduce` and `expand`;
-a `RoutingOp` is a linear layer (`weight`, `bias`); blocks live at `stages.{i}.blocks.{j}`
+a `GlobalContextOp` has as well the 1×1 conv `attn` and the layer norm `norm`; a
+`RoutingOp` is a linear layer (`weight`, `bias`); blocks live at `stages.{i}.blocks.{j}`
 with their ops named by the last component of the op's path; then `head`, `dropout`,
 `classifier`. So `stages.3.blocks.1.expand.conv.weight` is a state_dict key.
 
@@ -38,6 +39,7 @@ from effdsl.plan import (
     AttentionOp,
     BlockPlan,
     ConvOp,
+    GlobalContextOp,
     LayerScaleOp,
     MixedConvOp,
     NormOp,
@@ -271,6 +273,32 @@ class SqueezeExcite(nn.Module):
         return out
 
 
+class GlobalContext(nn.Module):
+    """GCNet's global context in SE's place: each channel's attention-weighted sum over the
+    positions (one softmax map shared by the channels, from the 1×1 conv `attn`), through
+    `reduce`, a layer norm, the activation and `expand`, gates the channels."""
+
+    def __init__(self, op: GlobalContextOp) -> None:
+        super().__init__()
+        self.attn = nn.Conv2d(op.channels, 1, 1)
+        self.reduce = nn.Conv2d(op.channels, op.squeeze, 1)
+        self.norm = LayerNorm2d(op.squeeze, eps=op.norm_eps)
+        self.act = activation(op.act)
+        self.expand = nn.Conv2d(op.squeeze, op.channels, 1)
+        if op.gate not in GATES:
+            raise BuildError(f"the PyTorch backend has no gate `{op.gate}`")
+        self.gate = GATES[op.gate]()
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        attn = self.attn(x).reshape(n, 1, h * w, 1).softmax(dim=2)  # N, 1, HW, 1
+        context = (x.reshape(n, 1, c, h * w) @ attn).reshape(n, c, 1, 1)  # N, C, 1, 1
+        scale = self.act(self.norm(self.reduce(context)))  # N, squeeze, 1, 1
+        scale = self.expand(scale)  # N, C, 1, 1
+        out: Tensor = x * self.gate(scale)  # N, C, H, W
+        return out
+
+
 class MixedConvBNAct(nn.Module):
     """MixConv: the channels cut into slices, each convolved by its own conv (`convs`), the
     outputs concatenated, then batch norm and the activation: a `MixedConvOp`."""
@@ -441,6 +469,8 @@ def layer(op: Op, aa: PoolOp | None = None) -> nn.Module:
         return nn.BatchNorm2d(op.channels, eps=op.bn_eps, momentum=op.bn_momentum)
     if isinstance(op, AttentionOp):
         return MultiQueryAttention(op)
+    if isinstance(op, GlobalContextOp):
+        return GlobalContext(op)
     return SqueezeExcite(op)
 
 

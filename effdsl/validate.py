@@ -57,6 +57,17 @@ def validate_parts(
                 )
             )
     for block in (*ends, *every_line, *lines):
+        if block.kind in ("conv", "mqa") and block.se_kind is not None:
+            errors.append(
+                EffSemanticError(
+                    f"a `{block.kind}` block has no squeeze-and-excitation for `se_kind` to "
+                    "replace",
+                    block.span_of("se_kind"),
+                    hint="remove `se_kind=...` here, or set it in `defaults`, where it applies "
+                    "to the blocks with `se`",
+                )
+            )
+    for block in (*ends, *every_line, *lines):
         if block.layer_scale and block.kind not in ast.LAYER_SCALED:
             errors.append(
                 EffSemanticError(

@@ -42,6 +42,7 @@ defaults = st.builds(
     se_divisor=st.one_of(maybe(), st.sampled_from([1, 8])),
     se_act=st.one_of(maybe(), st.sampled_from(ast.ACTIVATIONS)),
     se_gate=st.sampled_from(ast.GATES),
+    se_kind=st.sampled_from(ast.SQUEEZE_KINDS),
     norm=st.sampled_from(ast.NORMS),
     norm_group_size=st.one_of(maybe(), st.sampled_from([1, 2])),
     group_size=st.one_of(maybe(), st.sampled_from([1, 2])),
@@ -150,6 +151,8 @@ def lines(draw: st.DrawFn, line: type[ast.Line]) -> dict[str, object]:
         skip=draw(st.booleans()),
         **{key: draw(strategy) for key, strategy in _options().items()},
     )
+    if se:  # `se_kind` on a line without SE is an error
+        fields["se_kind"] = draw(st.one_of(maybe(), st.sampled_from(ast.SQUEEZE_KINDS)))
     if expanded and draw(st.booleans()):
         fields["mid"] = draw(st.integers(1, 96))
     else:
