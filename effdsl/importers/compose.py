@@ -44,6 +44,7 @@ OPTIONS: tuple[str, ...] = tuple(
         "se_divisor",
         "se_act",
         "se_gate",
+        "se_kind",
         "norm",
         "layer_scale",
         "aa",
@@ -51,7 +52,7 @@ OPTIONS: tuple[str, ...] = tuple(
     if name in ast.Defaults.model_fields
 )
 #: Options that only mean something on a line with squeeze-and-excitation.
-SE_OPTIONS = ("se_from", "se_divisor", "se_act", "se_gate")
+SE_OPTIONS = ("se_from", "se_divisor", "se_act", "se_gate", "se_kind")
 
 GROUPED = "grouped convolution (group_size)"
 SQUEEZE_UNSAID = "squeeze-and-excitation width no ratio gives"
@@ -86,6 +87,7 @@ class Line:
     squeeze: int  # 0: no squeeze-and-excitation
     se_act: str | None
     se_gate: str | None
+    se_kind: str | None  # `se` or `gc` (global context) where the block has one
     act: str | None  # None: EvoNorm-S0's own non-linearity, any activation
     norm: str
     bn_eps: float
@@ -300,7 +302,7 @@ class Composer:
         if len(acts) > 1:
             raise self.refuse(block.path, "different activations inside one block")
         act = acts.pop() if acts else None
-        squeeze, se_act, se_gate = 0, None, None
+        squeeze, se_act, se_gate, se_kind = 0, None, None, None
         if block.se is not None:
             se = block.se
             if se.gate not in ast.GATES:
@@ -309,7 +311,7 @@ class Composer:
                 raise self.refuse(se.path, f"squeeze-and-excitation activation {se.act}")
             if se.channels != mid:
                 raise self.refuse(se.path, "squeeze-and-excitation not on the expanded width")
-            squeeze, se_act, se_gate = se.squeeze, se.act, se.gate
+            squeeze, se_act, se_gate, se_kind = se.squeeze, se.act, se.gate, se.kind
         eps, momentum, norm = self._uniform(convs, norms)
         if kind in ("mixconv", "condconv") and norm != "batch":
             raise self.refuse(block.path, f"{kind} block without batch norm")
@@ -326,6 +328,7 @@ class Composer:
             squeeze=squeeze,
             se_act=se_act,
             se_gate=se_gate,
+            se_kind=se_kind,
             act=act,
             norm=norm,
             bn_eps=eps,
@@ -438,6 +441,7 @@ class Composer:
             squeeze=0,
             se_act=None,
             se_gate=None,
+            se_kind=None,
             act=None,  # no activation: the line inherits any
             norm="batch",
             bn_eps=attention.bn_eps,
@@ -471,7 +475,8 @@ class Composer:
         line (different shapes, no common ratio)."""
         first = lines[0]
         same: tuple[str, ...] = ("kind", "full", "kernel", "out_channels", "act", "norm")
-        same += ("bn_eps", "bn_momentum", "se_act", "se_gate", "expand_groups", "project_groups")
+        same += ("bn_eps", "bn_momentum", "se_act", "se_gate", "se_kind")
+        same += ("expand_groups", "project_groups")
         same += ("experts", "group_size", "norm_group_size", "fused", "dw_start", "dw_end")
         same += ("layer_scale", "attention", "packed")
         if any(getattr(line, name) != getattr(first, name) for line in lines for name in same):
@@ -547,6 +552,7 @@ class Composer:
             fields.update(squeeze)
             fields["se_act"] = first.se_act
             fields["se_gate"] = first.se_gate
+            fields["se_kind"] = first.se_kind
         elif any(line.squeeze for line in lines):
             return None
         else:
@@ -849,7 +855,7 @@ class Composer:
         blocks = [line for line in lines if line["kind"] != "conv"]
         defaults["se"] = _most_common([line["se"] for line in blocks], language["se"])
         squeezed = [line for line in blocks if line.get("se")]
-        for name in ("se_from", "se_divisor", "se_gate"):
+        for name in ("se_from", "se_divisor", "se_gate", "se_kind"):
             defaults[name] = _most_common([line[name] for line in squeezed], language[name])
         # se_act unset means "the block's own": count what each choice saves
         effective = [(line["se_act"], line["act"]) for line in squeezed]

@@ -122,16 +122,16 @@ class EffdslReader(Reader):
         )
 
     def se(self, path: str, module: Any) -> SEFact:
-        act = self.activation(f"{path}.act", module.act)
-        gate = self.activation(f"{path}.gate", module.gate)
-        if gate is None:
-            raise self.refuse(path, module, "squeeze-and-excitation without a gate")
-        return SEFact(
-            path=path,
-            channels=int(module.reduce.in_channels),
-            squeeze=int(module.reduce.out_channels),
-            act=act or "none",
-            gate=gate,
+        """`SqueezeExcite`, or `GlobalContext` with its `attn` conv and layer `norm`."""
+        return self.squeeze(
+            path,
+            module,
+            module.reduce,
+            module.act,
+            module.expand,
+            module.gate,
+            attn=getattr(module, "attn", None),
+            norm=getattr(module, "norm", None),
         )
 
     def block(self, path: str, block: Any, kind_hint: str | None = None) -> BlockFact:
@@ -237,7 +237,8 @@ def _padded(pad: Any) -> bool:
 
 def _pooled_head(model: Any) -> bool:
     """Whether the head runs after the global pool: `effdsl.build`'s `pooled_head`, else (a
-    generated class) whether the head sees a 1×1 map in a forward pass on the meta device."""
+    generated class) whether the head sees a 1×1 map in a forward pass on the model's device
+    (no arithmetic on the meta device)."""
     pooled = getattr(model, "pooled_head", None)
     if pooled is not None:
         return bool(pooled)
@@ -245,12 +246,15 @@ def _pooled_head(model: Any) -> bool:
 
     seen: list[tuple[int, ...]] = []
     hook = model.head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape))
+    training = model.training  # a batch norm in training refuses a batch of one 1×1 map
     try:
         size = _resolution(model)
         with torch.no_grad():
-            model(torch.empty(1, model.stem.conv.in_channels, size, size, device="meta"))
+            device = next(model.parameters()).device
+            model.eval()(torch.zeros(1, model.stem.conv.in_channels, size, size, device=device))
     finally:
         hook.remove()
+        model.train(training)
     return tuple(seen[0][-2:]) == (1, 1)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from effdsl.errors import ImportRefused
+from effdsl.plan import GlobalContextOp
 
 #: Activation modules by class name (any class in the module's MRO), to the language's names.
 #: timm's `Swish` and `HardSwish` and effdsl's own in-place subclasses resolve through the MRO.
@@ -76,13 +77,15 @@ class ConvFact:
 
 @dataclass(frozen=True)
 class SEFact:
-    """Squeeze-and-excitation: pool, 1×1 conv to `squeeze` with `act`, 1×1 conv back, `gate`."""
+    """Squeeze-and-excitation: pool, 1×1 conv to `squeeze` with `act`, 1×1 conv back, `gate`;
+    `kind` `gc`: global context (GCNet), pooled by attention, its bottleneck layer-normed."""
 
     path: str
     channels: int
     squeeze: int
     act: str
     gate: str
+    kind: str = "se"
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,50 @@ class Reader:
             if name is not None:
                 return None if name == "none" else name
         raise self.refuse(path, module, "activation not in the language")
+
+    def squeeze(
+        self,
+        path: str,
+        module: Any,
+        reduce: Any,
+        act: Any,
+        expand: Any,
+        gate: Any,
+        *,
+        attn: Any = None,
+        norm: Any = None,
+    ) -> SEFact:
+        """`module`'s squeeze-and-excitation (its 1×1 convs `reduce`, `expand`, its `act` and
+        `gate`), or global context where it has the 1×1 `attn` conv to one channel and the
+        layer `norm` in its bottleneck: both or neither, the norm of GCNet's ε (timm's
+        `LayerNorm2d`: 1e-6), every 1×1 conv with a bias."""
+        if (attn is None) != (norm is None):
+            raise self.refuse(path, module, "global context without attention pooling or norm")
+        convs = (reduce, expand) if attn is None else (attn, reduce, expand)
+        if any(conv.bias is None or tuple(conv.kernel_size) != (1, 1) for conv in convs):
+            raise self.refuse(path, module, "squeeze-and-excitation of other than 1×1 convs")
+        if attn is not None:
+            if int(attn.out_channels) != 1 or int(attn.in_channels) != int(reduce.in_channels):
+                raise self.refuse(path, module, "global context of several attention maps")
+            shape = tuple(getattr(norm, "normalized_shape", ()))
+            if not type(norm).__name__.startswith("LayerNorm") or shape != (
+                int(reduce.out_channels),
+            ):
+                raise self.refuse(path, module, "global context without a layer norm")
+            affine = bool(getattr(norm, "elementwise_affine", False))
+            if float(norm.eps) != GlobalContextOp.norm_eps or not affine:
+                raise self.refuse(path, module, f"global context's layer norm of ε {norm.eps}")
+        gate_name = self.activation(f"{path}.gate", gate)
+        if gate_name is None:
+            raise self.refuse(path, module, "squeeze-and-excitation without a gate")
+        return SEFact(
+            path=path,
+            channels=int(reduce.in_channels),
+            squeeze=int(reduce.out_channels),
+            act=self.activation(f"{path}.act", act) or "none",
+            gate=gate_name,
+            kind="se" if attn is None else "gc",
+        )
 
     def conv(
         self,

@@ -258,18 +258,28 @@ class TimmReader(Reader):
     def se(self, path: str, se: Any) -> SEFact | None:
         if type(se).__name__ == "Identity":
             return None
+        if type(se).__name__ == "GlobalContext":
+            return self.global_context(path, se)
         if type(se).__name__ != "SqueezeExcite":
             raise self.refuse(path, se, "attention module in place of squeeze-and-excitation")
-        act = self.activation(f"{path}.act1", se.act1)
-        gate = self.activation(f"{path}.gate", se.gate)
-        if act is None or gate is None:
+        if self.activation(f"{path}.act1", se.act1) is None:
             raise self.refuse(path, se, "squeeze-and-excitation without an activation or gate")
-        return SEFact(
-            path=path,
-            channels=int(se.conv_reduce.in_channels),
-            squeeze=int(se.conv_reduce.out_channels),
-            act=act,
-            gate=gate,
+        return self.squeeze(path, se, se.conv_reduce, se.act1, se.conv_expand, se.gate)
+
+    def global_context(self, path: str, gc: Any) -> SEFact:
+        """timm's `GlobalContext` as the language has it: attention pooling (`use_attn`) and
+        the gating MLP (`fuse_scale`), without the added one (`fuse_add`, GCNet's own fusion)."""
+        if gc.conv_attn is None or gc.mlp_scale is None or gc.mlp_add is not None:
+            raise self.refuse(
+                path, gc, "global context without attention pooling, or fused by addition"
+            )
+        mlp = gc.mlp_scale
+        if type(mlp.drop).__name__ != "Identity" and float(getattr(mlp.drop, "p", 0.0)):
+            raise self.refuse(f"{path}.mlp_scale.drop", mlp.drop, "dropout in global context")
+        if self.activation(f"{path}.mlp_scale.act", mlp.act) is None:
+            raise self.refuse(path, gc, "global context without an activation")
+        return self.squeeze(
+            path, gc, mlp.fc1, mlp.act, mlp.fc2, gc.gate, attn=gc.conv_attn, norm=mlp.norm
         )
 
     def block(self, path: str, block: Any) -> BlockFact:
