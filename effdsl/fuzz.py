@@ -522,6 +522,7 @@ def random_block(rng: random.Random, keyword: str) -> str:
         extra.append("experts=" + _pick(rng, (2, 4, 8), (1, 64, 65)))
     if kind not in ("conv", "mqa") and rng.random() < 0.4:
         extra.append("se=" + _pick(rng, (0.25, "none", 0.5), (0, 1, 1.5)))
+        extra += _squeeze_kind(rng, 0.3)
     if rng.random() < 0.2:
         extra.append("act=" + rng.choice((*ast.ACTIVATIONS, *ast.ALIASES)))
     extra += _squeeze_options(rng, 0.1)
@@ -575,9 +576,14 @@ def _squeeze_options(rng: random.Random, rate: float) -> list[str]:
         options.append("se_act=" + rng.choice((*ast.ACTIVATIONS, "swish")))
     if rng.random() < rate:
         options.append("se_gate=" + _pick(rng, ast.GATES, ("hswish",)))
-    if rng.random() < rate:
-        options.append("se_kind=" + _pick(rng, ast.SQUEEZE_KINDS, ("global", "GC")))
     return options
+
+
+def _squeeze_kind(rng: random.Random, rate: float) -> list[str]:
+    """`se_kind`, with probability `rate`: where SE is (an error on a line without it)."""
+    if rng.random() < rate:
+        return ["se_kind=" + _pick(rng, ast.SQUEEZE_KINDS, ("global", "GC"))]
+    return []
 
 
 def random_spec(rng: random.Random) -> str:
@@ -622,6 +628,7 @@ def _spec(rng: random.Random) -> str:
             + " drop_path="
             + _pick(rng, (0, 0.2), (0.99,))
             + "".join(" " + option for option in _squeeze_options(rng, 0.3))
+            + "".join(" " + option for option in _squeeze_kind(rng, 0.3))
             + rng.choice(
                 ("", " norm=group norm_group_size=8", " norm=evonorm norm_group_size=1",
                  " norm=layer", " norm=evonorm")

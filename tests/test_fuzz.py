@@ -124,7 +124,9 @@ def test_mutations_stay_bounded() -> None:
 
 
 def test_random_specs_are_often_valid() -> None:
-    # 500 specs: of 100, the count valid varies by ±5 from seed to seed
+    # 500 specs: about a fifth are valid (seeds 2-11: 87 to 114 of 500, 98 on average), so the
+    # bound is 15%, below the seed-to-seed spread, and the test fails only where the generator
+    # loses a good part of its valid specs
     rng = random.Random(2)
     valid = 0
     for _ in range(500):
@@ -133,7 +135,7 @@ def test_random_specs_are_often_valid() -> None:
         except EffError:
             continue
         valid += 1
-    assert 20 * 5 <= valid <= 95 * 5
+    assert 15 * 5 <= valid <= 95 * 5
 
 
 def test_a_bug_is_counted_as_other(monkeypatch: pytest.MonkeyPatch) -> None:
