@@ -153,14 +153,16 @@ def render(sections: Sequence[tuple[str, Sequence[Any]]]) -> str:
         "",
         "## Refused, by missing feature",
         "",
-        "| missing feature | models |",
-        "|---|---|",
     ]
     groups: dict[str, list[str]] = defaultdict(list)
     for _title, rows in sections:
         for row in rows:
             if row.status not in ("exact", "counts"):
                 groups[row.feature or row.reason].append(row.source)
+    if groups:
+        lines += ["| missing feature | models |", "|---|---|"]
+    else:
+        lines.append("None: the importer writes every model below.")
     for feature, members in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])):
         names = ", ".join(f"`{m}`" for m in members)
         lines.append(f"| {feature} ({len(members)}) | {names} |")
