@@ -517,7 +517,9 @@ def random_block(rng: random.Random, keyword: str) -> str:
     if keyword in lines and "s2" in shape and rng.random() < 0.2:  # anti-aliased downsampling
         extra.append("aa=" + _pick(rng, ast.ANTI_ALIASES, ("max",)))
     if rng.random() < 0.01:  # an option of another kind: an error at the option
-        extra.append(rng.choice(("dw_start=3", "heads=2", "kv_stride=2", "layer_scale=0.1")))
+        extra.append(
+            rng.choice(("dw_start=3", "heads=2", "kv_stride=2", "layer_scale=0.1", "s2d=yes"))
+        )
     if kind == "condconv" or rng.random() < 0.005:  # required there, an error elsewhere
         extra.append("experts=" + _pick(rng, (2, 4, 8), (1, 64, 65)))
     if kind not in ("conv", "mqa") and rng.random() < 0.4:
@@ -538,8 +540,7 @@ def random_block(rng: random.Random, keyword: str) -> str:
     if keyword in lines and kind in ("mbconv", "fused_mbconv") and rng.random() < 0.1:
         extra.append("full=" + rng.choice(("yes", "no")))
     # space-to-depth: on a stride-1 mbconv or separable line; elsewhere an error at the option
-    usual = kind in ast.SPACE_TO_DEPTH or rng.random() < 0.05
-    if keyword in lines and usual and rng.random() < 0.15:
+    if keyword in lines and kind in ast.SPACE_TO_DEPTH and "s1" in shape and rng.random() < 0.1:
         extra.append("s2d=" + _pick(rng, ("yes", "no"), ("maybe",)))
     if pooled:
         extra.append("pool=first")
