@@ -201,6 +201,7 @@ def test_generated_code_has_only_the_classes_it_uses() -> None:
     assert "class SqueezeExcite(" in both and "context=True" in both
 
 
+@pytest.mark.slow  # torch.compile, torch.export, TorchScript and ONNX: 25-65 s on two cores
 def test_inference_folding_features_export_and_graph_capture(
     mixed: effdsl.Network, tmp_path: Path
 ) -> None:
