@@ -27,9 +27,15 @@ from effdsl.plan import PoolOp
 from effdsl.render import to_dot
 
 from .conftest import SPECS
-from .test_codegen import generated_model
 from .test_export import RUNTIMES, relative_error
-from .test_family import Twin, assert_same_logits, layout, macs, params
+from .test_family import (
+    Twin,
+    assert_generated_twin,
+    assert_same_logits,
+    layout,
+    macs,
+    params,
+)
 from .test_torch_build import randomise_batch_norm
 
 TWINS = [
@@ -238,12 +244,7 @@ def test_build_codegen_and_cost_agree(every_kind: effdsl.Network) -> None:
     assert effdsl.cost(plan).params == params(model)
     assert effdsl.cost(plan).macs == macs(model, 97)  # the blurs' depthwise convs counted
     assert not any("aa" in key for key in model.state_dict())  # no state: timm's layout
-    twin = generated_model(plan).eval()
-    assert layout(twin) == layout(model)
-    twin.load_state_dict(model.state_dict())
-    x = torch.randn(2, 3, 97, 97)
-    with torch.no_grad():
-        torch.testing.assert_close(twin(x), model(x))
+    assert_generated_twin(plan, model, 97)
 
 
 def test_inference_folding_features_and_graph_capture(every_kind: effdsl.Network) -> None:

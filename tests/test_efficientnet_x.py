@@ -21,7 +21,14 @@ from effdsl.importers import import_model
 from effdsl.render import to_dot
 
 from .test_codegen import generated_model
-from .test_family import Twin, assert_same_logits, layout, macs, params
+from .test_family import (
+    Twin,
+    assert_backends_agree,
+    assert_same_logits,
+    layout,
+    macs,
+    params,
+)
 from .test_import import canonical
 from .test_torch_build import randomise_batch_norm
 
@@ -156,14 +163,7 @@ def test_the_plan_lowers_each_form_once(s2d: effdsl.Network) -> None:
 def test_build_codegen_and_cost_agree(s2d: effdsl.Network) -> None:
     plan = effdsl.lower(s2d)
     model = trained(s2d)
-    assert effdsl.cost(plan).params == params(model)
-    assert effdsl.cost(plan).macs == macs(model, 33)
-    twin = generated_model(plan).eval()
-    assert layout(twin) == layout(model)
-    twin.load_state_dict(model.state_dict())
-    x = torch.randn(2, 3, 33, 33)
-    with torch.no_grad():
-        torch.testing.assert_close(twin(x), model(x))
+    assert_backends_agree(plan, model, 33)
 
 
 def test_inference_folding_features_and_graph_capture(s2d: effdsl.Network) -> None:

@@ -99,6 +99,25 @@ def layout(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     return [(key, tuple(t.shape)) for key, t in model.state_dict().items()]
 
 
+def assert_generated_twin(plan: effdsl.Plan, model: nn.Module, size: int) -> None:
+    """The module generated from `plan` has the built `model`'s state_dict layout, and with
+    its weights gives its output on a `size`×`size` batch."""
+    twin = generated_model(plan).eval()
+    assert layout(twin) == layout(model)
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), model(x))
+
+
+def assert_backends_agree(plan: effdsl.Plan, model: nn.Module, size: int) -> None:
+    """The cost model counts the built `model`'s parameters and MACs (FlopCounterMode's, at
+    `size`), and the generated module is its twin."""
+    assert effdsl.cost(plan).params == params(model)
+    assert effdsl.cost(plan).macs == macs(model, size)
+    assert_generated_twin(plan, model, size)
+
+
 @pytest.mark.parametrize("twin", TWINS, ids=str)
 def test_counts_and_layout_equal_timm(twin: Twin) -> None:
     network = twin.network(resolution=96)
@@ -251,14 +270,7 @@ def test_the_plan_lowers_each_construct_once(mobile: effdsl.Network) -> None:
 def test_build_codegen_and_cost_agree(mobile: effdsl.Network) -> None:
     plan = effdsl.lower(mobile)
     model = trained_mobile(mobile)
-    assert effdsl.cost(plan).params == params(model)
-    assert effdsl.cost(plan).macs == macs(model, 32)
-    twin = generated_model(plan).eval()
-    assert layout(twin) == layout(model)
-    twin.load_state_dict(model.state_dict())
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(twin(x), model(x))
+    assert_backends_agree(plan, model, 32)
 
 
 def test_inference_folding_features_and_graph_capture(mobile: effdsl.Network) -> None:
@@ -319,12 +331,9 @@ def test_a_head_without_norm_or_bias_through_every_backend() -> None:
     assert "Conv 1×1 · no bias, no norm · HardSwish" in to_dot(plan, detail="block")
     with_bias = params(trained_mobile(effdsl.parse(MOBILE)))
     assert effdsl.cost(plan).params == params(model) == with_bias - 64  # the head's 64 biases
-    twin = generated_model(plan).eval()
-    assert layout(twin) == layout(model)
-    twin.load_state_dict(model.state_dict())
+    assert_generated_twin(plan, model, 32)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(twin(x), model(x))
         torch.testing.assert_close(effdsl.optimize_for_inference(model)(x), model(x))
 
 

@@ -33,7 +33,14 @@ from effdsl.render import to_dot
 from .conftest import SPECS
 from .test_codegen import generated_model
 from .test_export import run_onnx
-from .test_family import Twin, assert_same_logits, layout, macs, params
+from .test_family import (
+    Twin,
+    assert_backends_agree,
+    assert_same_logits,
+    layout,
+    macs,
+    params,
+)
 from .test_import import canonical
 from .test_torch_build import randomise_batch_norm
 
@@ -182,14 +189,7 @@ def test_the_plan_lowers_gc_where_se_was(mixed: effdsl.Network) -> None:
 def test_build_codegen_and_cost_agree(mixed: effdsl.Network) -> None:
     plan = effdsl.lower(mixed)
     model = trained(mixed)
-    assert effdsl.cost(plan).params == params(model)
-    assert effdsl.cost(plan).macs == macs(model, 19)
-    twin = generated_model(plan).eval()
-    assert layout(twin) == layout(model)
-    twin.load_state_dict(model.state_dict())
-    x = torch.randn(2, 3, 19, 19)
-    with torch.no_grad():
-        torch.testing.assert_close(twin(x), model(x))
+    assert_backends_agree(plan, model, 19)
 
 
 def test_generated_code_has_only_the_classes_it_uses() -> None:

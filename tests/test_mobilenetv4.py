@@ -17,8 +17,15 @@ import effdsl.codegen
 from effdsl.convert import convert_state_dict
 from effdsl.render import to_dot
 
-from .test_codegen import generated_model
-from .test_family import Twin, assert_same_logits, layout, macs, params
+from .test_family import (
+    Twin,
+    assert_backends_agree,
+    assert_generated_twin,
+    assert_same_logits,
+    layout,
+    macs,
+    params,
+)
 from .test_torch_build import randomise_batch_norm
 
 TWINS = [
@@ -129,14 +136,7 @@ def test_the_plan_lowers_each_form_once(uir: effdsl.Network) -> None:
 def test_build_codegen_and_cost_agree(uir: effdsl.Network) -> None:
     plan = effdsl.lower(uir)
     model = trained(uir)
-    assert effdsl.cost(plan).params == params(model)
-    assert effdsl.cost(plan).macs == macs(model, 33)
-    twin = generated_model(plan).eval()
-    assert layout(twin) == layout(model)
-    twin.load_state_dict(model.state_dict())
-    x = torch.randn(2, 3, 33, 33)
-    with torch.no_grad():
-        torch.testing.assert_close(twin(x), model(x))
+    assert_backends_agree(plan, model, 33)
 
 
 def test_inference_folding_features_and_graph_capture(uir: effdsl.Network) -> None:
@@ -252,14 +252,7 @@ def test_attention_is_lowered_to_norm_attention_and_layer_scale(mqa: effdsl.Netw
 def test_attention_build_codegen_and_cost_agree(mqa: effdsl.Network) -> None:
     plan = effdsl.lower(mqa)
     model = trained(mqa)
-    assert effdsl.cost(plan).params == params(model)
-    assert effdsl.cost(plan).macs == macs(model, 17)  # on a CPU, not only on meta
-    twin = generated_model(plan).eval()
-    assert layout(twin) == layout(model)
-    twin.load_state_dict(model.state_dict())
-    x = torch.randn(2, 3, 17, 17)
-    with torch.no_grad():
-        torch.testing.assert_close(twin(x), model(x))
+    assert_backends_agree(plan, model, 17)  # on a CPU, not only on meta
 
 
 def test_attention_with_tf_same_padding_generates_what_build_makes() -> None:
@@ -271,12 +264,7 @@ def test_attention_with_tf_same_padding_generates_what_build_makes() -> None:
     plan = effdsl.lower(network)
     assert plan.blocks()[1].ops[1].key_down.padding == (0, 1, 0, 1)
     model = trained(network)
-    twin = generated_model(plan).eval()
-    assert layout(twin) == layout(model)
-    twin.load_state_dict(model.state_dict())
-    x = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        torch.testing.assert_close(twin(x), model(x))
+    assert_generated_twin(plan, model, 16)
 
 
 def test_attention_folds_exports_and_compiles(mqa: effdsl.Network) -> None:
