@@ -408,7 +408,7 @@ def _classifier_name(plan: Plan, library: str) -> str:
 
 def layout(plan: Plan, library: str) -> tuple[Entry, ...]:
     """Every tensor of `plan`'s state_dict, in order, under effdsl's and `library`'s keys."""
-    if library not in _NAMES:
+    if not isinstance(library, str) or library not in _NAMES:  # a dict is no name, unhashable
         raise CheckpointError(
             f"no checkpoint layout `{library}`",
             hint=f"use one of {', '.join((*LIBRARIES, *TORCHVISION_LAYOUTS))}",

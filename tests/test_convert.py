@@ -196,6 +196,8 @@ def test_ddp_prefix_gets_a_hint() -> None:
         ({}, "exactly one of source= .* and target="),
         ({"source": "timm", "target": "timm"}, "exactly one of"),
         ({"source": "keras"}, "no checkpoint layout `keras`"),
+        ({"target": {"kernel": 4}}, "no checkpoint layout"),  # found by the API fuzzer
+        ({"source": ["timm"]}, "no checkpoint layout"),
         ({"source": "timm", "network": "b0"}, "Network or Plan, not str"),
     ],
 )
