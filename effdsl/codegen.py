@@ -1477,16 +1477,33 @@ def _universal_call(block: BlockPlan, used: _Used) -> str:
         f"({strides})",
         f"({paddings})",
     ]
+    args += _squeeze_and_conv_args(block, used, expand, squeeze=True)
+    scale = next((op for op in block.ops if isinstance(op, LayerScaleOp)), None)
+    if scale is not None:
+        args.append(f"layer_scale={scale.init!r}")
+    args += _norm_args(expand, used)
+    args += [f'aa="{pool.kind}"' for pool in pools.values()]
+    return f"UniversalInvertedResidual({', '.join(args)})"
+
+
+def _squeeze_and_conv_args(
+    block: BlockPlan, used: _Used, conv: ConvOp | MixedConvOp, *, squeeze: bool
+) -> list[str]:
+    """The arguments every block class takes after its shape, in order: the SE width (and
+    its activation where the net needs it; `squeeze`: the class takes them), `conv`'s
+    activation and batch-norm settings, the drop-path rate, the residual flag, then the SE
+    gate and the global-context switch where they are not the default."""
+    args: list[str] = []
     se = next((op for op in block.ops if isinstance(op, SqueezeExciteOp)), None)
-    if used.squeeze_excite:
+    if squeeze and used.squeeze_excite:
         args.append(str(block.se_channels))
         if used.se_options:
-            se_act = se.act if se is not None else expand.act
+            se_act = se.act if se is not None else conv.act
             args.append(f'"{se_act}"' if se_act else "None")
     args += [
-        f'"{expand.act}"' if expand.act else "None",
-        repr(expand.bn_eps),
-        repr(expand.bn_momentum),
+        f'"{conv.act}"' if conv.act else "None",
+        repr(conv.bn_eps),
+        repr(conv.bn_momentum),
         _rate(block.drop_path),
         str(block.residual),
     ]
@@ -1494,12 +1511,7 @@ def _universal_call(block: BlockPlan, used: _Used) -> str:
         args.append(f'gate="{se.gate}"')
     if used.context_arg and isinstance(se, GlobalContextOp):
         args.append("context=True")
-    scale = next((op for op in block.ops if isinstance(op, LayerScaleOp)), None)
-    if scale is not None:
-        args.append(f"layer_scale={scale.init!r}")
-    args += _norm_args(expand, used)
-    args += [f'aa="{pool.kind}"' for pool in pools.values()]
-    return f"UniversalInvertedResidual({', '.join(args)})"
+    return args
 
 
 def _block_call(block: BlockPlan, used: _Used) -> str:
@@ -1529,23 +1541,7 @@ def _block_call(block: BlockPlan, used: _Used) -> str:
     if name == "CondConv":
         assert isinstance(spatial, ConvOp)
         args.append(str(spatial.experts))
-    se = next((op for op in block.ops if isinstance(op, SqueezeExciteOp)), None)
-    if name != "ConvBlock" and used.squeeze_excite:
-        args.append(str(block.se_channels))
-        if used.se_options:
-            se_act = se.act if se is not None else spatial.act
-            args.append(f'"{se_act}"' if se_act else "None")
-    args += [
-        f'"{spatial.act}"' if spatial.act else "None",
-        repr(spatial.bn_eps),
-        repr(spatial.bn_momentum),
-        _rate(block.drop_path),
-        str(block.residual),
-    ]
-    if se is not None and se.gate != "sigmoid":
-        args.append(f'gate="{se.gate}"')
-    if used.context_arg and isinstance(se, GlobalContextOp):
-        args.append("context=True")
+    args += _squeeze_and_conv_args(block, used, spatial, squeeze=name != "ConvBlock")
     if _keeps_expansion(block):
         args.append("full=True")
     groups = _groups_arg(block)
